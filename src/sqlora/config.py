@@ -1,0 +1,188 @@
+"""params.yaml → typed, validated dataclasses.
+
+Every stage reads its slice of the parameters through :func:`load_params`, so a bad
+value is reported once, the same way everywhere: one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sqlora.errors import SqloraError
+
+METHODS = ("lora", "qlora", "full", "none")
+DATASETS = ("sample", "spider")
+SCHEMA_FORMATS = ("natural",)
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: str = "sample"
+    source: str = "data/sample"
+    train_file: str = "train.json"
+    dev_file: str = "dev.json"
+    max_train_examples: int = 0
+    max_dev_examples: int = 0
+
+
+@dataclass(frozen=True)
+class PromptParams:
+    schema_format: str = "natural"
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_length: int = 512
+    logging_steps: int = 5
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    batch_size: int = 16
+    max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    timeout_s: float = 30.0
+    workers: int = 2
+    skip_missing_databases: bool = False
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    method: str = "lora"
+    data: DataParams = field(default_factory=DataParams)
+    prompt: PromptParams = field(default_factory=PromptParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    lora: LoraParams = field(default_factory=LoraParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    predict: PredictParams = field(default_factory=PredictParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+
+
+def _build(cls: type, raw: Any, where: str, path: Path):
+    """Instantiate dataclass ``cls`` from a mapping, checking keys and value types."""
+    if not isinstance(raw, dict):
+        raise SqloraError(f"{path}: '{where}' must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise SqloraError(f"{path}: unknown key '{key}' (known: {', '.join(fields)})")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        default = fields[name].default
+        if default is dataclasses.MISSING:  # a nested group
+            values[name] = _build(fields[name].default_factory, value, key, path)
+            continue
+        values[name] = _coerce(value, default, key, path)
+    return cls(**values)
+
+
+def _coerce(value: Any, default: Any, key: str, path: Path) -> Any:
+    """Check ``value`` against the type of its default (YAML gives 1e-3 as a string, 1 as an int)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None:
+            if isinstance(default, float):
+                return number
+            if number == int(number):
+                return int(number)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if key == "lora.target_modules" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    expected = "a list of module names or 'all-linear'" if key == "lora.target_modules" else type(default).__name__
+    raise SqloraError(f"{path}: '{key}' must be {expected}, got {value!r}")
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, path: Path) -> None:
+    if value not in choices:
+        raise SqloraError(f"{path}: '{key}' is {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_positive(value: float, key: str, path: Path, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SqloraError(f"{path}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SqloraError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    params: Params = _build(Params, raw or {}, "", path)
+
+    _check_choice(params.method, METHODS, "method", path)
+    _check_choice(params.data.dataset, DATASETS, "data.dataset", path)
+    _check_choice(params.prompt.schema_format, SCHEMA_FORMATS, "prompt.schema_format", path)
+    _check_choice(params.train.lr_scheduler, LR_SCHEDULERS, "train.lr_scheduler", path)
+    for key, value in [
+        ("data.max_train_examples", params.data.max_train_examples),
+        ("data.max_dev_examples", params.data.max_dev_examples),
+        ("lora.dropout", params.lora.dropout),
+        ("train.warmup_ratio", params.train.warmup_ratio),
+        ("train.weight_decay", params.train.weight_decay),
+        ("train.learning_rate", params.train.learning_rate),
+    ]:
+        _check_positive(value, key, path, allow_zero=True)
+    for key, value in [
+        ("lora.r", params.lora.r),
+        ("lora.alpha", params.lora.alpha),
+        ("train.epochs", params.train.epochs),
+        ("train.batch_size", params.train.batch_size),
+        ("train.grad_accum", params.train.grad_accum),
+        ("train.max_length", params.train.max_length),
+        ("train.logging_steps", params.train.logging_steps),
+        ("predict.batch_size", params.predict.batch_size),
+        ("predict.max_new_tokens", params.predict.max_new_tokens),
+        ("eval.timeout_s", params.eval.timeout_s),
+        ("eval.workers", params.eval.workers),
+    ]:
+        _check_positive(value, key, path)
+    if params.train.warmup_ratio >= 1:
+        raise SqloraError(f"{path}: 'train.warmup_ratio' must be in [0, 1), got {params.train.warmup_ratio}")
+    if not params.lora.target_modules:
+        raise SqloraError(f"{path}: 'lora.target_modules' is empty")
+    return params

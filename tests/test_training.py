@@ -1,0 +1,98 @@
+"""Training, for every method, on a tiny random model: real code paths, seconds each."""
+
+import json
+
+import pytest
+
+from sqlora.config import LoraParams, TrainParams
+from sqlora.errors import SqloraError
+from sqlora.generation import generate, load_for_inference
+from sqlora.models import load_tokenizer
+from sqlora.prompt import Record, encode_prompt, encode_response
+from sqlora.training import IGNORE_INDEX, MODEL_INFO, tokenize_records, train
+
+RECORDS = [
+    Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
+    for i in range(8)
+]
+FAST = TrainParams(epochs=1, batch_size=4, learning_rate=1e-3, logging_steps=1, max_length=256)
+
+
+def test_loss_only_on_the_response(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    data = tokenize_records(RECORDS[:1], tokenizer, max_length=256)
+    [feature] = data.features
+    prompt = encode_prompt(tokenizer, RECORDS[0].prompt)
+    response = encode_response(tokenizer, RECORDS[0].output)
+    assert feature["input_ids"] == prompt + response
+    assert feature["labels"] == [IGNORE_INDEX] * len(prompt) + response
+    assert response[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(response[:-1]) == RECORDS[0].output
+
+
+def test_too_long_examples_are_left_out_not_cut(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    long = Record(db_id="d", instruction="x " * 400, input="q", output="SELECT 1")
+    data = tokenize_records([long, *RECORDS[:2]], tokenizer, max_length=128)
+    assert data.too_long == 1 and len(data.features) == 2
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full", "none"])
+def test_each_method_trains_and_predicts(tiny_model_dir, tmp_path, method):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    out = tmp_path / "finetuned"
+    metrics = train(
+        method=method, base_dir=tiny_model_dir, records=RECORDS, out_dir=out, lora=LoraParams(r=4, alpha=8),
+        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+    )
+    assert json.loads((out / MODEL_INFO).read_text())["method"] == method
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    if method == "none":
+        assert metrics["steps"] == 0
+        assert sorted(p.name for p in out.iterdir()) == [MODEL_INFO]
+    else:
+        assert metrics["steps"] == 2 and metrics["train_examples"] == 8
+        assert metrics["tokens_per_s"] > 0 and metrics["trainable_params"] > 0
+        assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+        weights = "adapter_model.safetensors" if method in ("lora", "qlora") else "model.safetensors"
+        assert (out / weights).is_file()
+        if method == "lora":
+            assert metrics["trainable_params"] < metrics["total_params"] / 10
+        if method == "full":
+            assert metrics["trainable_params"] == metrics["total_params"]
+    model, tokenizer = load_for_inference(out, tiny_model_dir)
+    generations = generate(model, tokenizer, [r.prompt for r in RECORDS[:3]], batch_size=2, max_new_tokens=4, progress=False)
+    assert len(generations) == 3 and all(g.new_tokens <= 4 for g in generations)
+
+
+def test_lora_changes_the_model(tiny_model_dir, tmp_path):
+    """The trained adapter is really applied at inference: its logits differ from the base model's."""
+    import torch
+
+    out = tmp_path / "ft"
+    train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=out, lora=LoraParams(r=4, alpha=8),
+          params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+    tuned, tokenizer = load_for_inference(out, tiny_model_dir)
+    (out / MODEL_INFO).write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
+    base, _ = load_for_inference(out, tiny_model_dir)
+    ids = torch.tensor([encode_prompt(tokenizer, RECORDS[0].prompt)])
+    with torch.no_grad():
+        assert not torch.allclose(tuned(ids).logits, base(ids).logits)
+
+
+def test_target_modules_that_match_nothing(tiny_model_dir, tmp_path):
+    with pytest.raises(SqloraError, match="lora.target_modules"):
+        train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(target_modules=["nope_proj"]),
+              params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_nothing_fits_max_length(tiny_model_dir, tmp_path):
+    short = TrainParams(max_length=8)
+    with pytest.raises(SqloraError, match="longer than train.max_length=8"):
+        train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(),
+              params=short, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+    with pytest.raises(SqloraError, match="training set is empty"):
+        train(method="lora", base_dir=tiny_model_dir, records=[], out_dir=tmp_path / "ft", lora=LoraParams(),
+              params=short, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
