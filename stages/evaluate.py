@@ -27,6 +27,8 @@ def main() -> None:
         )
     except FileNotFoundError as exc:
         raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
+    except ValueError as exc:  # a gold query that cannot be parsed for its hardness
+        raise SqloraError(f"data/prepared/dev.jsonl: {exc}") from None
     levels = report.summary
     write_json(
         "metrics/eval.json",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.hardness import spider_hardness
+from sqlora.hardness import hardness_level, spider_hardness
 
 SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
 
@@ -100,17 +100,7 @@ def _official_level(sql: dict) -> str:
         for item in [*sql["select"][1], *sql["where"][::2], *sql["groupBy"], *order_cols, *sql["having"]]
     )
     others = (aggs > 1) + (len(sql["select"][1]) > 1) + (len(sql["where"]) > 1) + (len(sql["groupBy"]) > 1)
-    if comp1 <= 1 and others == 0 and comp2 == 0:
-        return "easy"
-    if (others <= 2 and comp1 <= 1 and comp2 == 0) or (comp1 <= 2 and others < 2 and comp2 == 0):
-        return "medium"
-    if (
-        (others > 2 and comp1 <= 2 and comp2 == 0)
-        or (2 < comp1 <= 3 and others <= 2 and comp2 == 0)
-        or (comp1 <= 1 and others == 0 and comp2 <= 1)
-    ):
-        return "hard"
-    return "extra"
+    return hardness_level(comp1, comp2, others)
 
 
 def test_spider_dev_each_example_matches_official_parse() -> None:

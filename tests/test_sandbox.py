@@ -95,8 +95,11 @@ def test_database_file_is_unchanged_after_everything(db: Path, tmp_path: Path) -
     [
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
         "SELECT count(*) FROM item AS a, item AS b, item AS c, item AS d",  # 8.1e9 rows
+        # Few but slow VM instructions (a LIKE over 50 MB per row): the progress handler alone
+        # would only notice after ~30 s.
+        "SELECT count(*) FROM item WHERE printf('%.*c', 50000000 + id, 'x') LIKE '%y%'",
     ],
-    ids=["infinite-recursive-cte", "huge-cross-join"],
+    ids=["infinite-recursive-cte", "huge-cross-join", "slow-instructions"],
 )
 def test_runaway_queries_time_out(db: Path, sql: str) -> None:
     start = time.monotonic()

@@ -96,3 +96,23 @@ def test_nothing_fits_max_length(tiny_model_dir, tmp_path):
     with pytest.raises(SqloraError, match="training set is empty"):
         train(method="lora", base_dir=tiny_model_dir, records=[], out_dir=tmp_path / "ft", lora=LoraParams(),
               params=short, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+
+
+def test_response_loss_equals_the_models_own_loss(tiny_model_dir):
+    """Logits only where labels are must give exactly transformers' causal-LM loss on the full logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sqlora.training import ResponseCollator, response_loss
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    records = [*RECORDS[:2], Record(db_id="d", instruction="a much longer schema " * 5, input="q", output="SELECT name FROM t WHERE x = 1")]
+    batch = ResponseCollator(tokenizer)(tokenize_records(records, tokenizer, 256).features)
+    labels = batch.pop("labels")
+    keep = batch.pop("logits_to_keep")
+    with torch.no_grad():
+        full = model(**batch, labels=labels).loss
+        sliced = model(**batch, logits_to_keep=keep)
+    assert sliced.logits.shape[1] == len(keep) < labels.shape[1]
+    torch.testing.assert_close(response_loss(sliced, labels), full)

@@ -59,11 +59,11 @@ def spider_hardness(sql: str) -> str:
     """
     root = _parse(sql)
     select = _leftmost_select(root)
+    return hardness_level(_count_component1(select), _count_component2(root, select), _count_others(select))
 
-    comp1 = _count_component1(select)
-    comp2 = _count_component2(root, select)
-    others = _count_others(select)
 
+def hardness_level(comp1: int, comp2: int, others: int) -> str:
+    """The official thresholds on the three counts."""
     if comp1 <= 1 and others == 0 and comp2 == 0:
         return "easy"
     if (others <= 2 and comp1 <= 1 and comp2 == 0) or (comp1 <= 2 and others < 2 and comp2 == 0):

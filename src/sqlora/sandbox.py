@@ -8,7 +8,7 @@ Model-written SQL is untrusted, so a query runs under several independent guards
   and denies everything else: writes, DDL (also on the writable ``temp`` schema), ATTACH/DETACH
   (which is how ``VACUUM INTO`` writes a copy), PRAGMA, transactions, savepoints, and the
   ``load_extension()`` SQL function (extension loading is also switched off on the connection);
-* a progress handler aborts the query once its monotonic deadline has passed;
+* a progress handler and a timer thread abort the query once its deadline has passed;
 * SQLite's heap is capped with ``PRAGMA hard_heap_limit`` and the rows brought into Python are
   capped by count and by (approximate) size.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,6 @@ def run_query(
         return QueryResult(rows=None, error=_one_line(f"parse/execution error: cannot open database: {e}"))
 
     denied: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    timed_out = False
 
     def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, _src: str | None) -> int:
         if action in _ALLOWED_ACTIONS and not (
@@ -112,22 +111,15 @@ def run_query(
         denied.append(f"{_ACTION_NAMES.get(action, action)} {target}".strip())
         return sqlite3.SQLITE_DENY
 
-    def check_deadline() -> int:
-        nonlocal timed_out
-        if time.monotonic() > deadline:
-            timed_out = True
-            return 1  # non-zero interrupts the running statement
-        return 0
-
     conn.set_authorizer(authorize)
-    conn.set_progress_handler(check_deadline, _PROGRESS_STEPS)
+    watchdog = _Watchdog(conn, timeout_s)
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:
             return QueryResult(rows=None, error="parse/execution error: statement returned no result set")
         return _fetch(cursor, max_rows, memory_limit_mb)
     except Exception as e:  # noqa: BLE001 - untrusted SQL: every failure becomes a result
-        if timed_out:
+        if watchdog.expired:
             return QueryResult(rows=None, error=f"timeout after {float(timeout_s)}s")
         if denied:
             return QueryResult(rows=None, error=_one_line(f"refused: not allowed: {denied[0]}"))
@@ -137,7 +129,47 @@ def run_query(
             return QueryResult(rows=None, error=f"memory limit: query needed more than {memory_limit_mb} MB")
         return QueryResult(rows=None, error=_one_line(f"parse/execution error: {e}"))
     finally:
-        conn.close()
+        watchdog.stop_and_close()
+
+
+class _Watchdog:
+    """Interrupts whatever ``conn`` is running once ``timeout_s`` has passed.
+
+    A progress handler checks a monotonic deadline every few thousand VM instructions; that
+    alone can overshoot badly when single instructions are slow (say a LIKE over a 50 MB string
+    on every row), so a timer thread also calls ``interrupt()`` at the deadline. SQLite checks
+    the interrupt flag between instructions, so either way the query stops within a row's work.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, timeout_s: float) -> None:
+        self.expired = False
+        self._conn = conn
+        self._deadline = time.monotonic() + timeout_s
+        # interrupt() must never race with close(): it would touch a freed connection.
+        self._lock = threading.Lock()
+        self._closed = False
+        conn.set_progress_handler(self._check, _PROGRESS_STEPS)
+        self._timer = threading.Timer(timeout_s, self._interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _check(self) -> int:
+        if time.monotonic() > self._deadline:
+            self.expired = True
+            return 1  # non-zero aborts the running statement
+        return 0
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.expired = True
+                self._conn.interrupt()
+
+    def stop_and_close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            self._conn.close()
 
 
 def _check_text(sql: str) -> str | None:
@@ -159,18 +191,22 @@ def _connect(db_path: Path, memory_limit_mb: int) -> sqlite3.Connection:
         raise FileNotFoundError(f"no such file: {db_path}")
     uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
-    # Some Spider databases hold text that is not valid UTF-8; decode it lossily (the same way
-    # for gold and prediction) instead of failing the whole query.
-    conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
-    if hasattr(conn, "enable_load_extension"):  # absent when Python is built without it
-        conn.enable_load_extension(False)
-    if hasattr(conn, "setlimit"):  # Python >= 3.11; the authorizer denies ATTACH anyway
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-    # Must run before the authorizer is installed, since the authorizer denies every PRAGMA.
-    limit_bytes = memory_limit_mb * 1024 * 1024
-    (current,) = conn.execute("PRAGMA hard_heap_limit").fetchone()
-    if current == 0 or current > limit_bytes:
-        conn.execute(f"PRAGMA hard_heap_limit={int(limit_bytes)}")
+    try:
+        # Some Spider databases hold text that is not valid UTF-8; decode it lossily (the same
+        # way for gold and prediction) instead of failing the whole query.
+        conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+        if hasattr(conn, "enable_load_extension"):  # absent when Python is built without it
+            conn.enable_load_extension(False)
+        if hasattr(conn, "setlimit"):  # Python >= 3.11; the authorizer denies ATTACH anyway
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        # Must run before the authorizer is installed, since the authorizer denies every PRAGMA.
+        limit_bytes = memory_limit_mb * 1024 * 1024
+        (current,) = conn.execute("PRAGMA hard_heap_limit").fetchone()
+        if current == 0 or current > limit_bytes:
+            conn.execute(f"PRAGMA hard_heap_limit={int(limit_bytes)}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

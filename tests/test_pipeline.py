@@ -1,0 +1,127 @@
+"""End to end: the real stages under the real `dvc repro`, on the sample, with a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def set_params(project: Path, **groups) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in groups.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline, set to a tiny configuration."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    set_params(
+        root,
+        model={"name": str(tiny_model_dir)},
+        data={"max_train_examples": 16, "max_dev_examples": 6},
+        train={"batch_size": 4, "logging_steps": 1},
+        predict={"batch_size": 4, "max_new_tokens": 8},
+        eval={"workers": 1},
+    )
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny pipeline"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_writes_every_output(project):
+    assert (project / "data/sample/database").is_dir() and (project / "data/sample/tables.json").is_file()
+    assert (project / "models/base/config.json").is_file()
+    train_lines = (project / "data/prepared/train.jsonl").read_text().splitlines()
+    dev_records = [json.loads(line) for line in (project / "data/prepared/dev.jsonl").read_text().splitlines()]
+    assert len(train_lines) == 16 and len(dev_records) == 6
+    assert set(dev_records[0]) == {"db_id", "instruction", "input", "output"}
+    assert (project / "models/finetuned/adapter_model.safetensors").is_file()
+
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["method"] == "lora" and train["steps"] == 4 and train["train_examples"] == 16
+    assert (project / "dvclive/plots/metrics/train/loss.tsv").is_file()
+
+    predictions = (project / "predictions/dev.sql").read_text().split("\n")
+    assert len(predictions) == 7 and predictions[-1] == ""  # one line per question
+    raw = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
+    assert [r["sql"] for r in raw] == predictions[:-1]
+
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert metrics["count"]["all"] == 6 and 0.0 <= metrics["ex"]["all"] <= 1.0
+    assert sum(metrics["count"][level] for level in ("easy", "medium", "hard", "extra")) == 6
+    report = json.loads((project / "reports/eval_examples.json").read_text())
+    assert [e["gold"] for e in report["examples"]] == [r["output"] for r in dev_records]
+
+
+def test_second_repro_is_a_no_op(project):
+    result = run(["dvc", "repro"], project)
+    assert "Running stage" not in result.stdout
+    assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_eval_param_reruns_evaluate_alone(project):
+    set_params(project, eval={"timeout_s": 12.5})
+    result = run(["dvc", "repro"], project)
+    ran = [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["evaluate"]
+
+
+def test_unknown_method_fails_cleanly(project):
+    before = (project / "metrics/train.json").read_text()
+    set_params(project, method="bogus")
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert "error: params.yaml: 'method' is 'bogus'; expected one of lora, qlora, full, none" in result.stderr + result.stdout
+    assert (project / "metrics/train.json").read_text() == before
+    set_params(project, method="lora")
+
+
+def test_missing_dataset_fails_cleanly(project, tmp_path):
+    set_params(project, data={"source": str(tmp_path / "nowhere")})
+    result = run([sys.executable, "stages/prepare.py"], project, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: params.yaml: 'data.source' {str(tmp_path / 'nowhere')!r} is not a folder"
+    set_params(project, data={"source": "data/sample"})
+
+
+def test_exp_run_qlora(project):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "state after repro", "--allow-empty"], project)
+    run(["dvc", "exp", "run", "-S", "method=qlora"], project)
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["method"] == "qlora" and train["steps"] == 4
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "ex" in shown
