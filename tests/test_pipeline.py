@@ -48,6 +48,7 @@ def project(tmp_path_factory, tiny_model_dir) -> Path:
     run(["dvc", "config", "core.analytics", "false"], root)
     set_params(
         root,
+        method="lora",
         model={"name": str(tiny_model_dir)},
         data={"max_train_examples": 16, "max_dev_examples": 6},
         train={"batch_size": 4, "logging_steps": 1},
