@@ -1,4 +1,4 @@
-"""The ``sqlora`` command: the library's steps for users outside DVC."""
+"""sqlora: the pipeline's steps as commands, for use outside DVC."""
 
 from __future__ import annotations
 
