@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test clean
+.PHONY: setup repro test bench-prepare clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ repro: setup
 
 test: setup
 	python -m pytest -q
+
+# Benchmarks print measurements against their target; they are not tests.
+bench-prepare: setup
+	python benchmarks/bench_prepare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

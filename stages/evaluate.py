@@ -1,5 +1,6 @@
 """Execute predicted and gold SQL on the databases: EX overall and by hardness → metrics/eval.json."""
 
+import json
 from pathlib import Path
 
 from sqlora.config import load_params
@@ -13,6 +14,7 @@ from sqlora.io import write_json
 def main() -> None:
     params = load_params()
     records = load_records("data/prepared/dev.jsonl")
+    database_dir = json.loads(Path("data/prepared/meta.json").read_text())["database_dir"]
     preds = Path("predictions/dev.sql").read_text(encoding="utf-8").removesuffix("\n").split("\n")
     if len(preds) != len(records):
         raise SqloraError(f"predictions/dev.sql: {len(preds)} lines for {len(records)} dev questions")
@@ -20,7 +22,7 @@ def main() -> None:
         report = evaluate_execution(
             [(r.output, r.db_id) for r in records],
             preds,
-            Path(params.data.source) / "database",
+            database_dir,
             timeout_s=params.eval.timeout_s,
             workers=params.eval.workers,
             skip_missing_databases=params.eval.skip_missing_databases,

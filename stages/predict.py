@@ -19,7 +19,10 @@ def main() -> None:
     records = load_records("data/prepared/dev.jsonl")
     model, tokenizer = load_for_inference("models/finetuned", "models/base")
     start = time.perf_counter()
-    generations = generate(model, tokenizer, [r.prompt for r in records], params.predict.batch_size, params.predict.max_new_tokens)
+    generations = generate(
+        model, tokenizer, [r.prompt for r in records], params.predict.batch_size, params.predict.max_new_tokens,
+        chat_template=params.prompt.chat_template,
+    )
     seconds = time.perf_counter() - start
     write_jsonl(OUT / "dev.jsonl", [{"db_id": r.db_id, **asdict(g)} for r, g in zip(records, generations)])
     write_text(OUT / "dev.sql", "".join(g.sql + "\n" for g in generations))

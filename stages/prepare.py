@@ -1,11 +1,13 @@
-"""Spider-layout questions → data/prepared/{train,dev}.jsonl instruction records."""
+"""Dataset in its official layout → data/prepared/{train,dev}.jsonl, meta.json and metrics/data.json."""
 
 from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.datasets import load_examples, load_schemas, record_dicts, subsample, to_records
-from sqlora.errors import SqloraError, exit_on_error
-from sqlora.io import write_jsonl
+from sqlora.datasets import record_dicts
+from sqlora.errors import exit_on_error
+from sqlora.io import write_json, write_jsonl
+from sqlora.models import load_tokenizer
+from sqlora.preparation import prepare_split
 
 OUT = Path("data/prepared")
 
@@ -13,23 +15,27 @@ OUT = Path("data/prepared")
 @exit_on_error
 def main() -> None:
     params = load_params()
-    source = Path(params.data.source)
-    if not source.is_dir():
-        raise SqloraError(f"params.yaml: 'data.source' {str(source)!r} is not a folder")
-    schemas = load_schemas(source / "tables.json")
-    splits = {
-        # A seeded random subset of train; the first N of dev, so dev stays in its official order.
-        "train": (params.data.train_file, params.data.max_train_examples, True),
-        "dev": (params.data.dev_file, params.data.max_dev_examples, False),
-    }
-    prepared = {}
-    for split, (filename, limit, shuffle) in splits.items():
-        examples = load_examples(source / filename, schemas)
-        examples = subsample(examples, limit, params.seed, shuffle)
-        prepared[split] = to_records(examples, schemas, params.prompt.schema_format)
-    for split, records in prepared.items():  # written only once every split has been read without error
-        write_jsonl(OUT / f"{split}.jsonl", record_dicts(records))
-        print(f"prepare: {len(records)} {split} records -> {OUT / f'{split}.jsonl'}")
+    tokenizer = load_tokenizer("models/base")  # token lengths are the model's: the budget and the statistics
+    prepared, stats = {}, {}
+    for split, limit, shuffle, reserve in [
+        # train: a seeded random subset, each record fitting with its SQL;
+        # dev: the first N in official order, each prompt leaving room to generate.
+        ("train", params.data.max_train_examples, True, None),
+        ("dev", params.data.max_dev_examples, False, params.predict.max_new_tokens),
+    ]:
+        data, fitted, stats[split] = prepare_split(
+            split, params.data, params.prompt, tokenizer=tokenizer, max_length=params.train.max_length,
+            reserve=reserve, limit=limit, shuffle=shuffle, seed=params.seed, work_dir=str(OUT),
+        )
+        prepared[split] = (data, fitted)
+        for problem in data.problems:
+            print(f"prepare: skipped {problem}")
+    # Written only once every split has been read without error.
+    for split, (data, fitted) in prepared.items():
+        write_jsonl(OUT / f"{split}.jsonl", record_dicts(fitted.records))
+        print(f"prepare: {len(fitted.records)} {split} records -> {OUT / f'{split}.jsonl'}  {stats[split]}")
+    write_json(OUT / "meta.json", {"dataset": params.data.dataset, "database_dir": str(prepared["dev"][0].database_dir)})
+    write_json("metrics/data.json", stats)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ def main() -> None:
         seed=params.seed,
         metrics_path="metrics/train.json",
         live_dir="dvclive",
+        chat_template=params.prompt.chat_template,
     )
 
 

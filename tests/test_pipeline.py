@@ -69,6 +69,10 @@ def test_repro_writes_every_output(project):
     assert len(train_lines) == 16 and len(dev_records) == 6
     assert set(dev_records[0]) == {"db_id", "instruction", "input", "output"}
     assert (project / "models/finetuned/adapter_model.safetensors").is_file()
+    data = json.loads((project / "metrics/data.json").read_text())
+    assert data["train"]["records"] == 16 and data["dev"]["records"] == 6 and data["dev"]["questions"] == 222
+    assert sum(data["dev"]["hardness"].values()) == 6 and data["dev"]["prompt_tokens"]["max"] <= 512 - 8
+    assert json.loads((project / "data/prepared/meta.json").read_text())["database_dir"] == "data/sample/database"
 
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["method"] == "lora" and train["steps"] == 4 and train["train_examples"] == 16
@@ -122,7 +126,7 @@ def test_missing_dataset_fails_cleanly(project, tmp_path):
     finally:
         set_params(project, data={"source": "data/sample"})
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: params.yaml: 'data.source' {str(missing)!r} is not a folder"
+    assert result.stderr.strip() == f"error: params.yaml: 'data.source' {str(missing)!r} is neither a folder nor a .zip archive"
 
 
 def test_exp_run_qlora(project):

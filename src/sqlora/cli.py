@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import json
+import sys
+import tempfile
 
-from sqlora.errors import SqloraError, exit_on_error
+from sqlora.datasets import DATASETS
+from sqlora.schema import SCHEMA_FORMATS
+
+from sqlora.errors import exit_on_error
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -22,17 +27,24 @@ def _model(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from sqlora.datasets import load_examples, load_schemas, record_dicts, to_records
+    from sqlora.config import DataParams, PromptParams
+    from sqlora.datasets import record_dicts
     from sqlora.io import write_jsonl
+    from sqlora.models import load_tokenizer
+    from sqlora.preparation import prepare_split
 
-    source = Path(args.source)
-    if not source.is_dir():
-        raise SqloraError(f"--source {str(source)!r} is not a folder")
-    schemas = load_schemas(source / "tables.json")
-    question_file = args.file or {"train": "train.json", "dev": "dev.json"}[args.split]
-    records = to_records(load_examples(source / question_file, schemas), schemas, args.schema_format)
-    write_jsonl(args.out, record_dicts(records))
-    print(f"{len(records)} records -> {args.out}")
+    data = DataParams(dataset=args.dataset, source=args.source, schema_source=args.schema_source or "", skip_bad=args.skip_bad)
+    prompt = PromptParams(schema_format=args.schema_format, sample_rows=args.sample_rows, history_sql=args.history_sql)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    reserve = None if args.split == "train" else args.reserve
+    with tempfile.TemporaryDirectory() as work_dir:  # WikiSQL's Spider-layout conversion
+        split, fitted, stats = prepare_split(
+            args.split, data, prompt, tokenizer=tokenizer, max_length=args.max_length, reserve=reserve, work_dir=work_dir
+        )
+    write_jsonl(args.out, record_dicts(fitted.records))
+    for problem in split.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(json.dumps({"out": args.out, **stats}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_model)
 
-    p = sub.add_parser("prepare", help="Spider-layout questions -> JSONL instruction records")
-    p.add_argument("--source", required=True, help="folder in Spider layout (tables.json, question files)")
+    p = sub.add_parser("prepare", help="a dataset in its official layout -> JSONL instruction records")
+    p.add_argument("--dataset", choices=DATASETS, default="spider")
+    p.add_argument("--source", required=True, help="the dataset's folder or .zip, in its official layout")
     p.add_argument("--split", choices=["train", "dev"], default="dev")
-    p.add_argument("--file", help="question file inside --source (default: train.json or dev.json)")
-    p.add_argument("--schema-format", choices=["natural"], default="natural")
     p.add_argument("--out", required=True, help="output JSONL file")
+    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, default="natural")
+    p.add_argument("--sample-rows", type=int, default=3, help="ddl_rows: rows shown per table")
+    p.add_argument("--schema-source", help="cosql/sparc without tables.json: the Spider folder")
+    p.add_argument("--history-sql", action="store_true", help="cosql/sparc: show earlier turns' gold SQL")
+    p.add_argument("--skip-bad", action="store_true", help="count and skip bad records instead of failing")
+    p.add_argument("--tokenizer", help="model folder whose tokenizer measures lengths (enables the length budget)")
+    p.add_argument("--max-length", type=int, default=512, help="length budget in tokens (with --tokenizer)")
+    p.add_argument("--reserve", type=int, default=128, help="dev: tokens left for generation (with --tokenizer)")
     p.set_defaults(func=_prepare)
     return parser
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
+from sqlora.datasets import DATASETS
 from sqlora.errors import SqloraError
+from sqlora.schema import SCHEMA_FORMATS
 
 METHODS = ("lora", "qlora", "full", "none")
-DATASETS = ("sample", "spider")
-SCHEMA_FORMATS = ("natural",)
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -25,15 +25,18 @@ LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 class DataParams:
     dataset: str = "sample"
     source: str = "data/sample"
-    train_file: str = "train.json"
-    dev_file: str = "dev.json"
+    schema_source: str = ""  # CoSQL/SParC without their own tables.json: the Spider folder
     max_train_examples: int = 0
     max_dev_examples: int = 0
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
 class PromptParams:
     schema_format: str = "natural"
+    sample_rows: int = 3  # ddl_rows: rows shown per table
+    chat_template: bool = False  # wrap the prompt in the model's chat template
+    history_sql: bool = False  # CoSQL/SParC: show the gold SQL of earlier turns too
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     for key, value in [
         ("data.max_train_examples", params.data.max_train_examples),
         ("data.max_dev_examples", params.data.max_dev_examples),
+        ("prompt.sample_rows", params.prompt.sample_rows),
         ("lora.dropout", params.lora.dropout),
         ("train.warmup_ratio", params.train.warmup_ratio),
         ("train.weight_decay", params.train.weight_decay),

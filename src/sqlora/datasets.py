@@ -1,20 +1,35 @@
-"""Spider-layout datasets → prepared instruction records.
+"""Benchmark datasets in their official layouts → instruction records.
 
-A Spider-layout folder holds ``tables.json``, question files (``train_spider.json``,
-``dev.json``, or the sample's ``train.json``) and ``database/<db_id>/<db_id>.sqlite``.
-Both the embedded sample and real Spider go through this module, the same way.
+Every dataset is read into the same :class:`Split` — schemas, examples, the folder of its SQLite
+databases — and then turned into records by one code path:
+
+- ``spider`` (and the embedded ``sample``): ``tables.json``, ``train_spider.json`` (+ ``train_others.json``)
+  or ``train.json``, ``dev.json``, ``database/<db>/<db>.sqlite``;
+- ``bird``: ``{split}.json`` (``question``, ``evidence``, ``SQL``, ``difficulty``), ``{split}_tables.json``,
+  ``{split}_databases/<db>/<db>.sqlite``;
+- ``cosql`` / ``sparc``: interactions (``database_id``, ``interaction``: [{``utterance``, ``query``}]),
+  one example per turn; they run on Spider's databases, so ``tables.json`` and ``database/`` come from the
+  dataset folder or, when it has none, from ``schema_source``;
+- ``wikisql``: converted to the Spider layout first (:mod:`sqlora.wikisql`).
+
+A source may also be the official ``.zip``: it is extracted once into a cache keyed by its content.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
-from dataclasses import asdict, dataclass
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlora.errors import SqloraError
 from sqlora.prompt import Record
-from sqlora.schema import Column, DatabaseSchema, describe_natural
+from sqlora.schema import Column, DatabaseSchema, describe
+
+DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql")
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,42 @@ class Example:
     db_id: str
     question: str
     query: str
+    evidence: str = ""  # BIRD: the external-knowledge hint
+    difficulty: str = ""  # BIRD: simple / moderate / challenging
+    interaction_id: str = ""  # CoSQL / SParC
+    turn: int = 0  # CoSQL / SParC: 0-based position in the interaction
+    history: tuple[tuple[str, str], ...] = ()  # CoSQL / SParC: earlier (question, gold SQL) of the interaction
+
+
+class Problems:
+    """Bad records: the first one stops the run, or, with ``skip_bad``, each is counted and skipped."""
+
+    def __init__(self, skip_bad: bool = False):
+        self.skip_bad = skip_bad
+        self.messages: list[str] = []
+
+    def bad(self, where: str, message: str) -> None:
+        self.skip(f"{where}: {message}")
+
+    def skip(self, message: str) -> None:
+        if not self.skip_bad:
+            raise SqloraError(message)
+        self.messages.append(message)
+
+
+@dataclass
+class Split:
+    dataset: str
+    schemas: dict[str, DatabaseSchema]
+    examples: list[Example]
+    database_dir: Path  # holds <db_id>/<db_id>.sqlite
+    problems: list[str] = field(default_factory=list)  # bad records skipped
+
+    def database_path(self, db_id: str) -> Path:
+        return self.database_dir / db_id / f"{db_id}.sqlite"
+
+
+# --- reading files ---------------------------------------------------------------------------------
 
 
 def _read_json(path: Path):
@@ -34,6 +85,13 @@ def _read_json(path: Path):
         raise SqloraError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
 
 
+def _read_list(path: Path) -> list:
+    entries = _read_json(path)
+    if not isinstance(entries, list):
+        raise SqloraError(f"{path}: expected a JSON list")
+    return entries
+
+
 def _require(cond: bool, where: str, message: str) -> None:
     if not cond:
         raise SqloraError(f"{where}: {message}")
@@ -42,8 +100,7 @@ def _require(cond: bool, where: str, message: str) -> None:
 def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
     _require(isinstance(entry, dict), where, "expected an object")
     for key in ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys"):
-        _require(key in entry, f"{where}", f"missing key '{key}'")
-    db_id = entry["db_id"]
+        _require(key in entry, where, f"missing key '{key}'")
     tables = entry["table_names_original"]
     raw_columns = entry["column_names_original"]
     types = entry["column_types"]
@@ -54,10 +111,12 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
         "expected a list of [table_index, name] pairs",
     )
     _require(isinstance(types, list) and len(types) == len(raw_columns), f"{where}.column_types", f"expected {len(raw_columns)} types, one per column")
+    natural = entry.get("column_names")
+    natural = natural if isinstance(natural, list) and len(natural) == len(raw_columns) else raw_columns
     columns = []
     for i, (table, name) in enumerate(raw_columns[1:], 1):  # entry 0 is Spider's [-1, "*"]
         _require(isinstance(table, int) and 0 <= table < len(tables), f"{where}.column_names_original[{i}]", f"table index {table!r} out of range")
-        columns.append(Column(table=table, name=name, type=types[i]))
+        columns.append(Column(table=table, name=name, type=types[i], natural=str(natural[i][1])))
 
     def column_index(value, key: str) -> int:
         _require(isinstance(value, int) and 1 <= value <= len(columns), f"{where}.{key}", f"column index {value!r} out of range 1..{len(columns)}")
@@ -71,59 +130,254 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
     for k, pair in enumerate(entry["foreign_keys"]):
         _require(isinstance(pair, list) and len(pair) == 2, f"{where}.foreign_keys[{k}]", "expected [column, referenced_column]")
         foreign_keys.append((column_index(pair[0], f"foreign_keys[{k}]"), column_index(pair[1], f"foreign_keys[{k}]")))
-    return DatabaseSchema(db_id=db_id, tables=tables, columns=columns, primary_keys=primary_keys, foreign_keys=foreign_keys)
+    table_natural = entry.get("table_names")
+    return DatabaseSchema(
+        db_id=entry["db_id"],
+        tables=tables,
+        columns=columns,
+        primary_keys=primary_keys,
+        foreign_keys=foreign_keys,
+        table_natural=table_natural if isinstance(table_natural, list) and len(table_natural) == len(tables) else None,
+    )
 
 
-def load_schemas(tables_json: str | Path) -> dict[str, DatabaseSchema]:
+def load_schemas(tables_json: str | Path, problems: Problems | None = None) -> dict[str, DatabaseSchema]:
+    """Schemas of a tables.json; a malformed one stops the run, or is skipped with ``skip_bad``."""
+    problems = problems or Problems()
     path = Path(tables_json)
-    entries = _read_json(path)
-    _require(isinstance(entries, list), str(path), "expected a list of database schemas")
     schemas = {}
-    for i, entry in enumerate(entries):
-        schema = _parse_schema(entry, f"{path}[{i}]")
+    for i, entry in enumerate(_read_list(path)):
+        try:
+            schema = _parse_schema(entry, f"{path}[{i}]")
+        except SqloraError as exc:
+            problems.skip(str(exc))
+            continue
         schemas[schema.db_id] = schema
     return schemas
 
 
-def load_examples(path: str | Path, schemas: dict[str, DatabaseSchema]) -> list[Example]:
-    """Questions of a Spider-layout file, each checked to have its fields and a known db_id."""
+def _field(entry: dict, key: str, where: str, problems: Problems) -> str | None:
+    value = entry.get(key)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    problems.bad(where, f"missing or empty '{key}'")
+    return None
+
+
+def _known_db(db_id, schemas: dict, where: str, problems: Problems) -> bool:
+    if db_id in schemas:
+        return True
+    problems.bad(f"{where}.db_id", f"{db_id!r} is not in tables.json")
+    return False
+
+
+def load_examples(path: str | Path, schemas: dict[str, DatabaseSchema], problems: Problems | None = None, sql_key: str = "query") -> list[Example]:
+    """Questions of a Spider- or BIRD-style file, each checked to have its fields and a known db_id."""
+    problems = problems or Problems()
     path = Path(path)
-    entries = _read_json(path)
-    _require(isinstance(entries, list), str(path), "expected a list of examples")
     examples = []
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(_read_list(path)):
         where = f"{path}[{i}]"
-        _require(isinstance(entry, dict), where, "expected an object")
-        for key in ("db_id", "question", "query"):
-            _require(isinstance(entry.get(key), str) and entry[key].strip(), where, f"missing or empty '{key}'")
-        _require(entry["db_id"] in schemas, f"{where}.db_id", f"{entry['db_id']!r} is not in tables.json")
-        examples.append(Example(db_id=entry["db_id"], question=entry["question"].strip(), query=entry["query"].strip()))
+        if not isinstance(entry, dict):
+            problems.bad(where, "expected an object")
+            continue
+        db_id = _field(entry, "db_id", where, problems)
+        question = db_id and _field(entry, "question", where, problems)
+        query = question and _field(entry, sql_key, where, problems)
+        if query and _known_db(db_id, schemas, where, problems):
+            examples.append(
+                Example(
+                    db_id=db_id,
+                    question=question,
+                    query=query,
+                    evidence=str(entry.get("evidence") or "").strip(),
+                    difficulty=str(entry.get("difficulty") or ""),
+                )
+            )
     return examples
 
 
-def database_path(source: str | Path, db_id: str) -> Path:
-    return Path(source) / "database" / db_id / f"{db_id}.sqlite"
+def load_interactions(path: Path, schemas: dict[str, DatabaseSchema], problems: Problems) -> list[Example]:
+    """CoSQL / SParC: one example per turn, with the interaction's earlier turns as history."""
+    examples = []
+    for i, entry in enumerate(_read_list(path)):
+        where = f"{path}[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("interaction"), list):
+            problems.bad(where, "expected an object with an 'interaction' list")
+            continue
+        db_id = entry.get("database_id")
+        if not _known_db(db_id, schemas, where, problems):
+            continue
+        history: list[tuple[str, str]] = []
+        for turn, step in enumerate(entry["interaction"]):
+            turn_where = f"{where}.interaction[{turn}]"
+            if not isinstance(step, dict):
+                problems.bad(turn_where, "expected an object")
+                continue
+            question = _field(step, "utterance", turn_where, problems)
+            query = question and _field(step, "query", turn_where, problems)
+            if not query:
+                continue
+            examples.append(Example(db_id=db_id, question=question, query=query, interaction_id=str(i), turn=turn, history=tuple(history)))
+            history.append((question, query))
+    return examples
 
 
-def subsample(examples: list, limit: int, seed: int, shuffle: bool) -> list:
-    """``limit`` examples (0 = all): a seeded random subset in original order, or the first ones."""
-    if not limit or limit >= len(examples):
-        return list(examples)
-    if not shuffle:
-        return list(examples[:limit])
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
+# --- layouts ---------------------------------------------------------------------------------------
 
 
-def to_records(examples: list[Example], schemas: dict[str, DatabaseSchema], schema_format: str) -> list[Record]:
-    if schema_format != "natural":
-        raise SqloraError(f"prompt.schema_format {schema_format!r} is not supported")
-    described = {db_id: describe_natural(s) for db_id, s in schemas.items()}
-    return [Record(db_id=e.db_id, instruction=described[e.db_id], input=e.question, output=e.query) for e in examples]
+def resolve_source(source: str | Path, key: str = "params.yaml: 'data.source'") -> Path:
+    """A dataset folder, or an official .zip extracted once into a cache keyed by its content."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_file() and zipfile.is_zipfile(path):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        cache = Path(os.environ.get("SQLORA_CACHE", Path.home() / ".cache" / "sqlora")) / f"{path.stem}-{digest.hexdigest()[:16]}"
+        if not cache.is_dir():
+            from sqlora.io import atomic_path
+
+            with atomic_path(cache) as tmp, zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp)
+        # Official archives wrap everything in one top folder (spider/, cosql_dataset/ ...).
+        entries = [p for p in cache.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+        return entries[0] if len(entries) == 1 and entries[0].is_dir() else cache
+    raise SqloraError(f"{key} {str(path)!r} is neither a folder nor a .zip archive")
+
+
+def _first_existing(folder: Path, names: list[str]) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise SqloraError(f"{folder}: none of {', '.join(names)} found")
+
+
+def _spider(source: Path, split: str, problems: Problems) -> Split:
+    schemas = load_schemas(source / "tables.json", problems)
+    if split == "train":
+        files = [p for p in (source / "train_spider.json", source / "train_others.json") if p.is_file()] or [_first_existing(source, ["train.json"])]
+    else:
+        files = [_first_existing(source, [f"{split}.json"])]
+    examples = [e for path in files for e in load_examples(path, schemas, problems)]
+    return Split("spider", schemas, examples, source / "database", problems.messages)
+
+
+def _bird(source: Path, split: str, problems: Problems) -> Split:
+    schemas = load_schemas(source / f"{split}_tables.json", problems)
+    examples = load_examples(source / f"{split}.json", schemas, problems, sql_key="SQL")
+    return Split("bird", schemas, examples, source / f"{split}_databases", problems.messages)
+
+
+def _multiturn(dataset: str, source: Path, split: str, problems: Problems, schema_source: Path | None) -> Split:
+    questions = _first_existing(source, [f"{split}.json", f"sql_state_tracking/cosql_{split}.json"])
+    schema_dir = source if (source / "tables.json").is_file() else schema_source
+    if schema_dir is None or not (schema_dir / "tables.json").is_file():
+        raise SqloraError(
+            f"{source}: no tables.json; {dataset} runs on Spider's databases: set data.schema_source "
+            "(--schema-source) to the Spider folder"
+        )
+    schemas = load_schemas(schema_dir / "tables.json", problems)
+    examples = load_interactions(questions, schemas, problems)
+    database_dir = source / "database" if (source / "database").is_dir() else schema_dir / "database"
+    return Split(dataset, schemas, examples, database_dir, problems.messages)
+
+
+def _wikisql(source: Path, split: str, problems: Problems, work_dir: Path) -> Split:
+    from sqlora.wikisql import convert_wikisql
+
+    converted = work_dir / f"wikisql-{split}"
+    counts = convert_wikisql(source, split, converted, skip_bad=problems.skip_bad)
+    problems.messages.extend(counts.get("problems", []))
+    schemas = load_schemas(converted / "tables.json", problems)
+    examples = load_examples(converted / f"{split}.json", schemas, problems)
+    return Split("wikisql", schemas, examples, converted / "database", problems.messages)
+
+
+def load_split(
+    dataset: str,
+    source: str | Path,
+    split: str,
+    *,
+    schema_source: str | Path | None = None,
+    skip_bad: bool = False,
+    work_dir: str | Path = "data/prepared",
+) -> Split:
+    """Read one split of a dataset in its official layout (folder or .zip)."""
+    if dataset not in DATASETS:
+        raise SqloraError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    source_dir = resolve_source(source)
+    problems = Problems(skip_bad)
+    if dataset in ("sample", "spider"):
+        result = _spider(source_dir, split, problems)
+        result.dataset = dataset
+        return result
+    if dataset == "bird":
+        return _bird(source_dir, split, problems)
+    if dataset in ("cosql", "sparc"):
+        return _multiturn(dataset, source_dir, split, problems, resolve_source(schema_source, "params.yaml: 'data.schema_source'") if schema_source else None)
+    return _wikisql(source_dir, split, problems, Path(work_dir))
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+
+def render_input(example: Example, history_sql: bool = False) -> str:
+    """The question as the model sees it: BIRD's evidence as a hint, earlier turns of an interaction."""
+    text = example.question
+    if example.evidence:
+        text += f"\nHint: {example.evidence}"
+    if example.history:
+        lines = ["Previous questions:"]
+        for n, (question, query) in enumerate(example.history, 1):
+            lines.append(f"{n}. {question}" + (f"\n   SQL: {query}" if history_sql else ""))
+        text = "\n".join(lines) + f"\nCurrent question: {text}"
+    return text
+
+
+def to_record(example: Example, instruction: str, history_sql: bool = False) -> Record:
+    return Record(
+        db_id=example.db_id,
+        instruction=instruction,
+        input=render_input(example, history_sql),
+        output=example.query,
+        difficulty=example.difficulty or None,
+        interaction_id=example.interaction_id or None,
+        turn=example.turn if example.interaction_id else None,
+    )
+
+
+@dataclass
+class SchemaRenderer:
+    """Schema descriptions for a split, each database rendered once (reading sample rows is I/O)."""
+
+    split: Split
+    schema_format: str
+    sample_rows: int = 3
+
+    def __post_init__(self):
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, schema: DatabaseSchema) -> str:
+        whole = schema is self.split.schemas.get(schema.db_id)
+        if whole and schema.db_id in self._cache:
+            return self._cache[schema.db_id]
+        text = describe(schema, self.schema_format, self.split.database_path(schema.db_id), self.sample_rows)
+        if whole:
+            self._cache[schema.db_id] = text
+        return text
+
+
+def to_records(split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False) -> list[Record]:
+    render = SchemaRenderer(split, schema_format, sample_rows)
+    return [to_record(e, render(split.schemas[e.db_id]), history_sql) for e in split.examples]
 
 
 def record_dicts(records: list[Record]) -> list[dict]:
-    return [asdict(r) for r in records]
+    """Records as JSON objects; fields a dataset does not have (difficulty, turn ...) are left out."""
+    return [{k: v for k, v in asdict(r).items() if v is not None} for r in records]
 
 
 def load_records(path: str | Path) -> list[Record]:
@@ -136,3 +390,13 @@ def load_records(path: str | Path) -> list[Record]:
         except TypeError:
             raise SqloraError(f"{path}:{i}: expected keys db_id, instruction, input, output; got {sorted(raw)}") from None
     return records
+
+
+def subsample(items: list, limit: int, seed: int, shuffle: bool) -> list:
+    """``limit`` items (0 = all): a seeded random subset in original order, or the first ones."""
+    if not limit or limit >= len(items):
+        return list(items)
+    if not shuffle:
+        return list(items[:limit])
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]

@@ -61,10 +61,12 @@ def extract_sql(text: str) -> str:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool = True) -> list[Generation]:
+def generate(
+    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, progress: bool = True, chat_template: bool = False
+) -> list[Generation]:
     """Greedy generation in batches of similar prompt lengths (left-padded, KV cache), in input order."""
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
     dev = device()

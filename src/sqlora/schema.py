@@ -1,15 +1,27 @@
-"""Database schemas from Spider's tables.json, and their description in words for the prompt."""
+"""Database schemas from Spider's tables.json, and their description for the prompt.
+
+Three formats (``prompt.schema_format``):
+
+- ``natural``: the schema told in words, tables, columns, primary and foreign keys (DB-GPT-Hub style);
+- ``ddl``: CREATE TABLE statements with column types, primary and foreign keys;
+- ``ddl_rows``: the same, each followed by the first N rows of the table, read from the database.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows")
 
 
 @dataclass(frozen=True)
 class Column:
     table: int  # index into DatabaseSchema.tables
     name: str  # original name, as in the database
-    type: str
+    type: str  # Spider's type: text, number, time, boolean, others
+    natural: str = ""  # Spider's natural-language name ("singer id")
 
 
 @dataclass(frozen=True)
@@ -19,9 +31,34 @@ class DatabaseSchema:
     columns: list[Column]  # without Spider's leading "*" entry; indexes below are Spider's (1-based)
     primary_keys: list[tuple[int, ...]]  # one tuple per table key; a composite key has several columns
     foreign_keys: list[tuple[int, int]]  # (column, referenced column), Spider column indexes
+    table_natural: list[str] | None = None  # Spider's natural table names
 
     def column(self, spider_index: int) -> Column:
         return self.columns[spider_index - 1]
+
+    def table_columns(self, table: int) -> list[int]:
+        return [i for i, c in enumerate(self.columns, 1) if c.table == table]
+
+    def subset(self, tables: list[int], drop_columns: frozenset[int] = frozenset()) -> DatabaseSchema:
+        """The schema restricted to ``tables`` (in the given order) minus ``drop_columns``;
+        keys that lose a column are left out, so nothing refers to what is gone."""
+        keep = [i for t in tables for i in self.table_columns(t) if i not in drop_columns]
+        new_index = {old: new for new, old in enumerate(keep, 1)}
+        new_table = {old: new for new, old in enumerate(tables)}
+        return replace(
+            self,
+            tables=[self.tables[t] for t in tables],
+            table_natural=[self.table_natural[t] for t in tables] if self.table_natural else None,
+            columns=[replace(self.column(i), table=new_table[self.column(i).table]) for i in keep],
+            primary_keys=[tuple(new_index[c] for c in key) for key in self.primary_keys if all(c in new_index for c in key)],
+            foreign_keys=[(new_index[a], new_index[b]) for a, b in self.foreign_keys if a in new_index and b in new_index],
+        )
+
+
+def describe(schema: DatabaseSchema, schema_format: str, db_path: Path | None = None, sample_rows: int = 0) -> str:
+    if schema_format == "natural":
+        return describe_natural(schema)
+    return describe_ddl(schema, db_path if schema_format == "ddl_rows" else None, sample_rows)
 
 
 def describe_natural(schema: DatabaseSchema) -> str:
@@ -31,11 +68,9 @@ def describe_natural(schema: DatabaseSchema) -> str:
     then one line per foreign key: ``The y of b is the foreign key of x of a.``
     """
     lines = [f"{schema.db_id} contains tables such as {', '.join(schema.tables)}."]
-    keys_by_table: dict[int, list[tuple[int, ...]]] = {}
-    for key in schema.primary_keys:
-        keys_by_table.setdefault(schema.column(key[0]).table, []).append(key)
+    keys_by_table = _keys_by_table(schema)
     for t, table in enumerate(schema.tables):
-        names = [c.name for c in schema.columns if c.table == t]
+        names = [schema.column(i).name for i in schema.table_columns(t)]
         sentence = f"Table {table} has columns such as {', '.join(names)}."
         for key in keys_by_table.get(t, []):
             key_names = [schema.column(i).name for i in key]
@@ -48,3 +83,78 @@ def describe_natural(schema: DatabaseSchema) -> str:
         c, r = schema.column(col), schema.column(ref)
         lines.append(f"The {c.name} of {schema.tables[c.table]} is the foreign key of {r.name} of {schema.tables[r.table]}.")
     return "\n".join(lines)
+
+
+_SQL_TYPES = {"text": "text", "number": "number", "time": "time", "boolean": "boolean", "others": "text"}
+
+
+def _ident(name: str) -> str:
+    """An identifier as SQLite accepts it: bare when plain, otherwise double-quoted."""
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def describe_ddl(schema: DatabaseSchema, db_path: Path | None = None, sample_rows: int = 0) -> str:
+    """CREATE TABLE statements with types and keys; with ``db_path`` and ``sample_rows``, each is
+    followed by its first rows (the "CREATE TABLE + SELECT N" prompt of Rajkumar et al., 2022)."""
+    keys_by_table = _keys_by_table(schema)
+    statements = []
+    for t, table in enumerate(schema.tables):
+        lines = [f"  {_ident(schema.column(i).name)} {_SQL_TYPES.get(schema.column(i).type, 'text')}" for i in schema.table_columns(t)]
+        for key in keys_by_table.get(t, []):
+            lines.append(f"  PRIMARY KEY ({', '.join(_ident(schema.column(i).name) for i in key)})")
+        for col, ref in schema.foreign_keys:
+            if schema.column(col).table == t:
+                r = schema.column(ref)
+                lines.append(
+                    f"  FOREIGN KEY ({_ident(schema.column(col).name)}) REFERENCES {_ident(schema.tables[r.table])}({_ident(r.name)})"
+                )
+        statement = f"CREATE TABLE {_ident(table)} (\n" + ",\n".join(lines) + "\n);"
+        if db_path is not None and sample_rows > 0:
+            statement += "\n" + _sample_rows(db_path, schema, t, sample_rows)
+        statements.append(statement)
+    return "\n".join(statements)
+
+
+def _sample_rows(db_path: Path, schema: DatabaseSchema, table: int, n: int) -> str:
+    from sqlora.sandbox import run_query
+
+    names = [schema.column(i).name for i in schema.table_columns(table)]
+    query = f"SELECT {', '.join(_ident(c) for c in names)} FROM {_ident(schema.tables[table])} LIMIT {n}"
+    result = run_query(db_path, query, timeout_s=10.0)
+    rows = result.rows or []
+    # Long cell values (BLOBs, essays) would crowd out the schema: cut each to 40 characters.
+    body = "\n".join(" | ".join(_cell(v) for v in row) for row in rows)
+    return f"/*\n{len(rows)} example rows:\n{query};\n{' | '.join(names)}\n{body}\n*/" if rows else f"/* {schema.tables[table]} has no rows */"
+
+
+def _cell(value) -> str:
+    text = "NULL" if value is None else (f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value))
+    text = " ".join(text.split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _keys_by_table(schema: DatabaseSchema) -> dict[int, list[tuple[int, ...]]]:
+    keys: dict[int, list[tuple[int, ...]]] = {}
+    for key in schema.primary_keys:
+        keys.setdefault(schema.column(key[0]).table, []).append(key)
+    return keys
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()))
+
+
+def shrink_order(schema: DatabaseSchema, question: str) -> list[int]:
+    """Tables from least to most related to the question: the order in which the length budget
+    drops them. Relatedness is the number of words the question shares with the table's name and
+    its columns' names; ties drop later tables first."""
+    asked = _words(question)
+
+    def overlap(t: int) -> int:
+        names = [schema.tables[t], *(schema.column(i).name for i in schema.table_columns(t))]
+        if schema.table_natural:
+            names.append(schema.table_natural[t])
+        names += [schema.column(i).natural for i in schema.table_columns(t)]
+        return len(asked & set().union(*(_words(n) for n in names)))
+
+    return sorted(range(len(schema.tables)), key=lambda t: (overlap(t), -t))

@@ -41,11 +41,11 @@ class TokenizedSet:
         return sum(len(f["input_ids"]) for f in self.features)
 
 
-def tokenize_records(records: list[Record], tokenizer, max_length: int) -> TokenizedSet:
+def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_template: bool = False) -> TokenizedSet:
     """Prompt + SQL + EOS, with labels masked on the prompt so the loss is on the response only."""
     features, too_long = [], 0
     for record in records:
-        prompt = encode_prompt(tokenizer, record.prompt)
+        prompt = encode_prompt(tokenizer, record.prompt, chat_template)
         response = encode_response(tokenizer, record.output)
         if len(prompt) + len(response) > max_length:
             too_long += 1  # never cut: a truncated SQL target would teach the model wrong SQL
@@ -154,6 +154,7 @@ def train(
     seed: int,
     metrics_path: str | Path,
     live_dir: str | Path,
+    chat_template: bool = False,
 ) -> dict:
     """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics."""
     base_dir = Path(base_dir)
@@ -175,7 +176,7 @@ def train(
         raise SqloraError("train: the training set is empty")
     set_seed(seed)
     tokenizer = load_tokenizer(base_dir)
-    data = tokenize_records(records, tokenizer, params.max_length)
+    data = tokenize_records(records, tokenizer, params.max_length, chat_template)
     if not data.features:
         raise SqloraError(
             f"train: all {len(records)} examples are longer than train.max_length={params.max_length} tokens"
