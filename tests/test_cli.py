@@ -18,7 +18,7 @@ def test_prepare_command(sample_dir, tmp_path):
 def test_bad_source_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(SQLORA + ["prepare", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "is neither a folder nor a .zip archive" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "error: --source" in result.stderr and "no such folder or file" in result.stderr
     assert not (tmp_path / "x.jsonl").exists()
 
 

@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 import tempfile
+from pathlib import Path
 
 from sqlora.datasets import DATASETS
 from sqlora.schema import SCHEMA_FORMATS
 
-from sqlora.errors import exit_on_error
+from sqlora.errors import SqloraError, exit_on_error
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -33,6 +34,9 @@ def _prepare(args: argparse.Namespace) -> None:
     from sqlora.models import load_tokenizer
     from sqlora.preparation import prepare_split
 
+    for flag, path in (("--source", args.source), ("--schema-source", args.schema_source)):
+        if path and not Path(path).exists():
+            raise SqloraError(f"{flag} {path!r}: no such folder or file")
     data = DataParams(dataset=args.dataset, source=args.source, schema_source=args.schema_source or "", skip_bad=args.skip_bad)
     prompt = PromptParams(schema_format=args.schema_format, sample_rows=args.sample_rows, history_sql=args.history_sql)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
