@@ -15,7 +15,6 @@ from sqlora.evaluation import (
     execution_match,
     results_match,
 )
-from sqlora.sandbox import run_query
 
 SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
 

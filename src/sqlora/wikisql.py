@@ -502,7 +502,7 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
     otherwise the first bad question raises SqloraError). Errors in the tables file or the ``.db``
     itself always raise.
     """
-    from sqlora.io import atomic_path
+    from sqlora.io import atomic_path, write_json
 
     files = _source_files(Path(source), split)
     tables = read_tables(files.tables)
@@ -524,8 +524,8 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
             tmp.mkdir()
             for table in used:
                 write_database(source_db, files.db, table, tmp / "database" / table.db_id / f"{table.db_id}.sqlite")
-            _write_json(tmp / "tables.json", [spider_entry(t) for t in used])
-            _write_json(tmp / f"{split}.json", examples)
+            write_json(tmp / "tables.json", [spider_entry(t) for t in used])
+            write_json(tmp / f"{split}.json", examples)
     finally:
         source_db.close()
     return {
@@ -535,7 +535,3 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
         "repeated_column_conditions": converter.repeated,
         "problems": problems,
     }
-
-
-def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
