@@ -1,4 +1,8 @@
-"""Execute predicted and gold SQL on the databases: EX overall and by hardness → metrics/eval.json."""
+"""Execute predicted and gold SQL on the databases → metrics/eval.json and reports/eval_examples.json.
+
+Spider-style datasets report EX by Spider hardness; BIRD reports set-equality EX by difficulty;
+CoSQL / SParC add question- and interaction-level accuracy.
+"""
 
 import json
 from pathlib import Path
@@ -6,7 +10,7 @@ from pathlib import Path
 from sqlora.config import load_params
 from sqlora.datasets import load_records
 from sqlora.errors import SqloraError, exit_on_error
-from sqlora.evaluation import evaluate_execution
+from sqlora.evaluation import evaluate_execution, interaction_accuracy
 from sqlora.io import write_json
 
 
@@ -14,7 +18,7 @@ from sqlora.io import write_json
 def main() -> None:
     params = load_params()
     records = load_records("data/prepared/dev.jsonl")
-    database_dir = json.loads(Path("data/prepared/meta.json").read_text())["database_dir"]
+    meta = json.loads(Path("data/prepared/meta.json").read_text())
     preds = Path("predictions/dev.sql").read_text(encoding="utf-8").removesuffix("\n").split("\n")
     if len(preds) != len(records):
         raise SqloraError(f"predictions/dev.sql: {len(preds)} lines for {len(records)} dev questions")
@@ -22,24 +26,27 @@ def main() -> None:
         report = evaluate_execution(
             [(r.output, r.db_id) for r in records],
             preds,
-            database_dir,
+            meta["database_dir"],
             timeout_s=params.eval.timeout_s,
             workers=params.eval.workers,
             skip_missing_databases=params.eval.skip_missing_databases,
+            difficulties=[r.difficulty or "" for r in records] if meta["dataset"] == "bird" else None,
         )
     except FileNotFoundError as exc:
         raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
     except ValueError as exc:  # a gold query that cannot be parsed for its hardness
         raise SqloraError(f"data/prepared/dev.jsonl: {exc}") from None
     levels = report.summary
-    write_json(
-        "metrics/eval.json",
-        {
-            "ex": {level: round(s["exec"], 4) for level, s in levels.items()},
-            "count": {level: s["count"] for level, s in levels.items()},
-            "skipped_missing_database": len(report.skipped),
-        },
-    )
+    metrics = {
+        "ex": {level: round(s["exec"], 4) for level, s in levels.items()},
+        "count": {level: s["count"] for level, s in levels.items()},
+        "skipped_missing_database": len(report.skipped),
+    }
+    if meta["dataset"] in ("cosql", "sparc"):
+        accuracy = interaction_accuracy(report.examples, [r.interaction_id for r in records])
+        metrics["interaction_ex"] = round(accuracy["interaction_ex"], 4)
+        metrics["interactions"] = accuracy["interactions"]
+    write_json("metrics/eval.json", metrics)
     write_json("reports/eval_examples.json", report.to_json())
     print("evaluate: " + ", ".join(f"{level} EX {s['exec']:.3f} (n={s['count']})" for level, s in levels.items()))
 

@@ -253,11 +253,11 @@ def test_execution_match(db_dir: Path) -> None:
 _real_run_and_compare = evaluation._run_and_compare
 
 
-def crash_on_marker(db_path, pred_sql, gold, order_matters, timeout_s):
+def crash_on_marker(db_path, pred_sql, gold, order_matters, timeout_s, as_sets=False):
     """Stands in for the per-prediction task inside worker processes: dies on a marked query."""
     if "CRASH_WORKER" in pred_sql:
         os._exit(1)
-    return _real_run_and_compare(db_path, pred_sql, gold, order_matters, timeout_s)
+    return _real_run_and_compare(db_path, pred_sql, gold, order_matters, timeout_s, as_sets)
 
 
 def test_a_crashing_worker_only_fails_its_own_example(db_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,3 +291,29 @@ def test_spider_dev_gold_as_prediction_all_match() -> None:
     failures = [(e.index, e.error) for e in report.examples if e.exec != 1]
     assert failures == []
     assert report.summary["all"] == {"count": 972, "exec": 1.0}
+
+
+def test_bird_compares_sets_and_reports_by_difficulty(db_dir):
+    golds = [("SELECT name FROM item WHERE price > 3", "shop"), ("SELECT name FROM item ORDER BY price", "shop")]
+    preds = [
+        "SELECT name FROM item WHERE price > 3 UNION ALL SELECT name FROM item WHERE price > 3",  # duplicates: same set
+        "SELECT name FROM item ORDER BY price DESC",  # order ignored by BIRD
+    ]
+    report = evaluate_execution(golds, preds, db_dir, workers=1, difficulties=["simple", "challenging"])
+    assert [e.exec for e in report.examples] == [1, 1]
+    assert [e.hardness for e in report.examples] == ["simple", "challenging"]
+    assert set(report.summary) == {"simple", "moderate", "challenging", "all"}
+    assert report.summary["moderate"]["count"] == 0 and report.summary["all"]["exec"] == 1.0
+    # Spider semantics on the same pair: ORDER BY in the gold makes order count, duplicates count.
+    spider = evaluate_execution(golds, preds, db_dir, workers=1)
+    assert [e.exec for e in spider.examples] == [0, 0]
+
+
+def test_interaction_accuracy_needs_every_turn(db_dir):
+    from sqlora.evaluation import interaction_accuracy
+
+    golds = [("SELECT name FROM item", "shop")] * 4
+    preds = ["SELECT name FROM item", "SELECT name FROM item", "SELECT name FROM item", "SELECT id FROM item"]
+    report = evaluate_execution(golds, preds, db_dir, workers=1)
+    accuracy = interaction_accuracy(report.examples, ["a", "a", "b", "b"])
+    assert accuracy == {"questions": 4, "question_ex": 0.75, "interactions": 2, "interaction_ex": 0.5}

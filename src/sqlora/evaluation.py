@@ -31,6 +31,7 @@ from sqlora.hardness import spider_hardness
 from sqlora.sandbox import QueryResult, run_query
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
+BIRD_DIFFICULTIES = ("simple", "moderate", "challenging")
 
 _CRASHED = "worker process crashed while running this query"
 T = TypeVar("T")
@@ -134,15 +135,17 @@ def execution_match(
 
 
 def _run_and_compare(
-    db_path: Path, pred_sql: str, gold: QueryResult, order_matters: bool, timeout_s: float
+    db_path: Path, pred_sql: str, gold: QueryResult, order_matters: bool, timeout_s: float, as_sets: bool = False
 ) -> tuple[bool, str | None]:
-    """Score one prediction against an already computed gold result."""
+    """Score one prediction against an already computed gold result (BIRD: ``as_sets``)."""
     if not gold.ok:  # a data error; no point running the prediction
         return False, f"gold failed: {gold.error}"
     pred = run_query(db_path, pred_sql, timeout_s=timeout_s)
     if not pred.ok:
         return False, pred.error
     try:
+        if as_sets:  # BIRD's EX: the same set of rows, columns in order, duplicates and row order ignored
+            return set(pred.rows) == set(gold.rows), None
         return results_match(pred.rows, gold.rows, order_matters), None
     except Exception as e:  # noqa: BLE001 - e.g. RecursionError for absurdly wide results
         return False, " ".join(f"comparison failed: {type(e).__name__}: {e}".split())
@@ -168,12 +171,16 @@ def evaluate_execution(
     timeout_s: float = 30.0,
     workers: int = 2,
     skip_missing_databases: bool = False,
+    difficulties: list[str] | None = None,
 ) -> EvalReport:
     """Score each prediction against its (gold_sql, db_id) by execution on ``db_dir``.
 
     Databases are found at ``db_dir/<db_id>/<db_id>.sqlite``. A missing one raises
     FileNotFoundError, or with ``skip_missing_databases`` its examples are left out of every
     count and listed in ``skipped``. ``workers`` > 1 runs queries in that many processes.
+
+    With ``difficulties`` (BIRD: one label per example) results are compared as BIRD does —
+    as sets of rows — and reported by those labels instead of Spider hardness.
     """
     if len(golds) != len(preds):
         raise ValueError(f"got {len(golds)} gold queries but {len(preds)} predictions; they must pair up")
@@ -190,9 +197,14 @@ def evaluate_execution(
         else:
             raise FileNotFoundError(f"database for db_id {db_id!r} not found: expected {path}")
 
+    if difficulties is not None and len(difficulties) != len(golds):
+        raise ValueError(f"got {len(golds)} gold queries but {len(difficulties)} difficulty labels")
     hardness: dict[int, str] = {}
     for index in scored:
         gold_sql, db_id = golds[index]
+        if difficulties is not None:
+            hardness[index] = difficulties[index]
+            continue
         try:
             hardness[index] = spider_hardness(gold_sql)
         except ValueError as e:
@@ -218,6 +230,7 @@ def evaluate_execution(
                 gold_results[(golds[i][1], golds[i][0])],
                 _order_matters(golds[i][0]),
                 timeout_s,
+                difficulties is not None,
             )
             for i in scored
         ],
@@ -239,16 +252,17 @@ def evaluate_execution(
                 error=error,
             )
         )
-    return EvalReport(summary=_summarize(examples), examples=examples, skipped=skipped)
+    levels = BIRD_DIFFICULTIES if difficulties is not None else HARDNESS_LEVELS
+    return EvalReport(summary=_summarize(examples, levels), examples=examples, skipped=skipped)
 
 
 def _database_path(db_dir: Path, db_id: str) -> Path:
     return db_dir / db_id / f"{db_id}.sqlite"
 
 
-def _summarize(examples: list[ExampleResult]) -> dict[str, dict]:
+def _summarize(examples: list[ExampleResult], levels: tuple[str, ...]) -> dict[str, dict]:
     summary = {}
-    for level in (*HARDNESS_LEVELS, "all"):
+    for level in (*levels, "all"):
         chosen = [e for e in examples if level == "all" or e.hardness == level]
         hits = sum(e.exec for e in chosen)
         summary[level] = {"count": len(chosen), "exec": hits / len(chosen) if chosen else 0.0}
@@ -315,3 +329,19 @@ def _run_in_pool(
             except BrokenProcessPool:
                 broken.append(index)
     return broken
+
+
+def interaction_accuracy(examples: list[ExampleResult], interaction_ids: list[str | None]) -> dict:
+    """CoSQL / SParC: question-level EX, and interaction-level EX (every turn of an interaction right).
+
+    ``interaction_ids`` holds one id per input example (by ``ExampleResult.index``)."""
+    by_interaction: dict[str, list[int]] = {}
+    for example in examples:
+        by_interaction.setdefault(str(interaction_ids[example.index]), []).append(example.exec)
+    correct = sum(all(turns) for turns in by_interaction.values())
+    return {
+        "questions": len(examples),
+        "question_ex": sum(e.exec for e in examples) / len(examples) if examples else 0.0,
+        "interactions": len(by_interaction),
+        "interaction_ex": correct / len(by_interaction) if by_interaction else 0.0,
+    }
