@@ -26,3 +26,34 @@ def test_sample_command(tmp_path):
     result = subprocess.run(SQLORA + ["sample", "--out", str(tmp_path / "s")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s" / "tables.json").is_file()
+
+
+def test_evaluate_command_on_the_sample(sample_dir, tmp_path):
+    gold = sample_dir / "dev_gold.sql"
+    lines = gold.read_text().splitlines()
+    preds = [line.split("\t")[0] for line in lines]
+    preds[0] = "SELECT 'wrong'"
+    (tmp_path / "pred.sql").write_text("\n".join(preds) + "\n")
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        SQLORA + ["evaluate", "--gold", str(gold), "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database"), "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "EXECUTION ACCURACY" in result.stdout and result.stdout.splitlines()[0].split() == ["easy", "medium", "hard", "extra", "all"]
+    report = json.loads(out.read_text())
+    assert report["summary"]["all"]["count"] == len(lines)
+    assert report["summary"]["all"]["exec"] == (len(lines) - 1) / len(lines)
+    assert [e["index"] for e in report["examples"]] == list(range(len(lines)))
+    assert report["examples"][0]["exec"] == 0 and all(e["exec"] == 1 for e in report["examples"][1:])
+
+
+def test_evaluate_bad_files(sample_dir, tmp_path):
+    (tmp_path / "gold.sql").write_text("SELECT 1\tshop\nSELECT 2 no tab\n")
+    (tmp_path / "pred.sql").write_text("SELECT 1\n")
+    base = SQLORA + ["evaluate", "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database")]
+    result = subprocess.run(base + ["--gold", str(tmp_path / "gold.sql")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'gold.sql'}:2: expected 'SQL<TAB>db_id'"
+    (tmp_path / "gold.sql").write_text("SELECT 1\tshop\nSELECT 2\tshop\n")
+    result = subprocess.run(base + ["--gold", str(tmp_path / "gold.sql")], capture_output=True, text=True)
+    assert result.returncode == 2 and "1 predictions for 2 gold queries" in result.stderr

@@ -51,6 +51,29 @@ def _prepare(args: argparse.Namespace) -> None:
     print(json.dumps({"out": args.out, **stats}))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from sqlora.evaluation import evaluate_execution, format_summary, read_gold_file, read_pred_file
+    from sqlora.io import write_json
+
+    golds = read_gold_file(args.gold)
+    preds = read_pred_file(args.pred, len(golds))
+    try:
+        report = evaluate_execution(
+            golds, preds, args.db, timeout_s=args.timeout, workers=args.workers, skip_missing_databases=args.skip_missing_databases
+        )
+    except FileNotFoundError as exc:
+        raise SqloraError(f"{exc} (--skip-missing-databases scores the other questions)") from None
+    except ValueError as exc:
+        raise SqloraError(f"{args.gold}: {exc}") from None
+    print(format_summary(report.summary, [("exec", "EXECUTION ACCURACY")]))
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} questions whose database file is missing")
+    if args.out:
+        summary = {level: {"count": s["count"], "exec": s["exec"]} for level, s in report.summary.items()}
+        examples = [{"index": e.index, "db_id": e.db_id, "hardness": e.hardness, "exec": e.exec, "error": e.error, "pred": e.pred, "gold": e.gold} for e in report.examples]
+        write_json(args.out, {"summary": summary, "examples": examples, "skipped": report.skipped})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="length budget in tokens (with --tokenizer)")
     p.add_argument("--reserve", type=int, default=128, help="dev: tokens left for generation (with --tokenizer)")
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("evaluate", help="score predictions in the official file formats by execution (EX)")
+    p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
+    p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
+    p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
+    p.add_argument("--out", help="write the report (summary and every example) as JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-missing-databases", action="store_true", help="score only questions whose database exists")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

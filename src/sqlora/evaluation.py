@@ -345,3 +345,46 @@ def interaction_accuracy(examples: list[ExampleResult], interaction_ids: list[st
         "interactions": len(by_interaction),
         "interaction_ex": correct / len(by_interaction) if by_interaction else 0.0,
     }
+
+
+def read_gold_file(path: str | Path) -> list[tuple[str, str]]:
+    """The official gold format: one ``SQL<TAB>db_id`` per line."""
+    from sqlora.errors import SqloraError
+
+    golds = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        sql, tab, db_id = line.rpartition("\t")
+        if not tab or not sql.strip() or not db_id.strip():
+            raise SqloraError(f"{path}:{lineno}: expected 'SQL<TAB>db_id'")
+        golds.append((sql.strip(), db_id.strip()))
+    return golds
+
+
+def read_pred_file(path: str | Path, expected: int) -> list[str]:
+    """The official prediction format: one SQL per line, in gold order (an empty line is an empty prediction)."""
+    from sqlora.errors import SqloraError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").removesuffix("\n").split("\n")
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    if len(lines) != expected:
+        raise SqloraError(f"{path}: {len(lines)} predictions for {expected} gold queries")
+    return [line.strip() for line in lines]
+
+
+def format_summary(summary: dict[str, dict], metrics: list[tuple[str, str]]) -> str:
+    """The familiar table of the official evaluator: a column per level, a row per metric."""
+    levels = list(summary)
+    rows = [f"{'':<20}" + "".join(f"{level:<20}" for level in levels)]
+    rows.append(f"{'count':<20}" + "".join(f"{summary[level]['count']:<20}" for level in levels))
+    for key, title in metrics:
+        rows.append(f"{'=' * 20} {title} {'=' * 20}")
+        rows.append(f"{key:<20}" + "".join(f"{summary[level][key]:<20.3f}" for level in levels))
+    return "\n".join(rows)

@@ -1,0 +1,664 @@
+"""Spider exact-set-match accuracy (EM), example by example as the official evaluator scores it.
+
+Reproduces ``--etype match`` of the official Spider evaluator (``evaluation.py`` of
+taoyds/test-suite-sql-eval, without ``--plug_value`` / ``--keep_distinct``) on top of a sqlglot
+parse. Both queries are turned into the official "sql" structure (see ``_Parser``), then
+rebuilt and compared as the official code does:
+
+* values: every condition value that is not a nested query is dropped (so literals, and also
+  right-hand columns such as the ``T2.id`` of ``T1.id = T2.id``, never matter); values inside a
+  FROM subquery are kept, and the LIMIT value never matters (the official parser stores 1);
+* columns: a foreign-key column is replaced by the representative of its foreign-key group
+  (``build_foreign_key_map``) when its table is in the top-level FROM; DISTINCT flags are cleared.
+  Neither happens inside a nested query of a condition, which is compared as a whole, as is;
+* components (bag matching, F1 must be 1 for each): select, select(no AGG), where, where(no OP),
+  group(no Having) (column *names* only), group (group columns in order + whole HAVING), order
+  (whole ORDER BY in order + LIMIT presence), and/or (set of WHERE connectives), IUEN
+  (INTERSECT/UNION/EXCEPT compared recursively), keywords; then the multiset of FROM tables.
+  JOIN ... ON conditions are not compared (only their OR/NOT/IN/LIKE keywords count).
+
+A prediction that the official parser would reject scores 0 (it is replaced there by an empty
+query). The official parser is a simple token scanner, so many valid SQL constructs are rejected:
+column aliases, table aliases without AS, LEFT/INNER/CROSS/comma joins, ``<>``, ``IS NULL``,
+parenthesised conditions, IN lists, EXISTS, UNION ALL, functions other than the five aggregates,
+double-quoted or bracketed identifiers (double quotes are string values there), and so on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from sqlora.hardness import _describe
+
+__all__ = ["exact_match", "parse_spider_sql", "foreign_key_map", "SpiderParseError"]
+
+WHERE_OPS = ("not", "between", "=", ">", "<", ">=", "<=", "!=", "in", "like", "is", "exists")
+UNIT_OPS = ("none", "-", "+", "*", "/")
+AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
+ALL_COLUMN = "__all__"
+
+_AGG_IDS = {exp.Max: 1, exp.Min: 2, exp.Count: 3, exp.Sum: 4, exp.Avg: 5}
+_UNIT_IDS = {exp.Sub: 1, exp.Add: 2, exp.Mul: 3, exp.Div: 4}
+_COMPARISON_IDS = {exp.EQ: 2, exp.GT: 3, exp.LT: 4, exp.GTE: 5, exp.LTE: 6, exp.NEQ: 7}
+_OP_BETWEEN, _OP_IN, _OP_LIKE, _OP_IS = 1, 8, 9, 10
+_SET_OPS = {exp.Intersect: "intersect", exp.Union: "union", exp.Except: "except"}
+_ALLOWED_SELECT_ARGS = {
+    "expressions", "from_", "joins", "where", "group", "having", "order", "limit", "offset",
+    "distinct", "kind",
+}
+
+
+class SpiderParseError(ValueError):
+    """The official Spider parser would reject this query."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _Schema:
+    """Lowercased tables and columns of one tables.json entry (the official ``Schema``)."""
+
+    def __init__(self, entry: dict):
+        tables = [t.lower() for t in entry["table_names_original"]]
+        self.columns: dict[str, list[str]] = {t: [] for t in tables}
+        for table_idx, column in entry["column_names_original"]:
+            if table_idx >= 0:
+                self.columns[tables[table_idx]].append(column.lower())
+        self.tables = tables
+
+    def column_id(self, table: str, column: str) -> str:
+        if table not in self.columns or column not in self.columns[table]:
+            raise SpiderParseError(f"unknown column {table}.{column}")
+        return f"__{table}.{column}__"
+
+
+def foreign_key_map(entry: dict) -> dict[str, str]:
+    """Column id -> representative column id of its foreign-key group (official kmap).
+
+    Groups are built like the official code: each foreign-key pair joins the *first* existing
+    group that holds either column (groups are not merged); each column maps to the column of
+    lowest index in its group, later groups overriding earlier ones.
+    """
+    tables = entry["table_names_original"]
+    names = [
+        f"__{tables[t].lower()}.{c.lower()}__" if t >= 0 else ALL_COLUMN
+        for t, c in entry["column_names_original"]
+    ]
+    groups: list[set[int]] = []
+    for a, b in entry["foreign_keys"]:
+        group = next((g for g in groups if a in g or b in g), None)
+        if group is None:
+            group = set()
+            groups.append(group)
+        group.update((a, b))
+    mapping: dict[str, str] = {}
+    for group in groups:
+        ordered = sorted(group)
+        for idx in ordered:
+            mapping[names[idx]] = names[ordered[0]]
+    return mapping
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _fail(message: str) -> SpiderParseError:
+    return SpiderParseError(message)
+
+
+def _check_tokens(sql: str) -> list:
+    """Token-level rules of the official tokenizer that sqlglot would otherwise accept."""
+    # Official: every ' becomes ", then quotes pair up left to right; each pair is one value.
+    text = sql.replace("'", '"')
+    quotes = [i for i, ch in enumerate(text) if ch == '"']
+    if len(quotes) % 2:
+        raise _fail("unbalanced quotes")
+    pairs = {(quotes[i], quotes[i + 1]) for i in range(0, len(quotes), 2)}
+    try:
+        tokens = sqlglot.Dialect.get_or_raise("sqlite").tokenize(sql)
+    except SqlglotError as e:
+        raise _fail(_describe(e)) from None
+    spans = set()
+    for tok in tokens:
+        first = sql[tok.start] if tok.start < len(sql) else ""
+        if tok.token_type == TokenType.STRING or (tok.token_type == TokenType.IDENTIFIER and first == '"'):
+            spans.add((tok.start, tok.end))
+        elif tok.token_type == TokenType.IDENTIFIER:
+            raise _fail(f"quoted identifier {sql[tok.start:tok.end + 1]} is not supported")
+        elif tok.text in ("<>", "=="):
+            raise _fail(f"operator {tok.text} is not supported")
+    if spans != pairs:
+        raise _fail("quoted strings containing quotes are not supported")
+    return tokens
+
+
+class _Parser:
+    """sqlglot tree -> the official Spider "sql" dict.
+
+    col_unit: (agg_id, col_id, distinct); val_unit: (unit_op, col_unit1, col_unit2);
+    cond_unit: (not_op, op_id, val_unit, val1, val2); condition: [cond, 'and'/'or', cond, ...];
+    table_unit: ('table_unit', table_id) or ('sql', sql).
+    """
+
+    def __init__(self, schema: _Schema, root: exp.Expression, tokens: list):
+        self.schema = schema
+        self.aliases = self._scan_aliases(root, tokens)
+
+    # Official: one alias map for the whole query, built from every "X AS Y"; the last wins.
+    def _scan_aliases(self, root: exp.Expression, tokens: list) -> dict[str, str]:
+        alias_tokens = {tok.start: i for i, tok in enumerate(tokens)}
+        found: list[tuple[int, str, str]] = []
+        for node in root.find_all(exp.Table, exp.Subquery):
+            alias = node.args.get("alias")
+            if alias is None or alias.this is None:
+                continue
+            ident = alias.this
+            start = ident.meta.get("start") if isinstance(ident, exp.Identifier) else None
+            pos = alias_tokens.get(start) if start is not None else None
+            if pos is None or pos == 0 or tokens[pos - 1].token_type != TokenType.ALIAS:
+                raise _fail(f"alias {ident.name} without AS is not supported")
+            if isinstance(node, exp.Subquery):
+                raise _fail("aliased FROM subqueries are not supported")
+            found.append((start, ident.name.lower(), self._table_name(node)))
+        mapping: dict[str, str] = {}
+        for _, alias, table in sorted(found):
+            mapping[alias] = table
+        for table in self.schema.tables:
+            if table in mapping:
+                raise _fail(f"alias {table} has the same name as a table")
+            mapping[table] = table
+        return mapping
+
+    @staticmethod
+    def _table_name(table: exp.Table) -> str:
+        if table.args.get("db") is not None or table.args.get("catalog") is not None:
+            raise _fail("qualified table names are not supported")
+        if not isinstance(table.this, exp.Identifier) or table.this.quoted:
+            raise _fail("unsupported table reference")
+        return table.name.lower()
+
+    # -- query level
+
+    def query(self, node: exp.Expression) -> dict:
+        node = _unwrap(node)
+        if isinstance(node, exp.SetOperation):
+            parts: list[exp.Expression] = []
+            ops: list[str] = []
+            self._flatten_set(node, parts, ops)
+            trailing = {k: node.args.get(k) for k in ("order", "limit", "offset")}
+            if any(v is not None for v in trailing.values()):
+                last = parts[-1]
+                if not isinstance(last, exp.Select) or any(last.args.get(k) for k in trailing):
+                    raise _fail("unsupported ORDER BY/LIMIT on a compound query")
+                last = last.copy()
+                for key, value in trailing.items():
+                    if value is not None:
+                        last.set(key, value)
+                parts[-1] = last
+            result = self.select(parts[-1])
+            for part, op in zip(reversed(parts[:-1]), reversed(ops)):
+                left = self.select(part)
+                left[op] = result
+                result = left
+            return result
+        return self.select(node)
+
+    def _flatten_set(self, node: exp.Expression, parts: list, ops: list) -> None:
+        node = _unwrap(node)
+        if isinstance(node, exp.SetOperation):
+            op = _SET_OPS.get(type(node))
+            if op is None or node.args.get("distinct") is False:
+                raise _fail("unsupported set operation (e.g. UNION ALL)")
+            for key, value in node.args.items():
+                if key not in ("this", "expression", "distinct", "order", "limit", "offset") and value:
+                    raise _fail(f"unsupported set operation clause {key}")
+            self._flatten_set(node.this, parts, ops)
+            ops.append(op)
+            self._flatten_set(node.expression, parts, ops)
+        else:
+            parts.append(node)
+
+    def select(self, node: exp.Expression) -> dict:
+        node = _unwrap(node)
+        if not isinstance(node, exp.Select):
+            raise _fail(f"not a SELECT: {type(node).__name__}")
+        for key, value in node.args.items():
+            if value and key not in _ALLOWED_SELECT_ARGS:
+                raise _fail(f"unsupported clause {key}")
+        if node.args.get("kind"):
+            raise _fail("unsupported SELECT kind")
+        distinct = node.args.get("distinct")
+        if distinct is not None and distinct.args.get("on") is not None:
+            raise _fail("DISTINCT ON is not supported")
+
+        from_ = node.args.get("from_")
+        if from_ is None:
+            raise _fail("missing FROM")
+        table_units: list[tuple] = []
+        default_tables: list[str] = []
+        conds: list = []
+        sources = [(from_.this, None)] + [(j.this, j) for j in node.args.get("joins") or []]
+        for source, join in sources:
+            if join is not None:
+                if join.args.get("side") or join.args.get("kind") or join.args.get("using") or join.args.get("method"):
+                    raise _fail("only plain JOIN ... ON is supported")
+            if isinstance(source, exp.Subquery) or isinstance(source, (exp.Select, exp.SetOperation)):
+                table_units.append(("sql", self.query(source)))
+            elif isinstance(source, exp.Table):
+                table = self._table_name(source)
+                if table not in self.schema.columns:
+                    raise _fail(f"unknown table {table}")
+                table_units.append(("table_unit", f"__{table}__"))
+                default_tables.append(table)
+            else:
+                raise _fail(f"unsupported FROM item {type(source).__name__}")
+            on = join.args.get("on") if join is not None else None
+            if on is not None:
+                this_conds = self.condition(on, list(default_tables))
+                if conds:
+                    conds.append("and")
+                conds.extend(this_conds)
+
+        items = []
+        for item in node.expressions:
+            items.append(self.select_item(item, default_tables))
+        where = node.args.get("where")
+        group = node.args.get("group")
+        having = node.args.get("having")
+        order = node.args.get("order")
+        if group is not None:
+            for key, value in group.args.items():
+                if key != "expressions" and value:
+                    raise _fail("unsupported GROUP BY form")
+        return {
+            "select": (distinct is not None, items),
+            "from": {"table_units": table_units, "conds": conds},
+            "where": self.condition(where.this, default_tables) if where is not None else [],
+            "groupBy": [self.col_unit(e, default_tables) for e in group.expressions] if group is not None else [],
+            "having": self.condition(having.this, default_tables) if having is not None else [],
+            "orderBy": self.order(order, default_tables) if order is not None else [],
+            "limit": 1 if node.args.get("limit") is not None else None,
+            "intersect": None,
+            "union": None,
+            "except": None,
+        }
+
+    def order(self, order: exp.Order, tables: list[str]) -> tuple:
+        direction = "asc"
+        units = []
+        for term in order.expressions:
+            if not isinstance(term, exp.Ordered):
+                raise _fail("unsupported ORDER BY term")
+            if term.args.get("desc"):
+                direction = "desc"
+            elif term.args.get("desc") is False:
+                direction = "asc"
+            units.append(self.val_unit(term.this, tables))
+        return (direction, units)
+
+    # -- expressions
+
+    def select_item(self, item: exp.Expression, tables: list[str]) -> tuple:
+        if isinstance(item, exp.Alias):
+            raise _fail("column aliases are not supported")
+        agg = _AGG_IDS.get(type(item))
+        if agg is not None:
+            inner = item.this
+            distinct = False
+            if isinstance(inner, exp.Distinct):
+                if len(inner.expressions) != 1:
+                    raise _fail("unsupported DISTINCT aggregate")
+                inner, distinct = inner.expressions[0], True
+            if item.expressions if isinstance(item, exp.Count) else False:
+                raise _fail("unsupported aggregate arguments")
+            unit_op, c1, c2 = self.val_unit(inner, tables)
+            if distinct:
+                c1 = (c1[0], c1[1], True)
+            return (agg, (unit_op, c1, c2))
+        if isinstance(item, tuple(_UNIT_IDS)) and _AGG_IDS.get(type(_unwrap_paren(item.this))):
+            # Official: a leading aggregate ends the item; the operator that follows is rejected.
+            if not isinstance(item.this, exp.Paren):
+                raise _fail("arithmetic on an aggregate in SELECT is not supported")
+        return (0, self.val_unit(item, tables))
+
+    def val_unit(self, node: exp.Expression, tables: list[str]) -> tuple:
+        node = _unwrap_paren(node)
+        op = _UNIT_IDS.get(type(node))
+        if op is not None:
+            return (op, self.col_unit(node.this, tables), self.col_unit(node.expression, tables))
+        return (0, self.col_unit(node, tables), None)
+
+    def col_unit(self, node: exp.Expression, tables: list[str]) -> tuple:
+        node = _unwrap_paren(node)
+        agg = _AGG_IDS.get(type(node))
+        if agg is not None:
+            inner = node.this
+            distinct = False
+            if isinstance(inner, exp.Distinct):
+                if len(inner.expressions) != 1:
+                    raise _fail("unsupported DISTINCT aggregate")
+                inner, distinct = inner.expressions[0], True
+            if isinstance(node, exp.Count) and node.expressions:
+                raise _fail("unsupported aggregate arguments")
+            return (agg, self.column(inner, tables), distinct)
+        if isinstance(node, exp.Distinct):
+            if len(node.expressions) != 1:
+                raise _fail("unsupported DISTINCT")
+            return (0, self.column(node.expressions[0], tables), True)
+        return (0, self.column(node, tables), False)
+
+    def column(self, node: exp.Expression, tables: list[str]) -> str:
+        if isinstance(node, exp.Star):
+            return ALL_COLUMN
+        if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
+            raise _fail(f"unsupported column expression: {node.sql(dialect='sqlite')[:80]}")
+        if node.this.quoted:
+            raise _fail(f"quoted value {node.name!r} used as a column")
+        if node.args.get("db") is not None or node.args.get("catalog") is not None:
+            raise _fail("unsupported column reference")
+        name = node.name.lower()
+        qualifier = node.table.lower()
+        if qualifier:
+            if qualifier not in self.aliases:
+                raise _fail(f"unknown table or alias {qualifier}")
+            return self.schema.column_id(self.aliases[qualifier], name)
+        if not tables:
+            raise _fail(f"column {name} has no table to resolve against")
+        for table in tables:
+            if name in self.schema.columns[table]:
+                return self.schema.column_id(table, name)
+        raise _fail(f"unknown column {name}")
+
+    def condition(self, node: exp.Expression, tables: list[str]) -> list:
+        result: list = []
+        self._flatten_condition(node, tables, result)
+        return result
+
+    def _flatten_condition(self, node: exp.Expression, tables: list[str], out: list) -> None:
+        if isinstance(node, exp.Connector) and isinstance(node, (exp.And, exp.Or)):
+            self._flatten_condition(node.this, tables, out)
+            out.append("and" if isinstance(node, exp.And) else "or")
+            self._flatten_condition(node.expression, tables, out)
+            return
+        out.append(self.cond_unit(node, tables))
+
+    def cond_unit(self, node: exp.Expression, tables: list[str]) -> tuple:
+        not_op = False
+        if isinstance(node, exp.Not):
+            not_op, node = True, node.this
+            if not isinstance(node, (exp.In, exp.Like, exp.Between)):
+                raise _fail("NOT is only supported in NOT IN / NOT LIKE / NOT BETWEEN")
+        if isinstance(node, exp.Paren):
+            raise _fail("parenthesised conditions are not supported")
+        val2 = None
+        if isinstance(node, exp.Between):
+            op_id = _OP_BETWEEN
+            val1 = self.value(node.args["low"], tables)
+            val2 = self.value(node.args["high"], tables)
+        elif isinstance(node, exp.In):
+            op_id = _OP_IN
+            query = node.args.get("query")
+            if query is not None:
+                val1 = self.value(query, tables)
+            elif len(node.expressions) == 1 and not node.args.get("unnest") and not node.args.get("field"):
+                val1 = self.value(node.expressions[0], tables)
+            else:
+                raise _fail("IN lists are not supported")
+        elif isinstance(node, exp.Like):
+            op_id = _OP_LIKE
+            if node.args.get("escape") is not None:
+                raise _fail("LIKE ... ESCAPE is not supported")
+            val1 = self.value(node.expression, tables)
+        elif isinstance(node, exp.Is):
+            op_id = _OP_IS
+            val1 = self.value(node.expression, tables)
+        elif type(node) in _COMPARISON_IDS:
+            op_id = _COMPARISON_IDS[type(node)]
+            val1 = self.value(node.expression, tables)
+        else:
+            raise _fail(f"unsupported condition: {node.sql(dialect='sqlite')[:80]}")
+        return (not_op, op_id, self.val_unit(node.this, tables), val1, val2)
+
+    def value(self, node: exp.Expression, tables: list[str]) -> Any:
+        if isinstance(node, exp.Subquery) or isinstance(node, (exp.Select, exp.SetOperation)):
+            return self.query(node)
+        node = _unwrap_paren(node)
+        if isinstance(node, (exp.Subquery, exp.Select, exp.SetOperation)):
+            return self.query(node)
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return ("str", node.this)
+            try:
+                return float(node.this)
+            except ValueError:
+                raise _fail(f"unsupported number {node.this}") from None
+        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
+            return -float(node.this.this)
+        if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier) and node.this.quoted:
+            return ("str", node.name)  # official: a double-quoted token is a string value
+        if isinstance(node, exp.Column):
+            return (0, self.column(node, tables), False)
+        if isinstance(node, tuple(_UNIT_IDS)):
+            # Official: a value starting with a column reads that column and skips the rest.
+            leftmost = node
+            while isinstance(leftmost, tuple(_UNIT_IDS)):
+                leftmost = leftmost.this
+            if isinstance(leftmost, exp.Column) and not leftmost.this.quoted:
+                return (0, self.column(leftmost, tables), False)
+        raise _fail(f"unsupported value: {node.sql(dialect='sqlite')[:80]}")
+
+
+def _unwrap(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, (exp.Subquery, exp.Paren)) and isinstance(node.this, exp.Expression):
+        if isinstance(node, exp.Subquery) and node.args.get("alias") is not None:
+            break
+        node = node.this
+    return node
+
+
+def _unwrap_paren(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def parse_spider_sql(sql: str, schema: dict) -> dict:
+    """Parse ``sql`` into the official Spider "sql" dict against one tables.json entry.
+
+    Raises SpiderParseError (a ValueError) where the official parser would reject the query.
+    """
+    tokens = _check_tokens(sql)
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
+    except SqlglotError as e:
+        raise _fail(f"cannot parse SQL ({_describe(e)})") from None
+    if len(statements) != 1:
+        raise _fail(f"expected one SQL statement, got {len(statements)}")
+    root = statements[0]
+    parser = _Parser(_Schema(schema), root, tokens)
+    return parser.query(root)
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def _drop_values(sql: dict | None) -> dict | None:
+    """Official rebuild_sql_val: condition values -> None unless they are nested queries."""
+    if sql is None:
+        return None
+
+    def condition(conds: list) -> list:
+        out = []
+        for i, item in enumerate(conds):
+            if i % 2:
+                out.append(item)
+                continue
+            not_op, op_id, val_unit, val1, val2 = item
+            val1 = _drop_values(val1) if isinstance(val1, dict) else None
+            val2 = _drop_values(val2) if isinstance(val2, dict) else None
+            out.append((not_op, op_id, val_unit, val1, val2))
+        return out
+
+    return {
+        **sql,
+        "from": {"table_units": sql["from"]["table_units"], "conds": condition(sql["from"]["conds"])},
+        "where": condition(sql["where"]),
+        "having": condition(sql["having"]),
+        "intersect": _drop_values(sql["intersect"]),
+        "union": _drop_values(sql["union"]),
+        "except": _drop_values(sql["except"]),
+    }
+
+
+def _unify_columns(sql: dict | None, tables: set[str], kmap: dict[str, str]) -> dict | None:
+    """Official rebuild_sql_col: FK unification (columns of ``tables`` only), DISTINCT cleared."""
+    if sql is None:
+        return None
+
+    def col(unit):
+        if unit is None:
+            return None
+        agg, col_id, _ = unit
+        if col_id in kmap and col_id != ALL_COLUMN and col_id[2:].split(".", 1)[0] in tables:
+            col_id = kmap[col_id]
+        return (agg, col_id, None)
+
+    def val(unit):
+        return (unit[0], col(unit[1]), col(unit[2]))
+
+    def condition(conds):
+        return [c if i % 2 else (c[0], c[1], val(c[2]), c[3], c[4]) for i, c in enumerate(conds)]
+
+    order = sql["orderBy"]
+    return {
+        "select": (None, [(agg, val(unit)) for agg, unit in sql["select"][1]]),
+        "from": {"table_units": sql["from"]["table_units"], "conds": condition(sql["from"]["conds"])},
+        "where": condition(sql["where"]),
+        "groupBy": [col(c) for c in sql["groupBy"]],
+        "having": condition(sql["having"]),
+        "orderBy": (order[0], [val(u) for u in order[1]]) if order else order,
+        "limit": sql["limit"],
+        "intersect": _unify_columns(sql["intersect"], tables, kmap),
+        "union": _unify_columns(sql["union"], tables, kmap),
+        "except": _unify_columns(sql["except"], tables, kmap),
+    }
+
+
+def _rebuild(sql: dict, kmap: dict[str, str]) -> dict:
+    tables = {unit[1][2:-2] for unit in sql["from"]["table_units"] if unit[0] == "table_unit"}
+    return _unify_columns(_drop_values(sql), tables, kmap)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _bag_match(pred: list, gold: list) -> bool:
+    """Official get_scores(...) f1 == 1 for a greedy bag match: same size, every item matched."""
+    if len(pred) != len(gold):
+        return False
+    remaining = list(gold)
+    for item in pred:
+        if item not in remaining:
+            return False
+        remaining.remove(item)
+    return True
+
+
+def _keywords(sql: dict) -> set[str]:
+    words = set()
+    for key, word in (("where", "where"), ("groupBy", "group"), ("having", "having")):
+        if sql[key]:
+            words.add(word)
+    if sql["orderBy"]:
+        words.update((sql["orderBy"][0], "order"))
+    if sql["limit"] is not None:
+        words.add("limit")
+    for op in ("except", "union", "intersect"):
+        if sql[op] is not None:
+            words.add(op)
+    chains = sql["from"]["conds"] + sql["where"] + sql["having"]
+    connectives = sql["from"]["conds"][1::2] + sql["where"][1::2] + sql["having"][1::2]
+    units = sql["from"]["conds"][::2] + sql["where"][::2] + sql["having"][::2]
+    del chains
+    if "or" in connectives:
+        words.add("or")
+    if any(u[0] for u in units):
+        words.add("not")
+    if any(u[1] == _OP_IN for u in units):
+        words.add("in")
+    if any(u[1] == _OP_LIKE for u in units):
+        words.add("like")
+    return words
+
+
+def _component_mismatch(pred: dict, gold: dict) -> str | None:
+    """The first official partial component whose F1 is not 1, or None."""
+    p_sel, g_sel = pred["select"][1], gold["select"][1]
+    if not _bag_match(p_sel, g_sel):
+        return "select"
+    if not _bag_match([u[1] for u in p_sel], [u[1] for u in g_sel]):
+        return "select(no AGG)"
+    p_where, g_where = pred["where"][::2], gold["where"][::2]
+    if not _bag_match(p_where, g_where):
+        return "where"
+    if not _bag_match([u[2] for u in p_where], [u[2] for u in g_where]):
+        return "where(no OP)"
+
+    def group_names(sql):
+        return [c[1].split(".")[1] if "." in c[1] else c[1] for c in sql["groupBy"]]
+
+    if not _bag_match(group_names(pred), group_names(gold)):
+        return "group(no Having)"
+    if bool(pred["groupBy"]) != bool(gold["groupBy"]) or (
+        gold["groupBy"]
+        and ([c[1] for c in pred["groupBy"]] != [c[1] for c in gold["groupBy"]] or pred["having"] != gold["having"])
+    ):
+        return "group"
+    if bool(pred["orderBy"]) != bool(gold["orderBy"]) or (
+        gold["orderBy"]
+        and (pred["orderBy"] != gold["orderBy"] or (pred["limit"] is None) != (gold["limit"] is None))
+    ):
+        return "order"
+    if set(pred["where"][1::2]) != set(gold["where"][1::2]):
+        return "and/or"
+    for op in ("intersect", "except", "union"):
+        if (pred[op] is None) != (gold[op] is None):
+            return "IUEN"
+        if gold[op] is not None and not _sql_match(pred[op], gold[op]):
+            return "IUEN"
+    if _keywords(pred) != _keywords(gold):
+        return "keywords"
+    return None
+
+
+def _sql_match(pred: dict, gold: dict) -> bool:
+    """Official Evaluator.eval_exact_match on two rebuilt sql dicts."""
+    if _component_mismatch(pred, gold) is not None:
+        return False
+    if gold["from"]["table_units"]:
+        return _bag_match(pred["from"]["table_units"], gold["from"]["table_units"])
+    return True
+
+
+def exact_match(gold_sql: str, pred_sql: str, schema: dict) -> tuple[bool, str | None]:
+    """Official Spider exact-set-match of ``pred_sql`` against ``gold_sql`` on one database.
+
+    ``schema`` is the database's tables.json entry. Returns ``(match, error)``; ``error`` is a
+    one-line reason when the prediction cannot be parsed the official way (then match is False).
+    Raises ValueError if the gold query cannot be parsed.
+    """
+    try:
+        gold = parse_spider_sql(gold_sql, schema)
+    except SpiderParseError as e:
+        raise ValueError(f"cannot parse gold SQL ({e}): {' '.join(gold_sql.split())[:200]}") from None
+    try:
+        pred = parse_spider_sql(pred_sql, schema)
+    except SpiderParseError as e:
+        return False, " ".join(str(e).split())
+    kmap = foreign_key_map(schema)
+    return _sql_match(_rebuild(pred, kmap), _rebuild(gold, kmap)), None
