@@ -1,6 +1,7 @@
 """Execute predicted and gold SQL on the databases → metrics/eval.json and reports/eval_examples.json.
 
-Spider-style datasets report EX by Spider hardness; BIRD reports set-equality EX by difficulty;
+Spider-style datasets report EX and exact-set-match (EM) by Spider hardness; BIRD reports
+set-equality EX by difficulty;
 CoSQL / SParC add question- and interaction-level accuracy.
 """
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from sqlora.config import load_params
 from sqlora.datasets import load_records
 from sqlora.errors import SqloraError, exit_on_error
-from sqlora.evaluation import evaluate_execution, interaction_accuracy
+from sqlora.evaluation import add_exact_match, evaluate_execution, interaction_accuracy
 from sqlora.io import write_json
 
 
@@ -34,11 +35,12 @@ def main() -> None:
         )
     except FileNotFoundError as exc:
         raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
-    except ValueError as exc:  # a gold query that cannot be parsed for its hardness
-        raise SqloraError(f"data/prepared/dev.jsonl: {exc}") from None
+    if meta["dataset"] != "bird":  # BIRD publishes EX only
+        add_exact_match(report, meta["tables_json"])
     levels = report.summary
     metrics = {
         "ex": {level: round(s["exec"], 4) for level, s in levels.items()},
+        **({"em": {level: round(s["exact"], 4) for level, s in levels.items()}} if meta["dataset"] != "bird" else {}),
         "count": {level: s["count"] for level, s in levels.items()},
         "skipped_missing_database": len(report.skipped),
     }
@@ -48,7 +50,9 @@ def main() -> None:
         metrics["interactions"] = accuracy["interactions"]
     write_json("metrics/eval.json", metrics)
     write_json("reports/eval_examples.json", report.to_json())
-    print("evaluate: " + ", ".join(f"{level} EX {s['exec']:.3f} (n={s['count']})" for level, s in levels.items()))
+    print("evaluate: " + ", ".join(
+        f"{level} EX {s['exec']:.3f}" + (f" EM {s['exact']:.3f}" if "exact" in s else "") + f" (n={s['count']})" for level, s in levels.items()
+    ))
 
 
 if __name__ == "__main__":

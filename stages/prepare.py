@@ -34,7 +34,8 @@ def main() -> None:
     for split, (data, fitted) in prepared.items():
         write_jsonl(OUT / f"{split}.jsonl", record_dicts(fitted.records))
         print(f"prepare: {len(fitted.records)} {split} records -> {OUT / f'{split}.jsonl'}  {stats[split]}")
-    write_json(OUT / "meta.json", {"dataset": params.data.dataset, "database_dir": str(prepared["dev"][0].database_dir)})
+    dev = prepared["dev"][0]
+    write_json(OUT / "meta.json", {"dataset": params.data.dataset, "database_dir": str(dev.database_dir), "tables_json": str(dev.tables_json)})
     write_json("metrics/data.json", stats)
 
 

@@ -36,22 +36,26 @@ def test_evaluate_command_on_the_sample(sample_dir, tmp_path):
     (tmp_path / "pred.sql").write_text("\n".join(preds) + "\n")
     out = tmp_path / "report.json"
     result = subprocess.run(
-        SQLORA + ["evaluate", "--gold", str(gold), "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database"), "--out", str(out)],
+        SQLORA + ["evaluate", "--gold", str(gold), "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database"),
+                  "--table", str(sample_dir / "tables.json"), "--out", str(out)],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "EXECUTION ACCURACY" in result.stdout and result.stdout.splitlines()[0].split() == ["easy", "medium", "hard", "extra", "all"]
+    assert "EXECUTION ACCURACY" in result.stdout and "EXACT MATCHING ACCURACY" in result.stdout
+    assert result.stdout.splitlines()[0].split() == ["easy", "medium", "hard", "extra", "all"]
     report = json.loads(out.read_text())
     assert report["summary"]["all"]["count"] == len(lines)
     assert report["summary"]["all"]["exec"] == (len(lines) - 1) / len(lines)
     assert [e["index"] for e in report["examples"]] == list(range(len(lines)))
     assert report["examples"][0]["exec"] == 0 and all(e["exec"] == 1 for e in report["examples"][1:])
+    assert report["examples"][0]["exact"] == 0 and all(e["exact"] == 1 for e in report["examples"][1:])
+    assert report["summary"]["all"]["exact"] == report["summary"]["all"]["exec"]
 
 
 def test_evaluate_bad_files(sample_dir, tmp_path):
     (tmp_path / "gold.sql").write_text("SELECT 1\tshop\nSELECT 2 no tab\n")
     (tmp_path / "pred.sql").write_text("SELECT 1\n")
-    base = SQLORA + ["evaluate", "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database")]
+    base = SQLORA + ["evaluate", "--etype", "exec", "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database")]
     result = subprocess.run(base + ["--gold", str(tmp_path / "gold.sql")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'gold.sql'}:2: expected 'SQL<TAB>db_id'"
     (tmp_path / "gold.sql").write_text("SELECT 1\tshop\nSELECT 2\tshop\n")

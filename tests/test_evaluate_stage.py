@@ -21,6 +21,11 @@ def workdir(tmp_path) -> Path:
     conn.commit()
     conn.close()
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "tables.json").write_text(json.dumps([{
+        "db_id": "shop", "table_names_original": ["item"], "table_names": ["item"],
+        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"]], "column_names": [[-1, "*"], [0, "id"], [0, "name"]],
+        "column_types": ["text", "number", "text"], "primary_keys": [1], "foreign_keys": [],
+    }]))
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     (tmp_path / "predictions").mkdir()
     return tmp_path
@@ -28,7 +33,7 @@ def workdir(tmp_path) -> Path:
 
 def run_stage(workdir: Path, dataset: str, records: list[dict], preds: list[str]) -> dict:
     (workdir / "data/prepared/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": dataset, "database_dir": str(workdir / "dbs")}))
+    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": dataset, "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")}))
     (workdir / "predictions/dev.sql").write_text("".join(p + "\n" for p in preds))
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -46,7 +51,7 @@ def test_bird_by_difficulty(workdir):
         ["SELECT name FROM item", "SELECT name FROM item"],
     )
     assert metrics["ex"] == {"simple": 1.0, "moderate": 0.0, "challenging": 0.0, "all": 0.5}
-    assert metrics["count"]["challenging"] == 0
+    assert metrics["count"]["challenging"] == 0 and "em" not in metrics
 
 
 def test_multiturn_interaction_accuracy(workdir):
@@ -55,11 +60,12 @@ def test_multiturn_interaction_accuracy(workdir):
     metrics = run_stage(workdir, "sparc", records, ["SELECT name FROM item", "SELECT name FROM item", "SELECT id FROM item"])
     assert metrics["ex"]["all"] == pytest.approx(2 / 3, abs=1e-4)
     assert metrics["interactions"] == 2 and metrics["interaction_ex"] == 0.5
+    assert metrics["em"]["all"] == pytest.approx(2 / 3, abs=1e-4)  # the same two predictions match exactly
 
 
 def test_prediction_count_mismatch_is_one_line(workdir):
     (workdir / "data/prepared/dev.jsonl").write_text(json.dumps(record("SELECT 1")) + "\n")
-    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": "spider", "database_dir": str(workdir / "dbs")}))
+    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": "spider", "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")}))
     (workdir / "predictions/dev.sql").write_text("SELECT 1\nSELECT 2\n")
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 2

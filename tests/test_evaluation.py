@@ -162,9 +162,11 @@ def test_failing_gold_is_recorded_as_a_data_error(db_dir: Path) -> None:
     assert result.error.startswith("gold failed: parse/execution error:")
 
 
-def test_unparseable_gold_raises(db_dir: Path) -> None:
-    with pytest.raises(ValueError, match="example 0"):
-        evaluate_one(db_dir, "SELECT name FROM WHERE", "SELECT name FROM item")
+def test_unparseable_gold_is_unparsed_and_scores_zero(db_dir: Path) -> None:
+    report = evaluate_execution([("SELECT name FROM WHERE", "shop")], ["SELECT name FROM item"], db_dir, workers=1)
+    [result] = report.examples
+    assert result.hardness == "unparsed" and result.exec == 0 and result.error.startswith("gold failed:")
+    assert report.summary["all"]["count"] == 1 and report.summary["easy"]["count"] == 0
 
 
 def test_length_mismatch_raises(db_dir: Path) -> None:
@@ -211,6 +213,8 @@ def test_summary_and_json(db_dir: Path) -> None:
         "gold": "SELECT name, price FROM item WHERE price > 2",
         "exec": 0,
         "error": None,
+        "exact": None,  # EM is added by add_exact_match
+        "exact_error": None,
     }
 
 

@@ -72,7 +72,8 @@ def test_repro_writes_every_output(project):
     data = json.loads((project / "metrics/data.json").read_text())
     assert data["train"]["records"] == 16 and data["dev"]["records"] == 6 and data["dev"]["questions"] == 222
     assert sum(data["dev"]["hardness"].values()) == 6 and data["dev"]["prompt_tokens"]["max"] <= 512 - 8
-    assert json.loads((project / "data/prepared/meta.json").read_text())["database_dir"] == "data/sample/database"
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    assert meta == {"dataset": "sample", "database_dir": "data/sample/database", "tables_json": "data/sample/tables.json"}
 
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["method"] == "lora" and train["steps"] == 4 and train["train_examples"] == 16
@@ -84,7 +85,7 @@ def test_repro_writes_every_output(project):
     assert [r["sql"] for r in raw] == predictions[:-1]
 
     metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert metrics["count"]["all"] == 6 and 0.0 <= metrics["ex"]["all"] <= 1.0
+    assert metrics["count"]["all"] == 6 and 0.0 <= metrics["ex"]["all"] <= 1.0 and 0.0 <= metrics["em"]["all"] <= 1.0
     assert sum(metrics["count"][level] for level in ("easy", "medium", "hard", "extra")) == 6
     report = json.loads((project / "reports/eval_examples.json").read_text())
     assert [e["gold"] for e in report["examples"]] == [r["output"] for r in dev_records]

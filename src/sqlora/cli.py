@@ -52,9 +52,11 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from sqlora.evaluation import evaluate_execution, format_summary, read_gold_file, read_pred_file
+    from sqlora.evaluation import add_exact_match, evaluate_execution, format_summary, read_gold_file, read_pred_file
     from sqlora.io import write_json
 
+    if args.etype == "all" and not args.table:
+        raise SqloraError("--etype all needs --table tables.json (exact-set-match parses against the schema)")
     golds = read_gold_file(args.gold)
     preds = read_pred_file(args.pred, len(golds))
     try:
@@ -65,13 +67,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise SqloraError(f"{exc} (--skip-missing-databases scores the other questions)") from None
     except ValueError as exc:
         raise SqloraError(f"{args.gold}: {exc}") from None
-    print(format_summary(report.summary, [("exec", "EXECUTION ACCURACY")]))
+    rows = [("exec", "EXECUTION ACCURACY")]
+    if args.etype == "all":
+        add_exact_match(report, args.table)
+        rows.append(("exact", "EXACT MATCHING ACCURACY"))
+    print(format_summary(report.summary, rows))
     if report.skipped:
         print(f"skipped {len(report.skipped)} questions whose database file is missing")
     if args.out:
-        summary = {level: {"count": s["count"], "exec": s["exec"]} for level, s in report.summary.items()}
-        examples = [{"index": e.index, "db_id": e.db_id, "hardness": e.hardness, "exec": e.exec, "error": e.error, "pred": e.pred, "gold": e.gold} for e in report.examples]
-        write_json(args.out, {"summary": summary, "examples": examples, "skipped": report.skipped})
+        write_json(args.out, report.to_json())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve", type=int, default=128, help="dev: tokens left for generation (with --tokenizer)")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("evaluate", help="score predictions in the official file formats by execution (EX)")
+    p = sub.add_parser("evaluate", help="score predictions in the official file formats: EX, and EM with --etype all")
     p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
     p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
     p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
+    p.add_argument("--table", help="tables.json, for exact-set-match (EM)")
+    p.add_argument("--etype", choices=["all", "exec"], default="all", help="all: EX and EM; exec: EX only")
     p.add_argument("--out", help="write the report (summary and every example) as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
     p.add_argument("--workers", type=int, default=2)

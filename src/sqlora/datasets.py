@@ -66,6 +66,7 @@ class Split:
     schemas: dict[str, DatabaseSchema]
     examples: list[Example]
     database_dir: Path  # holds <db_id>/<db_id>.sqlite
+    tables_json: Path  # the schemas' file, which exact-set-match reads
     problems: list[str] = field(default_factory=list)  # bad records skipped
 
     def database_path(self, db_id: str) -> Path:
@@ -262,13 +263,13 @@ def _spider(source: Path, split: str, problems: Problems) -> Split:
     else:
         files = [_first_existing(source, [f"{split}.json"])]
     examples = [e for path in files for e in load_examples(path, schemas, problems)]
-    return Split("spider", schemas, examples, source / "database", problems.messages)
+    return Split("spider", schemas, examples, source / "database", source / "tables.json", problems.messages)
 
 
 def _bird(source: Path, split: str, problems: Problems) -> Split:
     schemas = load_schemas(source / f"{split}_tables.json", problems)
     examples = load_examples(source / f"{split}.json", schemas, problems, sql_key="SQL")
-    return Split("bird", schemas, examples, source / f"{split}_databases", problems.messages)
+    return Split("bird", schemas, examples, source / f"{split}_databases", source / f"{split}_tables.json", problems.messages)
 
 
 def _multiturn(dataset: str, source: Path, split: str, problems: Problems, schema_source: Path | None) -> Split:
@@ -282,7 +283,7 @@ def _multiturn(dataset: str, source: Path, split: str, problems: Problems, schem
     schemas = load_schemas(schema_dir / "tables.json", problems)
     examples = load_interactions(questions, schemas, problems)
     database_dir = source / "database" if (source / "database").is_dir() else schema_dir / "database"
-    return Split(dataset, schemas, examples, database_dir, problems.messages)
+    return Split(dataset, schemas, examples, database_dir, schema_dir / "tables.json", problems.messages)
 
 
 def _wikisql(source: Path, split: str, problems: Problems, work_dir: Path) -> Split:
@@ -293,7 +294,7 @@ def _wikisql(source: Path, split: str, problems: Problems, work_dir: Path) -> Sp
     problems.messages.extend(counts.get("problems", []))
     schemas = load_schemas(converted / "tables.json", problems)
     examples = load_examples(converted / f"{split}.json", schemas, problems)
-    return Split("wikisql", schemas, examples, converted / "database", problems.messages)
+    return Split("wikisql", schemas, examples, converted / "database", converted / "tables.json", problems.messages)
 
 
 def load_split(

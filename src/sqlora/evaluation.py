@@ -46,6 +46,8 @@ class ExampleResult:
     gold: str
     exec: int  # 1 when the prediction's result matches the gold result, else 0
     error: str | None  # why the example could not match: prediction or gold failed to run
+    exact: int | None = None  # exact-set-match (EM), when scored
+    exact_error: str | None = None  # why EM could not be computed (the prediction does not parse)
 
 
 @dataclass
@@ -207,8 +209,9 @@ def evaluate_execution(
             continue
         try:
             hardness[index] = spider_hardness(gold_sql)
-        except ValueError as e:
-            raise ValueError(f"gold SQL of example {index} (db_id {db_id!r}): {e}") from None
+        except ValueError:
+            # Malformed gold SQL exists (25 CoSQL dev turns): such examples count in "all" only.
+            hardness[index] = "unparsed"
 
     # Each distinct (db_id, gold_sql) runs once, however many predictions share it.
     gold_keys = list(dict.fromkeys((golds[i][1], golds[i][0]) for i in scored))
@@ -388,3 +391,24 @@ def format_summary(summary: dict[str, dict], metrics: list[tuple[str, str]]) -> 
         rows.append(f"{'=' * 20} {title} {'=' * 20}")
         rows.append(f"{key:<20}" + "".join(f"{summary[level][key]:<20.3f}" for level in levels))
     return "\n".join(rows)
+
+
+def add_exact_match(report: EvalReport, tables_json: str | Path) -> None:
+    """Score exact-set-match (EM) on every scored example and add ``exact`` to the summary.
+
+    Gold SQL the official parser cannot read (a few CoSQL/SParC turns) scores 0, with the reason.
+    """
+    import json
+
+    from sqlora.exact_match import exact_match
+
+    schemas = {entry["db_id"]: entry for entry in json.loads(Path(tables_json).read_text(encoding="utf-8"))}
+    for example in report.examples:
+        try:
+            match, error = exact_match(example.gold, example.pred, schemas[example.db_id])
+        except ValueError as exc:
+            match, error = False, f"gold not parsable for EM: {exc}"
+        example.exact, example.exact_error = int(match), error
+    for level, entry in report.summary.items():
+        chosen = [e for e in report.examples if level == "all" or e.hardness == level]
+        entry["exact"] = sum(e.exact for e in chosen) / len(chosen) if chosen else 0.0

@@ -258,6 +258,8 @@ class _Parser:
             else:
                 raise _fail(f"unsupported FROM item {type(source).__name__}")
             on = join.args.get("on") if join is not None else None
+            if isinstance(on, exp.Boolean) and on.this is True:
+                on = None  # sqlglot's placeholder for a JOIN without ON
             if on is not None:
                 this_conds = self.condition(on, list(default_tables))
                 if conds:
@@ -314,16 +316,15 @@ class _Parser:
                 if len(inner.expressions) != 1:
                     raise _fail("unsupported DISTINCT aggregate")
                 inner, distinct = inner.expressions[0], True
-            if item.expressions if isinstance(item, exp.Count) else False:
+            if isinstance(item, exp.Count) and item.expressions:
                 raise _fail("unsupported aggregate arguments")
             unit_op, c1, c2 = self.val_unit(inner, tables)
             if distinct:
                 c1 = (c1[0], c1[1], True)
             return (agg, (unit_op, c1, c2))
-        if isinstance(item, tuple(_UNIT_IDS)) and _AGG_IDS.get(type(_unwrap_paren(item.this))):
+        if isinstance(item, tuple(_UNIT_IDS)) and type(_unwrap_paren(item.this)) in _AGG_IDS:
             # Official: a leading aggregate ends the item; the operator that follows is rejected.
-            if not isinstance(item.this, exp.Paren):
-                raise _fail("arithmetic on an aggregate in SELECT is not supported")
+            raise _fail("arithmetic on an aggregate in SELECT is not supported")
         return (0, self.val_unit(item, tables))
 
     def val_unit(self, node: exp.Expression, tables: list[str]) -> tuple:
@@ -581,10 +582,8 @@ def _keywords(sql: dict) -> set[str]:
     for op in ("except", "union", "intersect"):
         if sql[op] is not None:
             words.add(op)
-    chains = sql["from"]["conds"] + sql["where"] + sql["having"]
     connectives = sql["from"]["conds"][1::2] + sql["where"][1::2] + sql["having"][1::2]
     units = sql["from"]["conds"][::2] + sql["where"][::2] + sql["having"][::2]
-    del chains
     if "or" in connectives:
         words.add("or")
     if any(u[0] for u in units):
