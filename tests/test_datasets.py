@@ -43,7 +43,7 @@ def test_natural_schema_tells_keys_and_directions(tmp_path):
 def test_records_use_the_one_prompt(tmp_path):
     source = write_source(tmp_path)
     schemas = load_schemas(source / "tables.json")
-    [record] = to_records(Split("spider", schemas, load_examples(source / "dev.json", schemas), source / "database"))
+    [record] = to_records(Split("spider", schemas, load_examples(source / "dev.json", schemas), source / "database", source / "tables.json"))
     assert record.output == "SELECT count(*) FROM singer"
     assert record.prompt == render_prompt(record.instruction, "How many singers?")
     assert record.prompt.startswith("I want you to act as a SQL terminal in front of an example database. Below is an instruction")
@@ -58,7 +58,7 @@ def test_sample_goes_through_the_spider_path(sample_dir):
     train = load_examples(sample_dir / "train.json", schemas)
     dev = load_examples(sample_dir / "dev.json", schemas)
     assert 600 <= len(train) <= 1500 and 150 <= len(dev) <= 300
-    records = to_records(Split("sample", schemas, dev, sample_dir / "database"))
+    records = to_records(Split("sample", schemas, dev, sample_dir / "database", sample_dir / "tables.json"))
     assert all(r.instruction.startswith(f"{r.db_id} contains tables such as") for r in records)
 
 
