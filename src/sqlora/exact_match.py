@@ -33,7 +33,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from sqlora.hardness import _describe
+from sqlora.hardness import describe_error, parse_statement
 
 __all__ = ["exact_match", "parse_spider_sql", "foreign_key_map", "SpiderParseError"]
 
@@ -122,7 +122,7 @@ def _check_tokens(sql: str) -> list:
     try:
         tokens = sqlglot.Dialect.get_or_raise("sqlite").tokenize(sql)
     except SqlglotError as e:
-        raise _fail(_describe(e)) from None
+        raise _fail(describe_error(e)) from None
     spans = set()
     for tok in tokens:
         first = sql[tok.start] if tok.start < len(sql) else ""
@@ -475,12 +475,9 @@ def parse_spider_sql(sql: str, schema: dict) -> dict:
     """
     tokens = _check_tokens(sql)
     try:
-        statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
-    except SqlglotError as e:
-        raise _fail(f"cannot parse SQL ({_describe(e)})") from None
-    if len(statements) != 1:
-        raise _fail(f"expected one SQL statement, got {len(statements)}")
-    root = statements[0]
+        root = parse_statement(sql)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     parser = _Parser(_Schema(schema), root, tokens)
     return parser.query(root)
 

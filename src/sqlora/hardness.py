@@ -77,21 +77,30 @@ def hardness_level(comp1: int, comp2: int, others: int) -> str:
     return "extra"
 
 
-def _parse(sql: str) -> exp.Expression:
-    first_line = " ".join(sql.split())[:200]
+def parse_statement(sql: str) -> exp.Expression:
+    """The one SQLite statement of ``sql``; ValueError (one line, no SQL echoed) otherwise."""
     try:
         statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
     except SqlglotError as e:
-        raise ValueError(f"cannot parse SQL for hardness ({_describe(e)}): {first_line}") from None
+        raise ValueError(f"cannot parse SQL ({describe_error(e)})") from None
     if len(statements) != 1:
-        raise ValueError(f"expected exactly one SQL statement, got {len(statements)}: {first_line}")
-    root = statements[0]
+        raise ValueError(f"expected one SQL statement, got {len(statements)}")
+    return statements[0]
+
+
+def _parse(sql: str) -> exp.Expression:
+    first_line = " ".join(sql.split())[:200]
+    try:
+        root = parse_statement(sql)
+    except ValueError as e:
+        raise ValueError(f"{e} for hardness: {first_line}") from None
     if not isinstance(_unwrap(root), (exp.Select, exp.SetOperation)):
         raise ValueError(f"not a SELECT query: {first_line}")
     return root
 
 
-def _describe(error: SqlglotError) -> str:
+def describe_error(error: SqlglotError) -> str:
+    """sqlglot's error on one line, without its terminal highlighting."""
     details = getattr(error, "errors", None)
     if details:  # ParseError: use the first structured error, without sqlglot's highlighting
         first = details[0]
