@@ -310,14 +310,7 @@ class _Parser:
             raise _fail("column aliases are not supported")
         agg = _AGG_IDS.get(type(item))
         if agg is not None:
-            inner = item.this
-            distinct = False
-            if isinstance(inner, exp.Distinct):
-                if len(inner.expressions) != 1:
-                    raise _fail("unsupported DISTINCT aggregate")
-                inner, distinct = inner.expressions[0], True
-            if isinstance(item, exp.Count) and item.expressions:
-                raise _fail("unsupported aggregate arguments")
+            inner, distinct = _aggregate_argument(item)
             unit_op, c1, c2 = self.val_unit(inner, tables)
             if distinct:
                 c1 = (c1[0], c1[1], True)
@@ -338,14 +331,7 @@ class _Parser:
         node = _unwrap_paren(node)
         agg = _AGG_IDS.get(type(node))
         if agg is not None:
-            inner = node.this
-            distinct = False
-            if isinstance(inner, exp.Distinct):
-                if len(inner.expressions) != 1:
-                    raise _fail("unsupported DISTINCT aggregate")
-                inner, distinct = inner.expressions[0], True
-            if isinstance(node, exp.Count) and node.expressions:
-                raise _fail("unsupported aggregate arguments")
+            inner, distinct = _aggregate_argument(node)
             return (agg, self.column(inner, tables), distinct)
         if isinstance(node, exp.Distinct):
             if len(node.expressions) != 1:
@@ -452,6 +438,18 @@ class _Parser:
             if isinstance(leftmost, exp.Column) and not leftmost.this.quoted:
                 return (0, self.column(leftmost, tables), False)
         raise _fail(f"unsupported value: {node.sql(dialect='sqlite')[:80]}")
+
+
+def _aggregate_argument(node: exp.Expression) -> tuple[exp.Expression, bool]:
+    """The single argument of an aggregate, and whether it is ``DISTINCT``."""
+    inner, distinct = node.this, False
+    if isinstance(inner, exp.Distinct):
+        if len(inner.expressions) != 1:
+            raise _fail("unsupported DISTINCT aggregate")
+        inner, distinct = inner.expressions[0], True
+    if isinstance(node, exp.Count) and node.expressions:
+        raise _fail("unsupported aggregate arguments")
+    return inner, distinct
 
 
 def _unwrap(node: exp.Expression) -> exp.Expression:
