@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlora.config import load_params
 from sqlora.datasets import load_records
 from sqlora.errors import SqloraError, exit_on_error
-from sqlora.evaluation import add_exact_match, evaluate_execution, interaction_accuracy
+from sqlora.evaluation import add_exact_match, evaluate_execution, interaction_accuracy, read_pred_file
 from sqlora.io import write_json
 
 
@@ -20,9 +20,8 @@ def main() -> None:
     params = load_params()
     records = load_records("data/prepared/dev.jsonl")
     meta = json.loads(Path("data/prepared/meta.json").read_text())
-    preds = Path("predictions/dev.sql").read_text(encoding="utf-8").removesuffix("\n").split("\n")
-    if len(preds) != len(records):
-        raise SqloraError(f"predictions/dev.sql: {len(preds)} lines for {len(records)} dev questions")
+    preds = read_pred_file("predictions/dev.sql", len(records))
+    bird = meta["dataset"] == "bird"
     try:
         report = evaluate_execution(
             [(r.output, r.db_id) for r in records],
@@ -31,19 +30,17 @@ def main() -> None:
             timeout_s=params.eval.timeout_s,
             workers=params.eval.workers,
             skip_missing_databases=params.eval.skip_missing_databases,
-            difficulties=[r.difficulty or "" for r in records] if meta["dataset"] == "bird" else None,
+            difficulties=[r.difficulty or "" for r in records] if bird else None,
         )
     except FileNotFoundError as exc:
         raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
-    if meta["dataset"] != "bird":  # BIRD publishes EX only
+    if not bird:  # BIRD publishes EX only
         add_exact_match(report, meta["tables_json"])
     levels = report.summary
-    metrics = {
-        "ex": {level: round(s["exec"], 4) for level, s in levels.items()},
-        **({"em": {level: round(s["exact"], 4) for level, s in levels.items()}} if meta["dataset"] != "bird" else {}),
-        "count": {level: s["count"] for level, s in levels.items()},
-        "skipped_missing_database": len(report.skipped),
-    }
+    metrics = {"ex": {level: round(s["exec"], 4) for level, s in levels.items()}}
+    if not bird:
+        metrics["em"] = {level: round(s["exact"], 4) for level, s in levels.items()}
+    metrics |= {"count": {level: s["count"] for level, s in levels.items()}, "skipped_missing_database": len(report.skipped)}
     if meta["dataset"] in ("cosql", "sparc"):
         accuracy = interaction_accuracy(report.examples, [r.interaction_id for r in records])
         metrics["interaction_ex"] = round(accuracy["interaction_ex"], 4)

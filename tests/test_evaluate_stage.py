@@ -69,5 +69,5 @@ def test_prediction_count_mismatch_is_one_line(workdir):
     (workdir / "predictions/dev.sql").write_text("SELECT 1\nSELECT 2\n")
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: predictions/dev.sql: 2 lines for 1 dev questions"
+    assert result.stderr.strip() == "error: predictions/dev.sql: 2 predictions for 1 gold queries"
     assert not (workdir / "metrics/eval.json").exists()
