@@ -43,13 +43,12 @@ def fit_to_budget(
     chat_template: bool = False,
 ) -> Fitted:
     """``reserve=None``: training, room for each record's own SQL; an int: dev, room to generate."""
+    def length(r: Record) -> int:
+        return len(encode_prompt(tokenizer, r.prompt, chat_template))
+
     fitted = Fitted(records=[], prompt_tokens=[])
     for i, (example, record) in enumerate(zip(split.examples, records)):
         room = max_length - (len(encode_response(tokenizer, record.output)) if reserve is None else reserve)
-
-        def length(r: Record) -> int:
-            return len(encode_prompt(tokenizer, r.prompt, chat_template))
-
         n = length(record)
         if n > room:
             record, n = _shrink(example, record, split, render, length, room)
