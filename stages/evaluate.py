@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlora.config import load_params
 from sqlora.datasets import load_records
-from sqlora.errors import SqloraError, exit_on_error
-from sqlora.evaluation import add_exact_match, evaluate_execution, interaction_accuracy, read_pred_file
+from sqlora.errors import exit_on_error
+from sqlora.evaluation import Gold, default_gold_cache, evaluate, interaction_accuracy, read_pred_file
 from sqlora.io import write_json
 
 
@@ -22,25 +22,31 @@ def main() -> None:
     meta = json.loads(Path("data/prepared/meta.json").read_text())
     preds = read_pred_file("predictions/dev.sql", len(records))
     bird = meta["dataset"] == "bird"
-    try:
-        report = evaluate_execution(
-            [(r.output, r.db_id) for r in records],
-            preds,
-            meta["database_dir"],
-            timeout_s=params.eval.timeout_s,
-            workers=params.eval.workers,
-            skip_missing_databases=params.eval.skip_missing_databases,
-            difficulties=[r.difficulty or "" for r in records] if bird else None,
-        )
-    except FileNotFoundError as exc:
-        raise SqloraError(f"{exc} (set eval.skip_missing_databases: true to score the other questions)") from None
-    if not bird:  # BIRD publishes EX only
-        add_exact_match(report, meta["tables_json"])
+    report = evaluate(
+        [Gold(r.output, r.db_id, f"data/prepared/dev.jsonl:{line}") for line, r in enumerate(records, 1)],
+        preds,
+        meta["database_dir"],
+        etype="exec" if bird else "all",  # BIRD publishes EX (and VES), no EM
+        tables_json=meta["tables_json"],
+        difficulties=[r.difficulty or "" for r in records] if bird else None,
+        ves_iterations=params.eval.ves_iterations,
+        timeout_s=params.eval.timeout_s,
+        workers=params.eval.workers,
+        skip_missing_databases=params.eval.skip_missing_databases,
+        skip_bad_gold=params.eval.skip_bad_gold,
+        gold_cache=default_gold_cache(),
+    )
     levels = report.summary
     metrics = {"ex": {level: round(s["exec"], 4) for level, s in levels.items()}}
     if not bird:
         metrics["em"] = {level: round(s["exact"], 4) for level, s in levels.items()}
-    metrics |= {"count": {level: s["count"] for level, s in levels.items()}, "skipped_missing_database": len(report.skipped)}
+    if "ves" in levels["all"]:
+        metrics["ves"] = {level: round(s["ves"], 2) for level, s in levels.items()}
+    metrics |= {
+        "count": {level: s["count"] for level, s in levels.items()},
+        "skipped_missing_database": len(report.skipped_missing_database),
+        "skipped_bad_gold": len(report.skipped_bad_gold),
+    }
     if meta["dataset"] in ("cosql", "sparc"):
         accuracy = interaction_accuracy(report.examples, [r.interaction_id for r in records])
         metrics["interaction_ex"] = round(accuracy["interaction_ex"], 4)

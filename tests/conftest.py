@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep every test (and the subprocesses it starts) out of the user's ~/.cache/sqlora."""
+    monkeypatch.setenv("SQLORA_CACHE", str(tmp_path_factory.mktemp("sqlora-cache")))
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     from sqlora.sample import generate_sample

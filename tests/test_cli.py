@@ -61,3 +61,65 @@ def test_evaluate_bad_files(sample_dir, tmp_path):
     (tmp_path / "gold.sql").write_text("SELECT 1\tshop\nSELECT 2\tshop\n")
     result = subprocess.run(base + ["--gold", str(tmp_path / "gold.sql")], capture_output=True, text=True)
     assert result.returncode == 2 and "1 predictions for 2 gold queries" in result.stderr
+
+
+def run_evaluate(sample_dir, tmp_path, gold_lines, pred_lines, *extra):
+    (tmp_path / "gold.sql").write_text("".join(line + "\n" for line in gold_lines))
+    (tmp_path / "pred.sql").write_text("".join(line + "\n" for line in pred_lines))
+    return subprocess.run(
+        SQLORA + ["evaluate", "--gold", str(tmp_path / "gold.sql"), "--pred", str(tmp_path / "pred.sql"),
+                  "--db", str(sample_dir / "database"), "--table", str(sample_dir / "tables.json"),
+                  "--out", str(tmp_path / "report.json"), *extra],
+        capture_output=True, text=True,
+    )
+
+
+def sample_gold(sample_dir, n):
+    return (sample_dir / "dev_gold.sql").read_text().splitlines()[:n]
+
+
+def test_evaluate_match_only(sample_dir, tmp_path):
+    golds = sample_gold(sample_dir, 3)
+    preds = [golds[0].split("\t")[0], "SELECT", golds[2].split("\t")[0] + "\tignored after a tab"]
+    result = run_evaluate(sample_dir, tmp_path, golds, preds, "--etype", "match")
+    assert result.returncode == 0, result.stderr
+    assert "EXACT MATCHING ACCURACY" in result.stdout and "EXECUTION ACCURACY" not in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(e["exact"], e["exec"]) for e in report["examples"]] == [(1, None), (0, None), (1, None)]
+    assert report["examples"][1]["exact_error"]
+
+
+def test_evaluate_bad_gold_is_an_error_or_a_listed_skip(sample_dir, tmp_path):
+    golds = sample_gold(sample_dir, 2)
+    db_id = golds[1].split("\t")[1]
+    golds[1] = f"SELECT no_such_column FROM no_such_table\t{db_id}"
+    preds = [g.split("\t")[0] for g in golds]
+    result = run_evaluate(sample_dir, tmp_path, golds, preds)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'gold.sql'}:2: gold query fails on {db_id}.sqlite")
+    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "report.json").exists()
+    result = run_evaluate(sample_dir, tmp_path, golds, preds, "--skip-bad-gold")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 questions whose gold query fails" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["all"]["count"] == 1
+    assert [s["where"] for s in report["skipped_bad_gold"]] == [f"{tmp_path / 'gold.sql'}:2"]
+
+
+def test_evaluate_unknown_db_id_names_the_line(sample_dir, tmp_path):
+    golds = sample_gold(sample_dir, 2)
+    golds[1] = golds[1].split("\t")[0] + "\tno_such_db"
+    result = run_evaluate(sample_dir, tmp_path, golds, [g.split("\t")[0] for g in golds])
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'gold.sql'}:2: ")
+    assert "'no_such_db'" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_evaluate_empty_prediction_lines_score_zero(sample_dir, tmp_path):
+    golds = sample_gold(sample_dir, 3)
+    preds = [golds[0].split("\t")[0], "", golds[2].split("\t")[0]]
+    result = run_evaluate(sample_dir, tmp_path, golds, preds)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [e["exec"] for e in report["examples"]] == [1, 0, 1]
+    assert report["examples"][1]["error"] == "parse/execution error: empty SQL"

@@ -96,6 +96,11 @@ JOIN = "FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.sing
          "SELECT name FROM singer WHERE age > 1 UNION SELECT name FROM singer WHERE age < 9", False),
         # case of keywords and identifiers is irrelevant
         ("SELECT Name FROM SINGER WHERE Age > 1", "select name from singer where age > 1", True),
+        # as the official tokenizer: spaced comparison operators are one operator ...
+        ("SELECT name FROM singer WHERE age >= 1", "SELECT name FROM singer WHERE age > = 1", True),
+        ("SELECT name FROM singer WHERE age != 1", "SELECT name FROM singer WHERE age !  = 1", True),
+        # ... and only the first statement is parsed
+        ("SELECT name FROM singer", "SELECT name FROM singer; SELECT age FROM singer", True),
     ],
 )
 def test_perturbations(gold: str, pred: str, expected: bool) -> None:
@@ -115,7 +120,8 @@ def test_perturbations(gold: str, pred: str, expected: bool) -> None:
         "SELECT T1.name FROM singer AS T1 LEFT JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id",
         "SELECT name FROM singer UNION ALL SELECT name FROM singer",
         "SELECT name FROM singer WHERE (age > 1 OR age < 0)",
-        "SELECT name FROM singer; SELECT age FROM singer",
+        # first statement parsed, but a later "singer AS T1" rebinds T1 (the official's whole-text alias map)
+        "SELECT T1.stadium_id FROM concert AS T1; SELECT 1 FROM singer AS T1",
     ],
 )
 def test_unparsable_prediction_scores_zero(pred: str) -> None:

@@ -52,28 +52,24 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from sqlora.evaluation import add_exact_match, evaluate_execution, format_summary, read_gold_file, read_pred_file
+    from sqlora.evaluation import default_gold_cache, evaluate, format_summary, read_gold_file, read_pred_file
     from sqlora.io import write_json
 
-    if args.etype == "all" and not args.table:
-        raise SqloraError("--etype all needs --table tables.json (exact-set-match parses against the schema)")
     golds = read_gold_file(args.gold)
     preds = read_pred_file(args.pred, len(golds))
-    try:
-        report = evaluate_execution(
-            golds, preds, args.db, timeout_s=args.timeout, workers=args.workers, skip_missing_databases=args.skip_missing_databases
-        )
-    except FileNotFoundError as exc:
-        raise SqloraError(f"{exc} (--skip-missing-databases scores the other questions)") from None
-    except ValueError as exc:
-        raise SqloraError(f"{args.gold}: {exc}") from None
-    rows = [("exec", "EXECUTION ACCURACY")]
-    if args.etype == "all":
-        add_exact_match(report, args.table)
-        rows.append(("exact", "EXACT MATCHING ACCURACY"))
-    print(format_summary(report.summary, rows))
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} questions whose database file is missing")
+    report = evaluate(
+        golds, preds, args.db, etype=args.etype, tables_json=args.table, timeout_s=args.timeout,
+        workers=args.workers, skip_missing_databases=args.skip_missing_databases,
+        skip_bad_gold=args.skip_bad_gold, gold_cache=None if args.no_gold_cache else default_gold_cache(),
+    )
+    titles = {"exec": "EXECUTION ACCURACY", "exact": "EXACT MATCHING ACCURACY"}
+    print(format_summary(report.summary, [(key, title) for key, title in titles.items() if key in report.summary["all"]]))
+    if report.skipped_missing_database:
+        print(f"skipped {len(report.skipped_missing_database)} questions whose database file is missing")
+    for skip in report.skipped_bad_gold:
+        print(f"skipped {skip['where']}: {skip['error']}")
+    if report.skipped_bad_gold:
+        print(f"skipped {len(report.skipped_bad_gold)} questions whose gold query fails")
     if args.out:
         write_json(args.out, report.to_json())
 
@@ -107,16 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve", type=int, default=128, help="dev: tokens left for generation (with --tokenizer)")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("evaluate", help="score predictions in the official file formats: EX, and EM with --etype all")
+    p = sub.add_parser("evaluate", help="score predictions in the official Spider file formats: EX and EM by hardness")
     p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
     p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
     p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
     p.add_argument("--table", help="tables.json, for exact-set-match (EM)")
-    p.add_argument("--etype", choices=["all", "exec"], default="all", help="all: EX and EM; exec: EX only")
+    p.add_argument("--etype", choices=["all", "exec", "match"], default="all",
+                   help="all: EX and EM; exec: EX only; match: EM only (nothing is executed)")
     p.add_argument("--out", help="write the report (summary and every example) as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes running queries")
     p.add_argument("--skip-missing-databases", action="store_true", help="score only questions whose database exists")
+    p.add_argument("--skip-bad-gold", action="store_true", help="list and leave out questions whose gold query fails")
+    p.add_argument("--no-gold-cache", action="store_true", help="run every gold query instead of reusing cached results")
     p.set_defaults(func=_evaluate)
     return parser
 

@@ -76,6 +76,8 @@ class EvalParams:
     timeout_s: float = 30.0
     workers: int = 2
     skip_missing_databases: bool = False
+    skip_bad_gold: bool = False  # list and leave out questions whose gold query fails, instead of stopping
+    ves_iterations: int = 0  # BIRD: timed runs per correct prediction for VES (BIRD's own uses 100); 0: off
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("train.warmup_ratio", params.train.warmup_ratio),
         ("train.weight_decay", params.train.weight_decay),
         ("train.learning_rate", params.train.learning_rate),
+        ("eval.ves_iterations", params.eval.ves_iterations),
     ]:
         _check_positive(value, key, path, allow_zero=True)
     for key, value in [

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -237,9 +236,10 @@ def resolve_source(source: str | Path, key: str = "params.yaml: 'data.source'") 
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        cache = Path(os.environ.get("SQLORA_CACHE", Path.home() / ".cache" / "sqlora")) / f"{path.stem}-{digest.hexdigest()[:16]}"
+        from sqlora.io import atomic_path, cache_dir
+
+        cache = cache_dir(f"{path.stem}-{digest.hexdigest()[:16]}")
         if not cache.is_dir():
-            from sqlora.io import atomic_path
 
             with atomic_path(cache) as tmp, zipfile.ZipFile(path) as archive:
                 archive.extractall(tmp)

@@ -1,67 +1,139 @@
-"""Execution accuracy (EX) of predicted SQL against gold SQL on Spider-layout SQLite databases.
+"""Spider and BIRD evaluation: execution accuracy (EX), exact-set-match (EM) and BIRD's VES.
 
-Matching follows ``eval_exec_match`` of the official test-suite evaluator
-(taoyds/test-suite-sql-eval): two results match when they are the same bag of rows, allowing
-the predicted columns to be any permutation of the gold columns; row order counts only when
-the gold query ends in an ORDER BY. Every query runs in the read-only sandbox
-(``sqlora.sandbox.run_query``), in worker processes so that a crash cannot end the run.
+Spider scoring reproduces the official evaluator (taoyds/test-suite-sql-eval ``evaluation.py
+--etype all``, no ``--plug_value``, no ``--keep_distinct``) example by example:
 
-Known differences from the official script, which exact parity will have to settle:
-the official one strips DISTINCT from both queries before running them (unless
-``--keep_distinct``), rewrites ``> =`` to ``>=``, and treats *any* "order by" in the gold text
-(even inside a subquery) as making row order matter. Here DISTINCT and the text are kept as
-written and only a top-level ORDER BY makes order matter.
+* the prediction's `` value `` placeholders become `` 1 `` (for both EX and EM);
+* before execution both queries get ``> =``/``< =``/``! =`` joined, every DISTINCT keyword
+  removed and ``YEAR(CURDATE())`` replaced by 2020;
+* results match when they are the same bag of rows up to a permutation of the predicted
+  columns; row order counts when the gold text contains "order by" anywhere (as the official);
+* a database folder holding several ``*.sqlite`` files (a test suite) must match on every one;
+* text that is not valid UTF-8 is decoded dropping the bad bytes, as the official does;
+* EM (``sqlora.exact_match``): the ten components all-or-nothing, values and DISTINCT ignored,
+  foreign-key columns unified; a prediction that does not parse scores 0.
+
+Where the official tool has a plain bug we differ, deliberately: its execution timeout never
+fires (``asyncio.wait_for`` around a coroutine that never yields), so a runaway prediction hangs
+it; here every query runs in the read-only sandbox (``sqlora.sandbox``) with a working time and
+memory limit, in worker processes that a crash cannot take down. The official crashes on a gold
+query that fails and misreads an empty prediction line as the end of an interaction; here the
+former is an error naming the line (or a listed skip) and the latter an empty prediction
+scoring 0.
+
+BIRD (``difficulties`` given) follows BIRD's own evaluator: the raw queries are run, results
+match as *sets* of rows, and VES weighs each correct prediction by sqrt(gold time / predicted
+time) measured over repeated runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import multiprocessing
+import pickle
+import re
+import statistics
+import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import sqlglot
-from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
 
+from sqlora.errors import SqloraError
 from sqlora.hardness import spider_hardness
+from sqlora.io import atomic_path, cache_dir
 from sqlora.sandbox import QueryResult, run_query
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 BIRD_DIFFICULTIES = ("simple", "moderate", "challenging")
+ETYPES = ("all", "exec", "match")
 
 _CRASHED = "worker process crashed while running this query"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Gold:
+    sql: str
+    db_id: str
+    where: str  # where it came from, for error messages: "dev_gold.sql:12"
 
 
 @dataclass
 class ExampleResult:
     index: int
     db_id: str
-    hardness: str
+    hardness: str  # Spider hardness, BIRD difficulty, or "unparsed" (gold the parser cannot read)
     pred: str
     gold: str
-    exec: int  # 1 when the prediction's result matches the gold result, else 0
-    error: str | None  # why the example could not match: prediction or gold failed to run
+    exec: int | None  # 1 when the prediction's result matches the gold result; None: not executed
+    error: str | None  # why it could not match: parse/execution error, timeout, refused, ...
     exact: int | None = None  # exact-set-match (EM), when scored
     exact_error: str | None = None  # why EM could not be computed (the prediction does not parse)
+    ves: float | None = None  # BIRD: sqrt(gold time / predicted time) when correct, else 0
 
 
 @dataclass
 class EvalReport:
-    summary: dict[str, dict]  # easy/medium/hard/extra/all -> {"count": n, "exec": fraction}
+    summary: dict[str, dict]  # level -> {"count", "exec", "exact", "ves"}: the metrics scored
     examples: list[ExampleResult]
-    skipped: list[int]  # indexes not scored because their database file is missing
+    skipped_missing_database: list[int] = field(default_factory=list)  # indexes left out
+    skipped_bad_gold: list[dict] = field(default_factory=list)  # {"index", "where", "error"}
 
     def to_json(self) -> dict:
         return {
             "summary": self.summary,
             "examples": [asdict(example) for example in self.examples],
-            "skipped": list(self.skipped),
+            "skipped_missing_database": list(self.skipped_missing_database),
+            "skipped_bad_gold": list(self.skipped_bad_gold),
         }
+
+
+# --- what the official evaluator does to the text ----------------------------------------------
+
+_SPACED_OPERATORS = (("> =", ">="), ("< =", "<="), ("! =", "!="))
+_CUR_YEAR = re.compile(r"YEAR\s*\(\s*CURDATE\s*\(\s*\)\s*\)\s*", re.IGNORECASE)
+
+
+def spider_prediction_text(pred: str) -> str:
+    """The prediction as the official evaluator scores it: `` value `` placeholders become 1."""
+    return pred.replace(" value ", " 1 ")
+
+
+def spider_execution_text(sql: str) -> str:
+    """The text the official evaluator executes (gold and prediction alike).
+
+    Its DISTINCT removal rebuilds the text from the first statement only, so anything after the
+    first ";" is never run.
+    """
+    for spaced, joined in _SPACED_OPERATORS:
+        sql = sql.replace(spaced, joined)
+    try:
+        tokens = sqlglot.tokenize(sql, read="sqlite")
+    except SqlglotError:  # e.g. an unterminated string: it will fail to run anyway
+        tokens = []
+    semicolon = next((t for t in tokens if t.token_type == TokenType.SEMICOLON), None)
+    if semicolon is not None:
+        sql = sql[: semicolon.end + 1]
+    for token in reversed(tokens):
+        if token.token_type == TokenType.DISTINCT and token.end < len(sql):
+            sql = sql[: token.start] + sql[token.end + 1 :]
+    return _CUR_YEAR.sub("2020", sql)
+
+
+def gold_orders_rows(gold_execution_text: str) -> bool:
+    """The official rule: row order counts when the gold text says "order by" anywhere."""
+    return "order by" in gold_execution_text.lower()
+
+
+# --- comparing results -------------------------------------------------------------------------
 
 
 def results_match(pred_rows: list[tuple], gold_rows: list[tuple], order_matters: bool) -> bool:
@@ -128,147 +200,270 @@ def _find_column_permutation(gold_columns: list[tuple], pred_columns: list[tuple
     return search(0)
 
 
-def execution_match(
-    db_path: str | Path, pred_sql: str, gold_sql: str, timeout_s: float = 30.0
-) -> tuple[bool, str | None]:
-    """Run both queries on ``db_path`` and compare them; returns (match, error or None)."""
-    gold = run_query(db_path, gold_sql, timeout_s=timeout_s)
-    return _run_and_compare(Path(db_path), pred_sql, gold, _order_matters(gold_sql), timeout_s)
-
-
-def _run_and_compare(
-    db_path: Path, pred_sql: str, gold: QueryResult, order_matters: bool, timeout_s: float, as_sets: bool = False
-) -> tuple[bool, str | None]:
-    """Score one prediction against an already computed gold result (BIRD: ``as_sets``)."""
-    if not gold.ok:  # a data error; no point running the prediction
-        return False, f"gold failed: {gold.error}"
-    pred = run_query(db_path, pred_sql, timeout_s=timeout_s)
-    if not pred.ok:
-        return False, pred.error
-    try:
-        if as_sets:  # BIRD's EX: the same set of rows, columns in order, duplicates and row order ignored
-            return set(pred.rows) == set(gold.rows), None
-        return results_match(pred.rows, gold.rows, order_matters), None
-    except Exception as e:  # noqa: BLE001 - e.g. RecursionError for absurdly wide results
-        return False, " ".join(f"comparison failed: {type(e).__name__}: {e}".split())
-
-
-def _order_matters(gold_sql: str) -> bool:
-    """Whether the gold query orders its final result (an ORDER BY at the top level)."""
-    try:
-        root = sqlglot.parse_one(gold_sql, read="sqlite")
-    except SqlglotError:
-        # Unparseable gold cannot be classified; fall back to the official text test.
-        return "order by" in " ".join(gold_sql.lower().split())
-    while isinstance(root, (exp.Subquery, exp.Paren)):
-        root = root.this
-    return root.args.get("order") is not None
-
-
-def evaluate_execution(
-    golds: list[tuple[str, str]],
-    preds: list[str],
+def evaluate(
+    golds: Sequence[Gold | tuple[str, str]],
+    preds: Sequence[str],
     db_dir: str | Path,
     *,
+    etype: str = "exec",
+    tables_json: str | Path | None = None,
+    difficulties: Sequence[str] | None = None,
+    ves_iterations: int = 0,
     timeout_s: float = 30.0,
     workers: int = 2,
     skip_missing_databases: bool = False,
-    difficulties: list[str] | None = None,
+    skip_bad_gold: bool = False,
+    gold_cache: str | Path | None = None,
 ) -> EvalReport:
-    """Score each prediction against its (gold_sql, db_id) by execution on ``db_dir``.
+    """Score each prediction against its gold query on ``db_dir/<db_id>/<db_id>.sqlite``.
 
-    Databases are found at ``db_dir/<db_id>/<db_id>.sqlite``. A missing one raises
-    FileNotFoundError, or with ``skip_missing_databases`` its examples are left out of every
-    count and listed in ``skipped``. ``workers`` > 1 runs queries in that many processes.
-
-    With ``difficulties`` (BIRD: one label per example) results are compared as BIRD does —
-    as sets of rows — and reported by those labels instead of Spider hardness.
+    ``etype``: "exec" (EX), "match" (EM, needs ``tables_json``; nothing is executed) or "all".
+    ``difficulties`` (BIRD: one label per example) switches to BIRD's scoring, reported by those
+    labels; ``ves_iterations`` > 0 adds BIRD's VES from that many timed runs per correct pair.
+    A missing database file, or a gold query that fails to run, raises SqloraError naming the
+    gold line, unless ``skip_missing_databases`` / ``skip_bad_gold`` list and leave them out.
+    ``gold_cache``: a folder where gold results are kept across runs (None: no cache).
     """
+    if etype not in ETYPES:
+        raise ValueError(f"etype must be one of {ETYPES}, got {etype!r}")
+    golds = [g if isinstance(g, Gold) else Gold(g[0], g[1], f"gold #{i + 1}") for i, g in enumerate(golds)]
     if len(golds) != len(preds):
-        raise ValueError(f"got {len(golds)} gold queries but {len(preds)} predictions; they must pair up")
+        raise SqloraError(f"got {len(golds)} gold queries but {len(preds)} predictions; they must pair up")
+    bird = difficulties is not None
+    if bird and len(difficulties) != len(golds):
+        raise SqloraError(f"got {len(golds)} gold queries but {len(difficulties)} difficulty labels")
+    execute = etype in ("all", "exec")
+    match = etype in ("all", "match") and not bird  # BIRD publishes no EM
+    schemas = _load_schemas(tables_json, golds) if match else {}
     db_dir = Path(db_dir)
 
+    report = EvalReport(summary={}, examples=[])
     scored: list[int] = []
-    skipped: list[int] = []
-    for index, (_, db_id) in enumerate(golds):
-        path = _database_path(db_dir, db_id)
-        if path.is_file():
+    for index, gold in enumerate(golds):
+        if not execute or _database_path(db_dir, gold.db_id).is_file():
             scored.append(index)
         elif skip_missing_databases:
-            skipped.append(index)
+            report.skipped_missing_database.append(index)
         else:
-            raise FileNotFoundError(f"database for db_id {db_id!r} not found: expected {path}")
+            raise SqloraError(
+                f"{gold.where}: no database for db_id {gold.db_id!r}: expected {_database_path(db_dir, gold.db_id)} "
+                "(to score the other questions: --skip-missing-databases, or eval.skip_missing_databases: true)"
+            )
 
-    if difficulties is not None and len(difficulties) != len(golds):
-        raise ValueError(f"got {len(golds)} gold queries but {len(difficulties)} difficulty labels")
-    hardness: dict[int, str] = {}
     for index in scored:
-        gold_sql, db_id = golds[index]
-        if difficulties is not None:
-            hardness[index] = difficulties[index]
-            continue
-        try:
-            hardness[index] = spider_hardness(gold_sql)
-        except ValueError:
-            # Malformed gold SQL exists (25 CoSQL dev turns): such examples count in "all" only.
-            hardness[index] = "unparsed"
-
-    # Each distinct (db_id, gold_sql) runs once, however many predictions share it.
-    gold_keys = list(dict.fromkeys((golds[i][1], golds[i][0]) for i in scored))
-    gold_runs = _run_tasks(
-        run_query,
-        [(_database_path(db_dir, db_id), sql, timeout_s) for db_id, sql in gold_keys],
-        workers=workers,
-        crashed=QueryResult(rows=None, error=_CRASHED),
-    )
-    gold_results = dict(zip(gold_keys, gold_runs))
-    # Predictions are run and compared in the workers, so their rows (possibly huge, possibly
-    # slow to compare) never pile up in this process.
-    outcomes = _run_tasks(
-        _run_and_compare,
-        [
-            (
-                _database_path(db_dir, golds[i][1]),
-                preds[i],
-                gold_results[(golds[i][1], golds[i][0])],
-                _order_matters(golds[i][0]),
-                timeout_s,
-                difficulties is not None,
-            )
-            for i in scored
-        ],
-        workers=workers,
-        crashed=(False, _CRASHED),
-    )
-
-    examples = []
-    for index, (match, error) in zip(scored, outcomes):
-        gold_sql, db_id = golds[index]
-        examples.append(
-            ExampleResult(
-                index=index,
-                db_id=db_id,
-                hardness=hardness[index],
-                pred=preds[index],
-                gold=gold_sql,
-                exec=int(match),
-                error=error,
-            )
+        gold = golds[index]
+        pred = preds[index] if bird else spider_prediction_text(preds[index])
+        report.examples.append(
+            ExampleResult(index=index, db_id=gold.db_id, hardness=_level(gold.sql, difficulties, index), pred=pred, gold=gold.sql, exec=None, error=None)
         )
-    levels = BIRD_DIFFICULTIES if difficulties is not None else HARDNESS_LEVELS
-    return EvalReport(summary=_summarize(examples, levels), examples=examples, skipped=skipped)
+
+    if execute:
+        _score_execution(report, golds, db_dir, bird, timeout_s, workers, skip_bad_gold, gold_cache)
+        if bird and ves_iterations > 0:
+            _score_ves(report, db_dir, ves_iterations, timeout_s, workers)
+    if match:
+        _score_exact_match(report, schemas)
+    levels = BIRD_DIFFICULTIES if bird else HARDNESS_LEVELS
+    metrics = ["exec"] * execute + ["exact"] * match + ["ves"] * (execute and bird and ves_iterations > 0)
+    report.summary = _summarize(report.examples, levels, metrics)
+    return report
+
+
+def _level(gold_sql: str, difficulties: Sequence[str] | None, index: int) -> str:
+    if difficulties is not None:
+        return difficulties[index]
+    try:
+        return spider_hardness(gold_sql)
+    except ValueError:
+        # Malformed gold SQL exists (25 CoSQL dev turns): such examples count in "all" only.
+        return "unparsed"
+
+
+def _load_schemas(tables_json: str | Path | None, golds: list[Gold]) -> dict[str, dict]:
+    import json
+
+    if tables_json is None:
+        raise SqloraError("exact-set-match needs the tables.json schema file (--table)")
+    try:
+        schemas = {entry["db_id"]: entry for entry in json.loads(Path(tables_json).read_text(encoding="utf-8"))}
+    except FileNotFoundError:
+        raise SqloraError(f"{tables_json}: file not found") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SqloraError(f"{tables_json}: not a tables.json file ({exc})") from None
+    for gold in golds:
+        if gold.db_id not in schemas:
+            raise SqloraError(f"{gold.where}: unknown db_id {gold.db_id!r}: not in {tables_json}")
+    return schemas
+
+
+def _score_execution(
+    report: EvalReport,
+    golds: list[Gold],
+    db_dir: Path,
+    bird: bool,
+    timeout_s: float,
+    workers: int,
+    skip_bad_gold: bool,
+    gold_cache: str | Path | None,
+) -> None:
+    """Run every gold query (once per distinct text and file, cached) and score every prediction."""
+    text = (lambda sql: sql) if bird else spider_execution_text
+    examples = report.examples
+    files = {e.db_id: _database_files(db_dir, e.db_id) for e in examples}
+    gold_keys = list(dict.fromkeys((path, text(golds[e.index].sql)) for e in examples for path in files[e.db_id]))
+    gold_results = _run_gold_queries(gold_keys, timeout_s, workers, gold_cache)
+
+    kept = []
+    for example in examples:
+        gold = golds[example.index]
+        failure = next(
+            (f"{path.name}: {gold_results[(path, text(gold.sql))].error}" for path in files[example.db_id]
+             if not gold_results[(path, text(gold.sql))].ok),
+            None,
+        )
+        if failure is None:
+            kept.append(example)
+        elif skip_bad_gold:
+            report.skipped_bad_gold.append({"index": example.index, "where": gold.where, "error": f"gold query fails on {failure}"})
+        else:
+            raise SqloraError(
+                f"{gold.where}: gold query fails on {failure} (to list and leave out such questions: "
+                "--skip-bad-gold, or eval.skip_bad_gold: true in params.yaml)"
+            )
+    report.examples[:] = kept
+
+    # Predictions run and are compared in the workers, so their rows (possibly huge, possibly
+    # slow to compare) never pile up in this process.
+    tasks = []
+    for example in kept:
+        gold_text = text(golds[example.index].sql)
+        pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
+        tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
+    for example, (matched, error) in zip(kept, _run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED))):
+        example.exec, example.error = int(matched), error
 
 
 def _database_path(db_dir: Path, db_id: str) -> Path:
     return db_dir / db_id / f"{db_id}.sqlite"
 
 
-def _summarize(examples: list[ExampleResult], levels: tuple[str, ...]) -> dict[str, dict]:
+def _database_files(db_dir: Path, db_id: str) -> list[Path]:
+    """The database and, in a test-suite layout, every other ``*.sqlite`` file beside it."""
+    main = _database_path(db_dir, db_id)
+    return [main] + sorted(p for p in main.parent.glob("*.sqlite") if p != main)
+
+
+def _run_gold_queries(
+    keys: list[tuple[Path, str]], timeout_s: float, workers: int, folder: str | Path | None
+) -> dict[tuple[Path, str], QueryResult]:
+    """Gold results, read from the cache where it has them, the rest run (and cached)."""
+    results: dict[tuple[Path, str], QueryResult] = {}
+    paths = {key: _gold_cache_path(Path(folder), *key) for key in keys} if folder is not None else {}
+    for key, path in paths.items():
+        try:
+            results[key] = pickle.loads(path.read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
+            pass  # not cached yet, or an unreadable entry: run it again
+    todo = [key for key in keys if key not in results]
+    runs = _run_tasks(run_query, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
+                      crashed=QueryResult(rows=None, error=_CRASHED))
+    for key, result in zip(todo, runs):
+        results[key] = result
+        # Timeouts, memory limits and crashes depend on the machine and its load: never cached.
+        if key in paths and (result.ok or result.error.startswith(("parse/execution error", "refused"))):
+            with atomic_path(paths[key]) as tmp:
+                tmp.write_bytes(pickle.dumps(result))
+    return results
+
+
+def _gold_cache_path(folder: Path, db_file: Path, sql: str) -> Path:
+    """One file per (database file, query); a changed database (size or mtime) misses the cache."""
+    stat = db_file.stat()
+    key = f"{db_file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{sql}"
+    digest = hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return folder / digest[:2] / f"{digest}.pickle"
+
+
+def default_gold_cache() -> Path:
+    return cache_dir("gold-results")
+
+
+def _score_prediction(
+    pairs: list[tuple[Path, QueryResult]], pred_sql: str, order_matters: bool, timeout_s: float, as_sets: bool
+) -> tuple[bool, str | None]:
+    """Run the prediction on each database file and compare with the gold result there."""
+    for db_file, gold in pairs:
+        pred = run_query(db_file, pred_sql, timeout_s=timeout_s)
+        if not pred.ok:
+            return False, pred.error
+        try:
+            if as_sets:  # BIRD: the same set of rows, columns in order; duplicates and order ignored
+                same = set(pred.rows) == set(gold.rows)
+            else:
+                same = results_match(pred.rows, gold.rows, order_matters)
+        except Exception as e:  # noqa: BLE001 - e.g. RecursionError for absurdly wide results
+            return False, " ".join(f"comparison failed: {type(e).__name__}: {e}".split())
+        if not same:
+            return False, None
+    return True, None
+
+
+def _score_exact_match(report: EvalReport, schemas: dict[str, dict]) -> None:
+    """Exact-set-match of every example; gold the official parser cannot read scores 0, with the reason."""
+    from sqlora.exact_match import exact_match
+
+    for example in report.examples:
+        try:
+            matched, error = exact_match(example.gold, example.pred, schemas[example.db_id])
+        except ValueError as exc:
+            matched, error = False, f"gold not parsable for EM: {exc}"
+        example.exact, example.exact_error = int(matched), error
+
+
+def _score_ves(report: EvalReport, db_dir: Path, iterations: int, timeout_s: float, workers: int) -> None:
+    """BIRD's VES: each correct prediction earns sqrt(mean gold/pred time ratio), wrong ones 0."""
+    correct = [e for e in report.examples if e.exec]
+    tasks = [(_database_path(db_dir, e.db_id), e.pred, e.gold, iterations, timeout_s) for e in correct]
+    ratios = _run_tasks(_time_ratio, tasks, workers=workers, crashed=0.0)
+    for example in report.examples:
+        example.ves = 0.0
+    for example, ratio in zip(correct, ratios):
+        example.ves = math.sqrt(ratio)
+
+
+def _time_ratio(db_file: Path, pred_sql: str, gold_sql: str, iterations: int, timeout_s: float) -> float:
+    """Mean of gold time / predicted time over ``iterations`` runs, outliers beyond 3 sigma dropped (as BIRD)."""
+    ratios = []
+    for _ in range(iterations):
+        pred_time = _timed(db_file, pred_sql, timeout_s)
+        gold_time = _timed(db_file, gold_sql, timeout_s)
+        if pred_time is None or gold_time is None:
+            return 0.0
+        ratios.append(gold_time / pred_time)
+    mean = statistics.fmean(ratios)
+    spread = statistics.pstdev(ratios)
+    kept = [r for r in ratios if mean - 3 * spread < r < mean + 3 * spread] or ratios
+    return statistics.fmean(kept)
+
+
+def _timed(db_file: Path, sql: str, timeout_s: float) -> float | None:
+    start = time.perf_counter()
+    result = run_query(db_file, sql, timeout_s=timeout_s)
+    elapsed = time.perf_counter() - start
+    return max(elapsed, 1e-9) if result.ok else None
+
+
+def _summarize(examples: list[ExampleResult], levels: tuple[str, ...], metrics: list[str]) -> dict[str, dict]:
+    """Per level (and "all"): the count and the mean of each metric scored."""
     summary = {}
     for level in (*levels, "all"):
         chosen = [e for e in examples if level == "all" or e.hardness == level]
-        hits = sum(e.exec for e in chosen)
-        summary[level] = {"count": len(chosen), "exec": hits / len(chosen) if chosen else 0.0}
+        entry: dict = {"count": len(chosen)}
+        for metric in metrics:
+            entry[metric] = sum(getattr(e, metric) for e in chosen) / len(chosen) if chosen else 0.0
+        if "ves" in entry:
+            entry["ves"] *= 100  # BIRD reports VES on a 0-100 scale
+        summary[level] = entry
     return summary
 
 
@@ -350,36 +545,41 @@ def interaction_accuracy(examples: list[ExampleResult], interaction_ids: list[st
     }
 
 
-def read_gold_file(path: str | Path) -> list[tuple[str, str]]:
-    """The official gold format: one ``SQL<TAB>db_id`` per line."""
-    from sqlora.errors import SqloraError
-
+def read_gold_file(path: str | Path) -> list[Gold]:
+    """The official gold format: one ``SQL<TAB>db_id`` per line (blank lines are ignored)."""
     golds = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise SqloraError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SqloraError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        sql, tab, db_id = line.rpartition("\t")
+        sql, tab, db_id = line.strip().rpartition("\t")
         if not tab or not sql.strip() or not db_id.strip():
             raise SqloraError(f"{path}:{lineno}: expected 'SQL<TAB>db_id'")
-        golds.append((sql.strip(), db_id.strip()))
+        golds.append(Gold(sql.strip(), db_id.strip(), f"{path}:{lineno}"))
     return golds
 
 
 def read_pred_file(path: str | Path, expected: int) -> list[str]:
-    """The official prediction format: one SQL per line, in gold order (an empty line is an empty prediction)."""
-    from sqlora.errors import SqloraError
+    """The official prediction format: one SQL per line, in gold order.
 
+    As in the official script, anything after a tab on a line is ignored; an empty line is an
+    empty prediction (scoring 0).
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").removesuffix("\n").split("\n")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SqloraError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SqloraError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.removesuffix("\n").split("\n") if text else []
     if len(lines) != expected:
         raise SqloraError(f"{path}: {len(lines)} predictions for {expected} gold queries")
-    return [line.strip() for line in lines]
+    return [line.strip().split("\t")[0] for line in lines]
 
 
 def format_summary(summary: dict[str, dict], metrics: list[tuple[str, str]]) -> str:
@@ -389,26 +589,5 @@ def format_summary(summary: dict[str, dict], metrics: list[tuple[str, str]]) -> 
     rows.append(f"{'count':<20}" + "".join(f"{summary[level]['count']:<20}" for level in levels))
     for key, title in metrics:
         rows.append(f"{'=' * 20} {title} {'=' * 20}")
-        rows.append(f"{key:<20}" + "".join(f"{summary[level][key]:<20.3f}" for level in levels))
+        rows.append(f"{key:<20}" + "".join(f"{summary[level].get(key, 0.0):<20.3f}" for level in levels))
     return "\n".join(rows)
-
-
-def add_exact_match(report: EvalReport, tables_json: str | Path) -> None:
-    """Score exact-set-match (EM) on every scored example and add ``exact`` to the summary.
-
-    Gold SQL the official parser cannot read (a few CoSQL/SParC turns) scores 0, with the reason.
-    """
-    import json
-
-    from sqlora.exact_match import exact_match
-
-    schemas = {entry["db_id"]: entry for entry in json.loads(Path(tables_json).read_text(encoding="utf-8"))}
-    for example in report.examples:
-        try:
-            match, error = exact_match(example.gold, example.pred, schemas[example.db_id])
-        except ValueError as exc:
-            match, error = False, f"gold not parsable for EM: {exc}"
-        example.exact, example.exact_error = int(match), error
-    for level, entry in report.summary.items():
-        chosen = [e for e in report.examples if level == "all" or e.hardness == level]
-        entry["exact"] = sum(e.exact for e in chosen) / len(chosen) if chosen else 0.0

@@ -26,6 +26,7 @@ double-quoted or bracketed identifiers (double quotes are string values there), 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlglot
@@ -107,6 +108,9 @@ def foreign_key_map(entry: dict) -> dict[str, str]:
 # --------------------------------------------------------------------------- parsing
 
 
+_SPACED_COMPARISON = re.compile(r"""('[^']*'|"[^"]*")|([!<>])\s+=""")
+
+
 def _fail(message: str) -> SpiderParseError:
     return SpiderParseError(message)
 
@@ -145,14 +149,27 @@ class _Parser:
     table_unit: ('table_unit', table_id) or ('sql', sql).
     """
 
-    def __init__(self, schema: _Schema, root: exp.Expression, tokens: list):
+    def __init__(self, schema: _Schema, scopes: list[tuple[exp.Expression, list]]):
         self.schema = schema
-        self.aliases = self._scan_aliases(root, tokens)
+        self.aliases = self._scan_aliases(scopes)
 
-    # Official: one alias map for the whole query, built from every "X AS Y"; the last wins.
-    def _scan_aliases(self, root: exp.Expression, tokens: list) -> dict[str, str]:
+    # Official: one alias map for the whole text, built from every "X AS Y"; the last wins.
+    def _scan_aliases(self, scopes: list[tuple[exp.Expression, list]]) -> dict[str, str]:
+        found: list[tuple[int, int, str, str]] = []
+        for order, (root, tokens) in enumerate(scopes):
+            found += self._aliases_in(root, tokens, order)
+        mapping: dict[str, str] = {}
+        for _, _, alias, table in sorted(found):
+            mapping[alias] = table
+        for table in self.schema.tables:
+            if table in mapping:
+                raise _fail(f"alias {table} has the same name as a table")
+            mapping[table] = table
+        return mapping
+
+    def _aliases_in(self, root: exp.Expression, tokens: list, order: int) -> list[tuple[int, int, str, str]]:
         alias_tokens = {tok.start: i for i, tok in enumerate(tokens)}
-        found: list[tuple[int, str, str]] = []
+        found: list[tuple[int, int, str, str]] = []
         for node in root.find_all(exp.Table, exp.Subquery):
             alias = node.args.get("alias")
             if alias is None or alias.this is None:
@@ -164,15 +181,8 @@ class _Parser:
                 raise _fail(f"alias {ident.name} without AS is not supported")
             if isinstance(node, exp.Subquery):
                 raise _fail("aliased FROM subqueries are not supported")
-            found.append((start, ident.name.lower(), self._table_name(node)))
-        mapping: dict[str, str] = {}
-        for _, alias, table in sorted(found):
-            mapping[alias] = table
-        for table in self.schema.tables:
-            if table in mapping:
-                raise _fail(f"alias {table} has the same name as a table")
-            mapping[table] = table
-        return mapping
+            found.append((order, start, ident.name.lower(), self._table_name(node)))
+        return found
 
     @staticmethod
     def _table_name(table: exp.Table) -> str:
@@ -471,12 +481,22 @@ def parse_spider_sql(sql: str, schema: dict) -> dict:
 
     Raises SpiderParseError (a ValueError) where the official parser would reject the query.
     """
+    # The official tokenizer turns "> =", "< =", "! =" into one operator (outside quoted values).
+    sql = _SPACED_COMPARISON.sub(lambda m: m.group(1) or m.group(2) + "=", sql)
     tokens = _check_tokens(sql)
+    # The official parses the first statement only, but takes "X AS Y" aliases from the whole text.
+    cut = next((t.start for t in tokens if t.token_type == TokenType.SEMICOLON), len(sql))
     try:
-        root = parse_statement(sql)
+        root = parse_statement(sql[:cut])
     except ValueError as e:
         raise _fail(str(e)) from None
-    parser = _Parser(_Schema(schema), root, tokens)
+    scopes = [(root, [t for t in tokens if t.start < cut])]
+    rest = sql[cut + 1 :]
+    try:
+        scopes += [(statement, _check_tokens(rest)) for statement in sqlglot.parse(rest, read="sqlite") if statement is not None]
+    except (SqlglotError, SpiderParseError):
+        pass  # later statements too broken to read aliases from: the first one's are all there is
+    parser = _Parser(_Schema(schema), scopes)
     return parser.query(root)
 
 

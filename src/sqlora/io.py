@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+def cache_dir(name: str) -> Path:
+    """A folder for derived data kept across runs: $SQLORA_CACHE (default ~/.cache/sqlora) / name."""
+    return Path(os.environ.get("SQLORA_CACHE", Path.home() / ".cache" / "sqlora")) / name
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path`` (file or folder)."""

@@ -192,9 +192,10 @@ def _connect(db_path: Path, memory_limit_mb: int) -> sqlite3.Connection:
     uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
     try:
-        # Some Spider databases hold text that is not valid UTF-8; decode it lossily (the same
-        # way for gold and prediction) instead of failing the whole query.
-        conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+        # Some Spider databases hold text that is not valid UTF-8; drop the bad bytes (the same
+        # way for gold and prediction, and as the official Spider evaluator does) instead of
+        # failing the whole query.
+        conn.text_factory = lambda raw: raw.decode("utf-8", errors="ignore")
         if hasattr(conn, "enable_load_extension"):  # absent when Python is built without it
             conn.enable_load_extension(False)
         if hasattr(conn, "setlimit"):  # Python >= 3.11; the authorizer denies ATTACH anyway
