@@ -1,4 +1,8 @@
-"""Fine-tune the base model on data/prepared/train.jsonl (method: lora | qlora | full | none)."""
+"""Fine-tune the base model on data/prepared/train.jsonl (method: lora | qlora | full | none).
+
+Runs as it is under `accelerate launch` (train.launch in params.yaml) for several GPUs or nodes.
+A run killed mid-way resumes from models/checkpoints when the stage runs again.
+"""
 
 from sqlora.config import load_params
 from sqlora.datasets import load_records
@@ -19,6 +23,7 @@ def main() -> None:
         seed=params.seed,
         metrics_path="metrics/train.json",
         live_dir="dvclive",
+        checkpoint_dir="models/checkpoints",
         chat_template=params.prompt.chat_template,
     )
 

@@ -77,12 +77,18 @@ def test_repro_writes_every_output(project):
 
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["method"] == "lora" and train["steps"] == 4 and train["train_examples"] == 16
-    assert (project / "dvclive/plots/metrics/train/loss.tsv").is_file()
+    loss_steps = [row.split("\t")[0] for row in (project / "dvclive/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    assert loss_steps == ["1", "2", "3", "4"]
+    assert (project / "models/checkpoints/fingerprint.txt").is_file()  # persisted, nothing left to resume
+    assert not list((project / "models/checkpoints").glob("checkpoint-*"))
 
     predictions = (project / "predictions/dev.sql").read_text().split("\n")
     assert len(predictions) == 7 and predictions[-1] == ""  # one line per question
     raw = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
     assert [r["sql"] for r in raw] == predictions[:-1]
+
+    assert (project / "models/exported/model.safetensors").is_file()  # the export stage
+    assert json.loads((project / "models/exported/sqlora_export.json").read_text())["dtype"] == "bfloat16"
 
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert metrics["count"]["all"] == 6 and 0.0 <= metrics["ex"]["all"] <= 1.0 and 0.0 <= metrics["em"]["all"] <= 1.0
@@ -130,12 +136,16 @@ def test_missing_dataset_fails_cleanly(project, tmp_path):
     assert result.stderr.strip() == f"error: params.yaml: 'data.source' {str(missing)!r} is neither a folder nor a .zip archive"
 
 
-def test_exp_run_qlora(project):
-    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_exp_run_other_methods(project, method):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "state after repro", "--allow-empty"], project)
-    run(["dvc", "exp", "run", "-S", "method=qlora"], project)
+    run(["dvc", "exp", "run", "-S", f"method={method}"], project)
     train = json.loads((project / "metrics/train.json").read_text())
-    assert train["method"] == "qlora" and train["steps"] == 4
+    assert train["method"] == method and train["steps"] == 4
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert (project / "models/finetuned" / weights).is_file()
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "ex" in shown

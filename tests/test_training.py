@@ -9,7 +9,8 @@ from sqlora.errors import SqloraError
 from sqlora.generation import generate, load_for_inference
 from sqlora.models import load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
-from sqlora.training import IGNORE_INDEX, MODEL_INFO, tokenize_records, train
+from sqlora.models import MODEL_INFO
+from sqlora.training import IGNORE_INDEX, tokenize_records, train
 
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
@@ -54,7 +55,7 @@ def test_each_method_trains_and_predicts(tiny_model_dir, tmp_path, method):
     else:
         assert metrics["steps"] == 2 and metrics["train_examples"] == 8
         assert metrics["tokens_per_s"] > 0 and metrics["trainable_params"] > 0
-        assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+        assert (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").is_file()
         weights = "adapter_model.safetensors" if method in ("lora", "qlora") else "model.safetensors"
         assert (out / weights).is_file()
         if method == "lora":
@@ -116,3 +117,40 @@ def test_response_loss_equals_the_models_own_loss(tiny_model_dir):
         sliced = model(**batch, logits_to_keep=keep)
     assert sliced.logits.shape[1] == len(keep) < labels.shape[1]
     torch.testing.assert_close(response_loss(sliced, labels), full)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path):
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / str(checkpointing)
+        runs[checkpointing] = train(
+            method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=out / "model", lora=LoraParams(r=4, alpha=8, dropout=0.0),
+            params=TrainParams(epochs=1, batch_size=4, logging_steps=1, max_length=256, gradient_checkpointing=checkpointing),
+            seed=0, metrics_path=out / "train.json", live_dir=out / "live",
+        )
+    assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
+
+
+def test_metrics_report_padding_and_the_tokens_per_second_curve(tiny_model_dir, tmp_path):
+    metrics = train(
+        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "model", lora=LoraParams(r=4, alpha=8),
+        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+    )
+    assert 0 <= metrics["padding_fraction"] < 0.5 and metrics["processes"] == 1 and "peak_rss_mb" in metrics
+    curve = (tmp_path / "live/plots/metrics/tokens_per_s.tsv").read_text().splitlines()
+    assert curve[0] == "step\ttokens_per_s" and len(curve) == 1 + metrics["steps"]
+
+
+def test_qlora_without_4bit_support_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("no 4-bit kernel for this device")
+
+    monkeypatch.setattr(bnb_functional, "quantize_4bit", unsupported)
+    with pytest.raises(SqloraError, match=r"method 'qlora': bitsandbytes cannot quantise to 4 bits on cpu .*use method 'lora'"):
+        train(
+            method="qlora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "model", lora=LoraParams(r=4, alpha=8),
+            params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+        )
+    assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()

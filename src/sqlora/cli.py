@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from sqlora.datasets import DATASETS
+from sqlora.export import DTYPES
 from sqlora.schema import SCHEMA_FORMATS
 
 from sqlora.errors import SqloraError, exit_on_error
@@ -74,6 +75,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         write_json(args.out, report.to_json())
 
 
+def _export(args: argparse.Namespace) -> None:
+    from sqlora.export import export_model
+
+    result = export_model(args.model, args.base, args.out, dtype=args.dtype)
+    print(
+        f"export: {result.method} model -> {result.out_dir} "
+        f"({result.parameters:,} parameters, {result.dtype}, {result.seconds:.1f} s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-gold", action="store_true", help="list and leave out questions whose gold query fails")
     p.add_argument("--no-gold-cache", action="store_true", help="run every gold query instead of reusing cached results")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint")
+    p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
+    p.add_argument("--base", required=True, help="the base model folder it was trained from")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype; auto: the base model's stored dtype")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -19,6 +19,7 @@ from sqlora.schema import SCHEMA_FORMATS
 
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class TrainParams:
     weight_decay: float = 0.0
     max_length: int = 512
     logging_steps: int = 5
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    save_steps: int = 20  # checkpoint every N optimizer steps, so a killed run resumes (0: never)
+    launch: str = "python"  # the train stage's launcher, e.g. "accelerate launch --config_file configs/accelerate/ddp.yaml"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    dtype: str = "bfloat16"  # of the merged model's weights; auto: the base's own
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     method: str = "lora"
@@ -91,6 +100,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     predict: PredictParams = field(default_factory=PredictParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
 
 def _build(cls: type, raw: Any, where: str, path: Path):
@@ -163,6 +173,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     _check_choice(params.data.dataset, DATASETS, "data.dataset", path)
     _check_choice(params.prompt.schema_format, SCHEMA_FORMATS, "prompt.schema_format", path)
     _check_choice(params.train.lr_scheduler, LR_SCHEDULERS, "train.lr_scheduler", path)
+    _check_choice(params.export.dtype, EXPORT_DTYPES, "export.dtype", path)
     for key, value in [
         ("data.max_train_examples", params.data.max_train_examples),
         ("data.max_dev_examples", params.data.max_dev_examples),
@@ -172,6 +183,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("train.weight_decay", params.train.weight_decay),
         ("train.learning_rate", params.train.learning_rate),
         ("eval.ves_iterations", params.eval.ves_iterations),
+        ("train.save_steps", params.train.save_steps),
     ]:
         _check_positive(value, key, path, allow_zero=True)
     for key, value in [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +9,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sqlora.errors import SqloraError
-from sqlora.models import device, load_tokenizer
+from sqlora.models import device, load_tokenizer, read_model_info
 from sqlora.prompt import encode_prompt
-from sqlora.training import MODEL_INFO, load_base_model
+from sqlora.training import load_base_model
 
 
 @dataclass(frozen=True)
@@ -27,11 +25,7 @@ class Generation:
 def load_for_inference(finetuned_dir: str | Path, base_dir: str | Path):
     """The model described by a train-stage folder: base + adapter, a full checkpoint, or the base alone."""
     finetuned_dir = Path(finetuned_dir)
-    try:
-        info = json.loads((finetuned_dir / MODEL_INFO).read_text())
-    except FileNotFoundError:
-        raise SqloraError(f"{finetuned_dir}: no {MODEL_INFO}; run the train stage first") from None
-    method = info["method"]
+    method = read_model_info(finetuned_dir)["method"]
     if method == "full":
         model = load_base_model(finetuned_dir, "full")
         tokenizer = load_tokenizer(finetuned_dir)
@@ -42,6 +36,8 @@ def load_for_inference(finetuned_dir: str | Path, base_dir: str | Path):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, finetuned_dir)
+    if method != "qlora":  # a 4-bit model was loaded onto its device
+        model = model.to(device())
     model.eval()
     return model, tokenizer
 

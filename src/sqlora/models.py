@@ -9,15 +9,22 @@ later stage loads a plain folder and treats all models alike.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from sqlora.config import METHODS
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported where it is used: bad input fails before the seconds it takes
+    import torch
+
+# The train stage's output folder describes itself in this file: {"method": ..., "base": ...}.
+MODEL_INFO = "sqlora_model.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _smollm2_gguf() -> Path:
@@ -49,17 +56,22 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 
 
 def device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def compute_dtype() -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow and lossy)."""
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
 def _save_from_gguf(gguf: Path, out: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -125,3 +137,28 @@ def load_tokenizer(model_dir: str | Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def read_model_info(finetuned_dir: Path) -> dict:
+    """The train stage's ``sqlora_model.json``, checked: a known method, and the files it needs."""
+    if not finetuned_dir.is_dir():
+        raise SqloraError(f"{finetuned_dir}: no such fine-tuned model folder; run the train stage first")
+    path = finetuned_dir / MODEL_INFO
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SqloraError(f"{finetuned_dir}: no {MODEL_INFO}; not a fine-tuned model folder (run the train stage first)") from None
+    except json.JSONDecodeError as exc:
+        raise SqloraError(f"{path}: invalid JSON ({exc.msg})") from None
+    method = info.get("method") if isinstance(info, dict) else None
+    if method not in METHODS:
+        raise SqloraError(f"{path}: 'method' is {method!r}; expected one of {', '.join(METHODS)}")
+    if method in ("lora", "qlora"):
+        has_weights = any((finetuned_dir / name).is_file() for name in ADAPTER_WEIGHTS)
+        if not (finetuned_dir / "adapter_config.json").is_file() or not has_weights:
+            raise SqloraError(
+                f"{finetuned_dir}: method {method!r} but no PEFT adapter (adapter_config.json + adapter_model.safetensors)"
+            )
+    if method == "full" and not (finetuned_dir / "config.json").is_file():
+        raise SqloraError(f"{finetuned_dir}: method 'full' but no config.json (the fine-tuned checkpoint is missing)")
+    return info

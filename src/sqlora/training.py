@@ -6,17 +6,24 @@ stage loads with :func:`sqlora.generation.load_for_inference`:
 - ``sqlora_model.json``: ``{"method": ..., "base": ...}`` — what the folder holds;
 - lora/qlora: the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``);
 - full: a complete checkpoint; none: nothing else (the base model is used as it is).
+
+The same code runs on one CPU or GPU and under ``accelerate launch`` (DDP, DeepSpeed, FSDP;
+configs in ``configs/accelerate/``): the HF Trainer handles the distribution, and only the main
+process writes the model folder, the metrics and the dvclive logs. Checkpoints go to
+``checkpoint_dir`` every ``save_steps``; a run that was killed resumes from the last one when
+started again with the same inputs (a fingerprint of them is kept beside the checkpoints).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,10 +31,9 @@ import torch
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, write_json
-from sqlora.models import compute_dtype, device, load_tokenizer
+from sqlora.models import MODEL_INFO, compute_dtype, device, load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
 
-MODEL_INFO = "sqlora_model.json"
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
 
 
@@ -71,10 +77,14 @@ class ResponseCollator:
         from transformers import DataCollatorForSeq2Seq
 
         self.pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+        self.real_tokens = 0  # tokens of the examples batched so far (this process)
+        self.padded_tokens = 0  # the same batches' size with padding
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad(features)
         batch["logits_to_keep"] = predicted_positions(batch["labels"])
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.padded_tokens += batch["attention_mask"].numel()
         return batch
 
 
@@ -103,24 +113,41 @@ def quantization_config():
 
 
 def load_base_model(base_dir: str | Path, method: str):
+    """The base model in the compute dtype; 4-bit NF4 for qlora. The Trainer places it on the device."""
     from transformers import AutoModelForCausalLM
 
     if method == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise SqloraError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+        check_qlora_support()
+        from accelerate import PartialState
+
+        # Quantised weights cannot be moved after loading: load each process's copy on its own device.
+        place = PartialState().local_process_index if device().type == "cuda" else device().type
         return AutoModelForCausalLM.from_pretrained(
-            base_dir, quantization_config=quantization_config(), dtype=compute_dtype(), device_map={"": device()}
+            base_dir, quantization_config=quantization_config(), dtype=compute_dtype(), device_map={"": place}
         )
-    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=compute_dtype()).to(device())
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=compute_dtype())
 
 
-def add_lora(model, params: LoraParams, method: str):
+def check_qlora_support() -> None:
+    """Fail before any model is loaded when bitsandbytes cannot quantise on this device."""
+    try:
+        import bitsandbytes.functional as bnb_functional
+    except ImportError:
+        raise SqloraError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+    try:
+        bnb_functional.quantize_4bit(torch.ones(64, 64, device=device()), quant_type="nf4")
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the answer is the same
+        raise SqloraError(
+            f"method 'qlora': bitsandbytes cannot quantise to 4 bits on {device().type} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); use method 'lora'"
+        ) from None
+
+
+def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         r=params.r,
         lora_alpha=params.alpha,
@@ -143,6 +170,56 @@ def peak_memory_mb() -> dict:
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # ru_maxrss is KiB on Linux
 
 
+def step_logger(live, collator: ResponseCollator, world_size: int):
+    """A Trainer callback logging each logged step's loss, learning rate, grad norm and tokens/s to
+    dvclive at the Trainer's global step, so a resumed run continues the same curve. Main process
+    only (``live`` is None elsewhere): otherwise every curve would be written once per process."""
+    from transformers import TrainerCallback  # here: importing the Trainer costs seconds
+
+    class StepLogger(TrainerCallback):
+        keys = ("loss", "learning_rate", "grad_norm", "tokens_per_s")
+
+        def __init__(self):
+            self.tokens, self.time = 0, time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if live is None or not logs or "loss" not in logs:
+                return
+            now, tokens = time.perf_counter(), collator.real_tokens
+            # Real (unpadded) tokens since the last log; the other processes batch as many.
+            logs["tokens_per_s"] = round((tokens - self.tokens) * world_size / max(now - self.time, 1e-9), 1)
+            self.tokens, self.time = tokens, now
+            live.step = state.global_step
+            for key in self.keys:
+                if key in logs:
+                    live.log_metric(key, logs[key])
+            live.make_summary()
+
+    return StepLogger()
+
+
+def _drop_logged_steps_after(live_dir: Path, step: int) -> None:
+    """Before resuming from the checkpoint at ``step``: forget what the killed run logged later."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines()
+        tsv.write_text("\n".join([header] + [r for r in rows if int(r.split("\t")[0]) <= step]) + "\n")
+
+
+def run_fingerprint(**inputs) -> str:
+    """What makes two runs the same run: a checkpoint is resumed only under an equal fingerprint."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def last_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
+    """The newest complete checkpoint written by a run with this fingerprint, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = checkpoint_dir / "fingerprint.txt"
+    if not checkpoint_dir.is_dir() or not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+        return None
+    return get_last_checkpoint(str(checkpoint_dir))
+
+
 def train(
     *,
     method: str,
@@ -154,23 +231,32 @@ def train(
     seed: int,
     metrics_path: str | Path,
     live_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
     chat_template: bool = False,
 ) -> dict:
-    """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics."""
+    """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics.
+
+    With ``checkpoint_dir``, checkpoints are kept there every ``params.save_steps`` steps and a
+    previous run with the same inputs that did not finish is resumed from its last one.
+    """
+    from accelerate import PartialState
+
+    # Joins the process group when started by accelerate launch / torchrun (gloo on CPU).
+    state = PartialState(cpu=device().type == "cpu")
     base_dir = Path(base_dir)
     info = {"method": method, "base": str(base_dir)}
     if method == "none":  # zero-shot: nothing to train, predict uses the base model
         metrics = {"method": method, "device": device().type, "train_examples": 0, "steps": 0}
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
-            write_json(tmp / MODEL_INFO, info)
-        Path(live_dir).mkdir(parents=True, exist_ok=True)  # no curves, but the stage's declared output exists
-        write_json(metrics_path, metrics)
+        if state.is_main_process:
+            with atomic_path(out_dir) as tmp:
+                tmp.mkdir()
+                write_json(tmp / MODEL_INFO, info)
+            Path(live_dir).mkdir(parents=True, exist_ok=True)  # no curves, but the stage's declared output exists
+            write_json(metrics_path, metrics)
         return metrics
 
-    from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.integrations import DVCLiveCallback
     from dvclive import Live
+    from transformers import Trainer, TrainingArguments, set_seed
 
     if not records:
         raise SqloraError("train: the training set is empty")
@@ -181,79 +267,137 @@ def train(
         raise SqloraError(
             f"train: all {len(records)} examples are longer than train.max_length={params.max_length} tokens"
         )
-    if data.too_long:
+    if data.too_long and state.is_main_process:
         print(f"train: left out {data.too_long} of {len(records)} examples longer than {params.max_length} tokens")
 
     model = load_base_model(base_dir, method)
     if method in ("lora", "qlora"):
-        model = add_lora(model, lora, method)
+        model = add_lora(model, lora, method, params.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
-    use_bf16 = compute_dtype() == torch.bfloat16
-    with atomic_path(out_dir) as tmp:
-        args = TrainingArguments(
-            output_dir=str(tmp / "checkpoints"),
-            num_train_epochs=params.epochs,
-            per_device_train_batch_size=params.batch_size,
-            gradient_accumulation_steps=params.grad_accum,
-            learning_rate=params.learning_rate,
-            lr_scheduler_type=params.lr_scheduler,
-            warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
-            weight_decay=params.weight_decay,
-            logging_steps=params.logging_steps,
-            save_strategy="no",
-            report_to=[],
-            seed=seed,
-            data_seed=seed,
-            bf16=use_bf16,
-            # Batches of similar lengths: little compute spent on padding.
-            train_sampling_strategy="group_by_length",
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            remove_unused_columns=False,
-            disable_tqdm=not os.isatty(2),
-        )
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False)
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=data.features,
-            data_collator=ResponseCollator(tokenizer),
-            compute_loss_func=response_loss,
-            callbacks=[DVCLiveCallback(live=live)],
-        )
-        start = time.perf_counter()
-        result = trainer.train()
-        wall = time.perf_counter() - start
+    fingerprint = run_fingerprint(
+        method=method, base=_folder_stamp(base_dir), lora=asdict(lora),
+        train={k: v for k, v in asdict(params).items() if k not in ("launch", "logging_steps")},
+        seed=seed, chat_template=chat_template, world_size=state.num_processes,
+        data=hashlib.sha256(json.dumps(data.features).encode()).hexdigest(),
+    )
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    resume = last_checkpoint(checkpoints, fingerprint) if checkpoints is not None and params.save_steps else None
+    if checkpoints is not None and state.is_main_process and resume is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints, or none: start afresh
+        checkpoints.mkdir(parents=True)
+        (checkpoints / "fingerprint.txt").write_text(fingerprint + "\n")
+    state.wait_for_everyone()
+    if resume and state.is_main_process:
+        print(f"train: resuming from {resume}")
+
+    collator = ResponseCollator(tokenizer)
+    saving = Path(out_dir).with_name(f".{Path(out_dir).name}.saving")  # the model folder, until complete
+    args = TrainingArguments(
+        output_dir=str(checkpoints if checkpoints is not None else saving),
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        activation_checkpointing=params.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=params.weight_decay,
+        logging_steps=params.logging_steps,
+        save_strategy="steps" if checkpoints is not None and params.save_steps else "no",
+        save_steps=params.save_steps or 1,
+        save_total_limit=2,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        bf16=compute_dtype() == torch.bfloat16,
+        # Batches of similar lengths: little compute spent on padding.
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # LoRA leaves most parameters frozen, not unused
+        use_cpu=device().type == "cpu",
+        disable_tqdm=not os.isatty(2),
+    )
+    live = None
+    if state.is_main_process:
+        if resume:
+            _drop_logged_steps_after(Path(live_dir), int(Path(resume).name.split("-")[-1]))
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.features,
+        data_collator=collator,
+        compute_loss_func=response_loss,
+        callbacks=[step_logger(live, collator, state.num_processes)],
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+    if live is not None:
         live.end()
 
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        if not all(math.isfinite(v) for v in losses + [result.training_loss]):
-            raise SqloraError(f"train: the loss diverged (last values {losses[-3:]}); lower train.learning_rate")
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / MODEL_INFO, info)
-
-    tokens_seen = data.tokens * params.epochs
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if not all(math.isfinite(v) for v in losses + [result.training_loss]):
+        raise SqloraError(f"train: the loss diverged (last values {losses[-3:]}); lower train.learning_rate")
+    real_tokens = _sum_over_processes(collator.real_tokens)
+    padded_tokens = _sum_over_processes(collator.padded_tokens)
     metrics = {
         "method": method,
         "device": device().type,
+        "processes": state.num_processes,
         "train_examples": len(data.features),
         "too_long_examples": data.too_long,
         "epochs": params.epochs,
         "steps": trainer.state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss": round(result.training_loss, 4),
         "final_loss": round(losses[-1], 4) if losses else None,
         "min_loss": round(min(losses), 4) if losses else None,
         "wall_time_s": round(wall, 1),
-        "tokens": int(tokens_seen),
-        "tokens_per_s": round(tokens_seen / wall, 1),
+        "tokens": real_tokens,  # real tokens trained on by this run (after a resume: since the resume)
+        "tokens_per_s": round(real_tokens / wall, 1),
+        "padding_fraction": round(1 - real_tokens / padded_tokens, 4) if padded_tokens else 0.0,
         "trainable_params": trainable,
         "total_params": total,
         **peak_memory_mb(),
     }
-    write_json(metrics_path, metrics)
-    print(json.dumps(metrics, indent=2))
+    # Every process takes part in saving (DeepSpeed ZeRO-3 and FSDP gather the weights); the
+    # main one writes, then renames the finished folder into place.
+    if state.is_main_process:
+        shutil.rmtree(saving, ignore_errors=True)
+    state.wait_for_everyone()
+    if trainer.is_fsdp_enabled:  # one full state dict, not one shard per process
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(saving))  # the adapter only for LoRA/QLoRA
+    if state.is_main_process:
+        tokenizer.save_pretrained(saving)
+        write_json(saving / MODEL_INFO, info)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(saving, out_dir)
+        write_json(metrics_path, metrics)
+        print(json.dumps(metrics, indent=2))
+        if checkpoints is not None:  # finished: nothing to resume
+            for old in checkpoints.glob("checkpoint-*"):
+                shutil.rmtree(old)
+    state.wait_for_everyone()
     return metrics
+
+
+def _folder_stamp(folder: Path) -> list:
+    """Names, sizes and modification times of a model folder's files: cheap change detection."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+
+
+def _sum_over_processes(value: int) -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor([value], dtype=torch.long)
+        if torch.distributed.get_backend() == "nccl":
+            tensor = tensor.to(device())
+        torch.distributed.all_reduce(tensor)
+        return int(tensor.item())
+    return value

@@ -1,0 +1,84 @@
+"""A training run killed mid-way resumes from its last checkpoint and ends where an uninterrupted run ends."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+# Trains LoRA on 40 tiny examples, 20 steps, a checkpoint every 5; "slow" sleeps in each batch so
+# that the test can kill the run between two checkpoints.
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from sqlora.config import LoraParams, TrainParams
+from sqlora.prompt import Record
+import sqlora.training as training
+
+model_dir, out, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow"
+if slow:
+    call = training.ResponseCollator.__call__
+    training.ResponseCollator.__call__ = lambda self, f: (time.sleep(0.3), call(self, f))[1]
+records = [
+    Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i} above {i}?",
+           output=f"SELECT count(*) FROM t{i} WHERE x > {i}")
+    for i in range(40)
+]
+training.train(
+    method="lora", base_dir=model_dir, records=records, out_dir=out / "finetuned", lora=LoraParams(r=4, alpha=8),
+    params=TrainParams(batch_size=2, logging_steps=1, save_steps=5, max_length=256), seed=0,
+    metrics_path=out / "train.json", live_dir=out / "live", checkpoint_dir=out / "checkpoints",
+)
+"""
+
+
+def start(model_dir: Path, out: Path, speed: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(model_dir), str(out), speed],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert start(tiny_model_dir, whole, "fast").wait(timeout=300) == 0
+
+    run = start(tiny_model_dir, broken, "slow")
+    deadline = time.monotonic() + 240
+    # A checkpoint is complete once its trainer_state.json is written (the last file saved).
+    while not (broken / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file():
+        assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.poll() is not None else "no checkpoint"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (broken / "finetuned").exists()  # killed before the end
+
+    resumed = start(tiny_model_dir, broken, "fast")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "train: resuming from" in output and "checkpoint-10" in output
+
+    metrics = json.loads((broken / "train.json").read_text())
+    assert metrics["steps"] == 20 and metrics["resumed_from_step"] == 10
+    expected = load_file(whole / "finetuned" / "adapter_model.safetensors")
+    got = load_file(broken / "finetuned" / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert (expected[name] - got[name]).abs().max().item() <= 1e-6, name
+    # One curve, every step once: the killed run's steps after the checkpoint were dropped.
+    steps = [int(line.split("\t")[0]) for line in (broken / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 21))
+    assert not list((broken / "checkpoints").glob("checkpoint-*"))  # finished: nothing left to resume
+
+
+def test_checkpoints_of_other_inputs_are_not_resumed(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    stale = out / "checkpoints" / "checkpoint-5"
+    stale.mkdir(parents=True)
+    (out / "checkpoints" / "fingerprint.txt").write_text("another run\n")
+    result = start(tiny_model_dir, out, "fast")
+    output = result.communicate(timeout=300)[0]
+    assert result.returncode == 0, output
+    assert "resuming" not in output and not stale.exists()
+    assert json.loads((out / "train.json").read_text())["resumed_from_step"] == 0
