@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench-prepare official-eval bench-eval clean
+.PHONY: setup repro test bench-prepare bench-train official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ test: setup
 # Benchmarks print measurements against their target; they are not tests.
 bench-prepare: setup
 	python benchmarks/bench_prepare.py
+
+# The train stage's tokens/s against a bare PyTorch loop on the same batches (ARGS: see --help).
+bench-train: setup
+	python benchmarks/bench_train.py $(ARGS)
 
 # The official Spider evaluator (taoyds/test-suite-sql-eval, as shipped in the DB-GPT-Hub 0.3.1
 # wheel) in its own interpreter, for benchmarks/official_spider.py. Nothing of sqlora goes in it.

@@ -167,7 +167,19 @@ def peak_memory_mb() -> dict:
             "peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
             "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
         }
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # ru_maxrss is KiB on Linux
+    return {"peak_rss_mb": round(_peak_rss_kib() / 1024, 1)}
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory. Linux's VmHWM, not ru_maxrss: ru_maxrss is inherited
+    across exec, so a stage started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; elsewhere the best there is
 
 
 def step_logger(live, collator: ResponseCollator, world_size: int):

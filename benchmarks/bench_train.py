@@ -1,0 +1,159 @@
+"""Train stage tokens/s against a bare PyTorch loop: same model, LoRA, batches and sequence lengths.
+
+Target (issue 5): the stage reaches at least 90% of the bare loop's tokens/s, both measured in one run.
+Usage: make bench-train [ARGS="--examples 64 --runs bare,stage,bare --memory"]
+
+Both sides count and time the same thing:
+- tokens: the real (unpadded) prompt + SQL tokens of the batches, as train() counts them for tokens_per_s;
+- time: the stage's own number, the wall time of trainer.train() (Trainer, dataloader and optimizer set-up,
+  every step, the slower first one included, the dvclive step logging; model loading, tokenisation and
+  saving excluded). The bare loop times the same span after its own fresh model load: optimizer creation
+  and every step, the first one included. Neither side gets a warm-up step; the default run order
+  bare, stage, bare puts one bare run before and one after the stage, so neither side alone runs cold.
+- batches: the stage's length-grouped order (transformers' sampler, reproduced with the same seed and
+  checked against the order the stage drew), collated by the stage's ResponseCollator: the same padded
+  shapes and the same logits_to_keep.
+The bare loop: collate, forward, response_loss, backward, AdamW step (fused, the Trainer's default),
+zero_grad; no scheduler, gradient clipping or logging. train() runs with its defaults: no checkpoint_dir,
+so no checkpoints (the stage saves one every train.save_steps steps; 8 steps save none anyway).
+--memory also runs each side alone in a child process and reports its peak RSS (VmHWM).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers.trainer_pt_utils as pt_utils
+from transformers import set_seed
+
+from sqlora import training
+from sqlora.config import load_params
+from sqlora.datasets import load_records
+from sqlora.models import load_tokenizer
+from sqlora.training import ResponseCollator, add_lora, load_base_model, response_loss, tokenize_records
+
+TARGET = 0.90
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--examples", type=int, default=64, help="first N training records (N / batch_size steps)")
+parser.add_argument("--data", default="data/prepared/train.jsonl")
+parser.add_argument("--model", default="models/base")
+parser.add_argument("--runs", default="bare,stage,bare", help="comma-separated order of the timed runs")
+parser.add_argument("--memory", action="store_true", help="also the peak RSS of each side, each in its own process")
+parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)  # the child of --memory
+args = parser.parse_args()
+
+params = load_params()
+train_params, method = params.train, params.method
+assert method == "lora", f"this benchmark is for method lora, params.yaml has {method!r}"
+records = load_records(args.data)[: args.examples]
+tokenizer = load_tokenizer(args.model)
+features = tokenize_records(records, tokenizer, train_params.max_length, params.prompt.chat_template).features
+tokens = sum(len(f["input_ids"]) for f in features) * train_params.epochs
+batch_size = train_params.batch_size
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, not ru_maxrss, which a child inherits from its parent across exec."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+# The order the stage's LengthGroupedSampler draws: transformers' grouping on the global torch RNG, which the
+# Trainer seeds when it is created and the DataLoader iterator draws once from (its workers' base seed) before
+# the sampler runs. Recorded during the stage to check it.
+set_seed(params.seed)
+torch.empty((), dtype=torch.int64).random_()
+order = pt_utils.get_length_grouped_indices([len(f["input_ids"]) for f in features], batch_size)
+stage_orders = []
+grouped_indices = pt_utils.get_length_grouped_indices
+
+
+def recording_grouped_indices(*a, **kw):
+    stage_orders.append(grouped_indices(*a, **kw))
+    return stage_orders[-1]
+
+
+pt_utils.get_length_grouped_indices = recording_grouped_indices
+
+
+def batches(order: list[int]) -> list[list[dict]]:
+    return [[features[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+
+
+def run_stage() -> dict:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # its metrics, read below
+        training.train(
+            method=method, base_dir=args.model, records=records, out_dir=f"{tmp}/model", lora=params.lora,
+            params=train_params, seed=params.seed, metrics_path=f"{tmp}/train.json", live_dir=f"{tmp}/dvclive",
+            chat_template=params.prompt.chat_template,
+        )  # fmt: skip
+        metrics = json.loads(Path(f"{tmp}/train.json").read_text())
+    assert metrics["tokens"] == tokens, (metrics["tokens"], tokens)
+    return {"tokens_per_s": metrics["tokens_per_s"], "wall_s": metrics["wall_time_s"], "steps": metrics["steps"]}
+
+
+def run_bare(order: list[int]) -> dict:
+    set_seed(params.seed)  # as train(): the same LoRA initialisation
+    model = add_lora(load_base_model(args.model, method), params.lora, method)
+    model.train()
+    collate = ResponseCollator(tokenizer)
+    step_s = []
+    start = time.perf_counter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train_params.learning_rate, weight_decay=train_params.weight_decay, fused=True)
+    for chunk in batches(order):
+        step_start = time.perf_counter()
+        batch = collate(chunk)
+        labels = batch.pop("labels")
+        loss = response_loss(model(**batch), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_s.append(time.perf_counter() - step_start)
+    wall = time.perf_counter() - start
+    return {"tokens_per_s": round(tokens / wall, 1), "wall_s": round(wall, 1), "steps": len(step_s),
+            "first_step_s": round(step_s[0], 2), "median_step_s": round(sorted(step_s)[len(step_s) // 2], 2)}  # fmt: skip
+
+
+if args.rss_only:  # child of --memory: one side only, then the process's peak RSS
+    start_rss = peak_rss_mb()
+    run_stage() if args.runs == "stage" else run_bare(order)
+    print(json.dumps({"before_mb": round(start_rss), "peak_mb": round(peak_rss_mb())}))
+    sys.exit()
+
+padded = [len(chunk) * max(len(f["input_ids"]) for f in chunk) for chunk in batches(order)]
+kept = [len(ResponseCollator(tokenizer)(chunk)["logits_to_keep"]) for chunk in batches(order)]
+print(f"{len(features)} examples, batch {batch_size}, {len(padded)} steps, {tokens:.0f} real tokens, "
+      f"padding {1 - tokens / sum(padded):.1%} of {sum(padded)} batch tokens, "
+      f"logits kept for {sum(kept)} of {sum(p // batch_size for p in padded)} positions, torch threads {torch.get_num_threads()}")  # fmt: skip
+
+results = {"bare": [], "stage": []}
+for side in args.runs.split(","):
+    result = run_stage() if side == "stage" else run_bare(stage_orders[-1] if stage_orders else order)
+    if side == "stage":
+        print(f"  (stage batches = reproduced order: {stage_orders[-1] == order})")
+    results[side].append(result["tokens_per_s"])
+    print(f"{side}: {result}")
+
+if results["bare"] and results["stage"]:
+    stage, bare = sum(results["stage"]) / len(results["stage"]), sum(results["bare"]) / len(results["bare"])
+    ratio = stage / max(results["bare"])  # against the fastest bare run: the strict reading of the target
+    print(f"stage {stage:.1f} tokens/s, bare loop {bare:.1f} tokens/s (means over runs); ratio {stage / bare:.3f}, "
+          f"{ratio:.3f} against the fastest bare run; target >= {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}")  # fmt: skip
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes' load skews both sides)")
+
+if args.memory:
+    for side in ("bare", "stage"):
+        child = [sys.executable, __file__, "--rss-only", "--runs", side, "--examples", str(args.examples),
+                 "--data", args.data, "--model", args.model]  # fmt: skip
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        print(f"peak RSS, {side} alone in its own process: {json.loads(out)}")
