@@ -85,6 +85,27 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
+def _ask(args: argparse.Namespace) -> None:
+    from sqlora.ask import ask, format_table
+
+    if args.rows < 0:
+        raise SqloraError(f"--rows {args.rows}: expected 0 or more")
+    answer = ask(
+        args.db, args.question, args.model, args.base, schema_format=args.schema_format, sample_rows=args.sample_rows,
+        chat_template=args.chat_template, max_new_tokens=args.max_new_tokens, timeout_s=args.timeout,
+    )
+    print(answer.sql or f"-- no SQL in the model's output: {answer.raw[:200]!r}")
+    if not answer.ok:
+        cut = f" (the generation stopped at --max-new-tokens {args.max_new_tokens})" if answer.hit_max_new_tokens else ""
+        print(f"failed: {answer.error}{cut}")
+        sys.exit(1)  # the model's SQL did not run: not bad input (2), but not an answer either
+    if args.rows > 0:
+        print(format_table(answer.columns, answer.rows[: args.rows]))
+    n = len(answer.rows)
+    shown = f", first {args.rows} shown" if 0 < args.rows < n else ""
+    print(f"({n} row{'' if n == 1 else 's'}{shown}, {answer.seconds:.1f} s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype; auto: the base model's stored dtype")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("ask", help="ask the trained model a question about a SQLite database: its SQL and the first rows")
+    p.add_argument("--db", required=True, help="the SQLite database file; its schema is read from the file")
+    p.add_argument("--question", required=True, help="the question, in words")
+    p.add_argument("--model", default="models/finetuned", help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
+    p.add_argument("--base", default="models/base", help="the base model folder it was trained from")
+    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, default="natural", help="as the model was trained (prompt.schema_format)")
+    p.add_argument("--sample-rows", type=int, default=3, help="ddl_rows: rows shown per table")
+    p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the model's chat template (prompt.chat_template)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens generated (greedy)")
+    p.add_argument("--timeout", type=float, default=30.0, help="time limit of the query in seconds")
+    p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
+    p.set_defaults(func=_ask)
     return parser
 
 

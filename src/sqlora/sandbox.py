@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -77,6 +77,9 @@ _FETCH_BATCH = 1_000
 class QueryResult:
     rows: list[tuple] | None  # None when the query did not produce a result
     error: str | None  # one line: "parse/execution error: ...", "timeout after 5.0s", "refused: ..."
+    # The result's column names, for display (sqlora ask); not compared: two results are the
+    # same answer when their rows are, whatever the columns are called (execution accuracy).
+    columns: list[str] | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -223,7 +226,7 @@ def _fetch(cursor: sqlite3.Cursor, max_rows: int, memory_limit_mb: int) -> Query
         size += sum(_approx_size(value) for row in batch for value in row)
         if size > budget:
             return QueryResult(rows=None, error=f"result too large: more than {memory_limit_mb} MB")
-    return QueryResult(rows=rows, error=None)
+    return QueryResult(rows=rows, error=None, columns=[d[0] for d in cursor.description])
 
 
 def _approx_size(value: object) -> int:

@@ -1,4 +1,4 @@
-"""Database schemas from Spider's tables.json, and their description for the prompt.
+"""Database schemas from Spider's tables.json or a SQLite file itself, and their description for the prompt.
 
 Three formats (``prompt.schema_format``):
 
@@ -10,8 +10,12 @@ Three formats (``prompt.schema_format``):
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import quote
+
+from sqlora.errors import SqloraError
 
 SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows")
 
@@ -53,6 +57,95 @@ class DatabaseSchema:
             primary_keys=[tuple(new_index[c] for c in key) for key in self.primary_keys if all(c in new_index for c in key)],
             foreign_keys=[(new_index[a], new_index[b]) for a, b in self.foreign_keys if a in new_index and b in new_index],
         )
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def read_sqlite_schema(db_path: str | Path, db_id: str | None = None) -> DatabaseSchema:
+    """The schema of a SQLite file, read from the file itself (opened read-only), as tables.json tells it.
+
+    Tables in ``sqlite_master`` order without SQLite's own ``sqlite_*`` tables; columns in table
+    order, typed in Spider's classes; primary keys in key order (composite ones too); foreign keys
+    in ``PRAGMA foreign_key_list`` order (the reverse of declaration, as in Spider's tables.json),
+    one that names no target column referring to the target's primary key. Natural names are
+    derived as Spider's own extraction derived them before annotators polished them: lower case,
+    underscores as spaces. ``db_id``: the file's stem.
+    """
+    path = Path(db_path)
+    if not path.is_file():
+        raise SqloraError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        # SQLite would read an empty or foreign file as an empty database, or fail only on the first query.
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise SqloraError(f"{path}: not a SQLite database (its first 16 bytes are not 'SQLite format 3\\0')")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            return _read_schema(conn, db_id or path.stem)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # corrupt, encrypted, locked: one line for the user
+        raise SqloraError(f"{path}: cannot read its schema ({exc})") from None
+
+
+def _read_schema(conn: sqlite3.Connection, db_id: str) -> DatabaseSchema:
+    tables = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid"
+        )
+    ]
+    columns: list[Column] = []
+    primary_keys: list[tuple[int, ...]] = []
+    key_of: dict[int, tuple[int, ...]] = {}  # table -> its primary key, for foreign keys that name no column
+    index: dict[tuple[int, str], int] = {}  # (table, lower-case column name) -> Spider column index
+    for t, table in enumerate(tables):
+        key = []
+        for name, declared, pk in conn.execute("SELECT name, type, pk FROM pragma_table_info(?) ORDER BY cid", (table,)):
+            columns.append(Column(table=t, name=name, type=_type_class(declared), natural=name.lower().replace("_", " ")))
+            index[(t, name.lower())] = len(columns)
+            if pk:  # pk is the column's 1-based position in the key
+                key.append((pk, len(columns)))
+        if key:
+            key_of[t] = tuple(i for _, i in sorted(key))
+            primary_keys.append(key_of[t])
+    table_index = {name.lower(): t for t, name in enumerate(tables)}  # SQLite names are case-insensitive
+    foreign_keys: list[tuple[int, int]] = []
+    for t, table in enumerate(tables):
+        rows = conn.execute('SELECT seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id, seq', (table,))
+        for seq, target, source, target_column in rows:
+            ref_table = table_index.get(target.lower())
+            if ref_table is None:  # a dangling reference: nothing to describe
+                continue
+            if target_column is None:
+                target_key = key_of.get(ref_table, ())
+                ref = target_key[seq] if seq < len(target_key) else None
+            else:
+                ref = index.get((ref_table, target_column.lower()))
+            col = index.get((t, source.lower()))
+            if col is not None and ref is not None and (col, ref) not in foreign_keys:
+                foreign_keys.append((col, ref))
+    return DatabaseSchema(
+        db_id=db_id,
+        tables=tables,
+        columns=columns,
+        primary_keys=primary_keys,
+        foreign_keys=foreign_keys,
+        table_natural=[name.lower().replace("_", " ") for name in tables],
+    )
+
+
+def _type_class(declared: str | None) -> str:
+    """Spider's type class of a declared column type, by the rules Spider's tables.json was made with."""
+    t = (declared or "").lower()
+    if not t or any(w in t for w in ("char", "text", "var")):
+        return "text"
+    if any(w in t for w in ("int", "numeric", "decimal", "number", "id", "real", "double", "float")):
+        return "number"
+    if any(w in t for w in ("date", "time", "year")):
+        return "time"
+    return "boolean" if "boolean" in t else "others"
 
 
 def describe(schema: DatabaseSchema, schema_format: str, db_path: Path | None = None, sample_rows: int = 0) -> str:

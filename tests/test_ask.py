@@ -1,0 +1,222 @@
+"""sqlora ask: the schema read from a SQLite file, the training prompt, the answer run in the sandbox."""
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlora import cli
+from sqlora.ask import Answer, ask, format_table, prepare
+from sqlora.errors import SqloraError
+from sqlora.generation import Generation
+from sqlora.models import MODEL_INFO
+from sqlora.schema import describe, read_sqlite_schema
+
+SQLORA = [str(Path(sys.executable).parent / "sqlora")]
+SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
+
+
+@pytest.fixture()
+def library_db(tmp_path) -> Path:
+    """Composite keys (declared in another order than the columns), FKs with and without target columns."""
+    path = tmp_path / "library" / "library.sqlite"
+    path.parent.mkdir()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE Author (id INTEGER PRIMARY KEY AUTOINCREMENT, Full_Name TEXT, born DATE);
+        CREATE TABLE book (isbn VARCHAR(13), edition INT, title TEXT, author_id INT REFERENCES author,
+                           price REAL, cover BLOB, in_print BOOLEAN, PRIMARY KEY (edition, isbn));
+        CREATE TABLE review (id INTEGER PRIMARY KEY, book_isbn TEXT, book_edition INT, stars INT,
+                             FOREIGN KEY (book_isbn, book_edition) REFERENCES book (isbn, edition),
+                             FOREIGN KEY (id) REFERENCES ghost (id));
+        CREATE TABLE copy (copy_edition INT, copy_isbn TEXT, FOREIGN KEY (copy_edition, copy_isbn) REFERENCES BOOK);
+        CREATE VIEW cheap AS SELECT title FROM book WHERE price < 10;
+        CREATE INDEX book_title ON book (title);
+        INSERT INTO author (full_name, born) VALUES ('Ann Lee', '1970-01-01'), ('Bo Ma', NULL);
+        INSERT INTO book VALUES ('111', 1, 'Rivers', 1, 9.5, NULL, 1), ('222', 2, 'Stones', 2, 20, NULL, 0);
+        """
+    )
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_schema_from_sqlite(library_db):
+    schema = read_sqlite_schema(library_db)
+    assert schema.db_id == "library"
+    assert schema.tables == ["Author", "book", "review", "copy"]  # no sqlite_sequence, no view
+    assert schema.table_natural == ["author", "book", "review", "copy"]
+    names = [(c.table, c.name, c.type) for c in schema.columns]
+    assert names[:10] == [
+        (0, "id", "number"), (0, "Full_Name", "text"), (0, "born", "time"),
+        (1, "isbn", "text"), (1, "edition", "number"), (1, "title", "text"), (1, "author_id", "number"),
+        (1, "price", "number"), (1, "cover", "others"), (1, "in_print", "boolean"),
+    ]
+    assert schema.column(2).natural == "full name"
+    col = {(schema.tables[c.table], c.name): i for i, c in enumerate(schema.columns, 1)}
+    assert schema.primary_keys == [(col["Author", "id"],), (col["book", "edition"], col["book", "isbn"]), (col["review", "id"],)]
+    assert schema.foreign_keys == [
+        (col["book", "author_id"], col["Author", "id"]),  # no target column: the target's primary key
+        (col["review", "book_isbn"], col["book", "isbn"]),
+        (col["review", "book_edition"], col["book", "edition"]),
+        # review.id -> ghost(id) is dangling and left out
+        (col["copy", "copy_edition"], col["book", "edition"]),  # composite, no target columns: in key order
+        (col["copy", "copy_isbn"], col["book", "isbn"]),
+    ]
+    text = describe(schema, "natural")
+    assert "Table book has columns such as isbn, edition, title, author_id, price, cover, in_print. edition and isbn together are the primary key." in text
+    assert "The author_id of book is the foreign key of id of Author." in text
+
+
+def test_not_a_database_or_no_tables(tmp_path):
+    (tmp_path / "notes.sqlite").write_text("SQLite format 2, honestly")
+    with pytest.raises(SqloraError, match=r"notes.sqlite: not a SQLite database"):
+        read_sqlite_schema(tmp_path / "notes.sqlite")
+    with pytest.raises(SqloraError, match=r"nope.sqlite: no such file"):
+        read_sqlite_schema(tmp_path / "nope.sqlite")
+    conn = sqlite3.connect(tmp_path / "empty.sqlite")
+    conn.executescript("CREATE TABLE t (a INT); DROP TABLE t;")
+    conn.close()
+    assert read_sqlite_schema(tmp_path / "empty.sqlite").tables == []
+    with pytest.raises(SqloraError, match=r"empty.sqlite: the database has no tables"):
+        prepare(tmp_path / "empty.sqlite", "How many?", tmp_path / "no-model", tmp_path / "no-base")
+
+
+def spider_schemas(db_id):
+    from sqlora.datasets import load_schemas
+
+    db = SPIDER / "database" / db_id / f"{db_id}.sqlite"
+    if not (SPIDER / "tables.json").is_file() or not db.is_file():
+        pytest.skip(f"Spider data not found at {SPIDER}")
+    return load_schemas(SPIDER / "tables.json")[db_id], read_sqlite_schema(db)
+
+
+def test_spider_description_from_the_file_is_the_tables_json_one():
+    from_json, from_file = spider_schemas("car_1")
+    for schema_format in ("natural", "ddl"):
+        assert describe(from_file, schema_format) == describe(from_json, schema_format)
+
+
+def test_spider_composite_key_is_told_whole():
+    """Spider's tables.json keeps only the first column of a composite key; the file has all of it."""
+    from_json, from_file = spider_schemas("concert_singer")
+    json_lines, file_lines = describe(from_json, "natural").splitlines(), describe(from_file, "natural").splitlines()
+    differ = [(a, b) for a, b in zip(json_lines, file_lines) if a != b]
+    assert len(json_lines) == len(file_lines) and differ == [(
+        "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID is the primary key.",
+        "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID and Singer_ID together are the primary key.",
+    )]
+
+
+def test_format_table():
+    table = format_table(["name", "n"], [("Ann Lee", 3), ("x" * 50, None), ("line\nbreak", 12)])
+    assert table.splitlines() == [
+        "name                                     |    n",
+        "-----------------------------------------+-----",
+        "Ann Lee                                  |    3",
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... | NULL",
+        "line break                               |   12",
+    ]
+    assert format_table(["a"], []).splitlines() == ["a", "-"]
+
+
+@pytest.fixture()
+def none_model(tiny_model_dir, tmp_path) -> Path:
+    """A train-stage folder of method "none": the tiny base model as it is."""
+    out = tmp_path / "finetuned"
+    out.mkdir()
+    (out / MODEL_INFO).write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
+    return out
+
+
+def fixed_generation(sql):
+    def generate(*, prompts, **_):
+        return [Generation(sql=sql, raw=sql + ";\n", new_tokens=9, hit_max_new_tokens=False) for _ in prompts]
+
+    return generate
+
+
+def test_ask_runs_the_sql_and_returns_the_rows(library_db, none_model, tiny_model_dir, monkeypatch):
+    import sqlora.generation
+
+    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT title, price FROM book ORDER BY price"))
+    answer = ask(library_db, "Which books are there?", none_model, tiny_model_dir)
+    assert isinstance(answer, Answer) and answer.ok and answer.sql == "SELECT title, price FROM book ORDER BY price"
+    assert answer.columns == ["title", "price"] and answer.rows == [("Rivers", 9.5), ("Stones", 20.0)]
+    assert answer.prompt_tokens > 0 and answer.seconds >= 0
+    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("DELETE FROM book"))
+    answer = ask(library_db, "Delete the books", none_model, tiny_model_dir)
+    assert answer.error == "refused: DELETE statements are not allowed" and answer.rows is None
+
+
+def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_dir):
+    from sqlora.prompt import Record
+
+    prepared = prepare(library_db, "  How many books? ", none_model, tiny_model_dir)
+    record = Record(db_id="library", instruction=describe(read_sqlite_schema(library_db), "natural"), input="How many books?", output="")
+    assert prepared.prompt == record.prompt
+
+
+def test_ask_command_prints_sql_table_and_count(library_db, none_model, tiny_model_dir, monkeypatch, capsys):
+    import sqlora.generation
+
+    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT title, edition FROM book ORDER BY title"))
+    cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model),
+              "--base", str(tiny_model_dir), "--rows", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == ["SELECT title, edition FROM book ORDER BY title", "title  | edition", "-------+--------", "Rivers |       1"]
+    assert re.fullmatch(r"\(2 rows, first 1 shown, \d+\.\d s\)", lines[4]) and len(lines) == 5
+    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT nope FROM book"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model), "--base", str(tiny_model_dir)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().out.splitlines() == ["SELECT nope FROM book", "failed: parse/execution error: no such column: nope"]
+
+
+def run_ask(*args):
+    return subprocess.run(SQLORA + ["ask", *args], capture_output=True, text=True)
+
+
+def test_ask_command_with_a_random_model(library_db, none_model, tiny_model_dir):
+    """A random model writes garbage: the flow is what is checked, the SQL line then a table or a failure."""
+    result = run_ask("--db", str(library_db), "--question", "How many books are there?", "--model", str(none_model),
+                     "--base", str(tiny_model_dir), "--max-new-tokens", "8")
+    assert result.returncode in (0, 1), result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) >= 2 and lines[0].strip()
+    if result.returncode == 1:
+        assert len(lines) == 2 and lines[1].startswith("failed: ")
+    else:
+        assert re.fullmatch(r"\(\d+ rows?.*\)", lines[-1])
+
+
+def test_ask_bad_input_is_one_line_and_exit_2(library_db, none_model, tiny_model_dir, tmp_path):
+    def error(*args):
+        result = run_ask(*args)
+        assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+        return result.stderr.strip()
+
+    model = ["--model", str(none_model), "--base", str(tiny_model_dir)]
+    (tmp_path / "text.sqlite").write_text("not a database\n")
+    assert error("--db", str(tmp_path / "text.sqlite"), "--question", "q", *model).startswith(
+        f"error: {tmp_path / 'text.sqlite'}: not a SQLite database")
+    assert error("--db", str(tmp_path / "nope.sqlite"), "--question", "q", *model) == f"error: {tmp_path / 'nope.sqlite'}: no such file"
+    assert error("--db", str(library_db), "--question", "q", "--model", str(tmp_path / "nope"), "--base", str(tiny_model_dir)).startswith(
+        f"error: {tmp_path / 'nope'}: no such fine-tuned model folder")
+    message = error("--db", str(library_db), "--question", "How many books?", *model, "--max-new-tokens", "1000")
+    assert re.fullmatch(r"error: the prompt is \d+ tokens and max_new_tokens is 1000: \d+ tokens, more than the model's "
+                        r"context of 1024 \(max_position_embeddings in .*config.json\).*", message), message
+    no_template = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, no_template)
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    assert error("--db", str(library_db), "--question", "q", "--model", str(none_model), "--base", str(no_template),
+                 "--chat-template") == f"error: chat template requested but the tokenizer of {no_template} has none"
