@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench-prepare bench-train official-eval bench-eval clean
+.PHONY: setup repro test report gate baseline exps bench-prepare bench-train bench-predict official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,28 @@ repro: setup
 test: setup
 	python -m pytest -q
 
+# CI gate (.ci/run): rebuild the pipeline (on a fresh clone: every stage, about 8 minutes on 2 CPU
+# cores), then fail if EX or EM fell more than gate.max_drop below the committed metrics.
+gate: repro
+	sqlora gate
+
+# Raise (or lower) the gate's baseline on purpose: rebuild, show the change, stage it for a commit.
+baseline: repro
+	dvc metrics diff --all HEAD
+	git add dvc.lock metrics/
+	@echo "baseline staged (dvc.lock, metrics/): commit it to make it the gate's new baseline"
+
+# The experiments side by side, with the columns that matter: method, model, data, prompt, learning
+# rate, decoding; EX and EM by hardness; final loss, train time, tokens/s, peak memory.
+EXP_COLUMNS := ^Experiment$$|^Created$$|^(ex|em)\.|^(final_loss|wall_time_s|tokens_per_s|peak_.*)$$|params\.yaml:method|^model\.name$$|^data\.(dataset|max_train_examples)$$|^prompt\.schema_format$$|^train\.(learning_rate|epochs)$$|^predict\.decoding$$
+exps: setup
+	dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)' $(ARGS)
+
+# reports/benchmark.md from the DVC experiments' metrics files: EX and EM tables per dataset (model x
+# method), LoRA vs QLoRA (time, memory); each row names its experiment, commit and params (ARGS: --all-commits).
+report: setup
+	sqlora report $(ARGS)
+
 # Benchmarks print measurements against their target; they are not tests.
 bench-prepare: setup
 	python benchmarks/bench_prepare.py
@@ -33,6 +55,11 @@ bench-prepare: setup
 # The train stage's tokens/s against a bare PyTorch loop on the same batches (ARGS: see --help).
 bench-train: setup
 	python benchmarks/bench_train.py $(ARGS)
+
+# Batched prediction against the seed's one-prompt-at-a-time generate() loop: same model, same Spider
+# dev questions; identical greedy SQL and the speedup per example (ARGS: see --help).
+bench-predict: setup
+	python benchmarks/bench_predict.py --spider $(SPIDER) $(ARGS)
 
 # The official Spider evaluator (taoyds/test-suite-sql-eval, as shipped in the DB-GPT-Hub 0.3.1
 # wheel) in its own interpreter, for benchmarks/official_spider.py. Nothing of sqlora goes in it.

@@ -26,6 +26,8 @@ from pathlib import Path
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokens import TokenType as T
 
+from sqlora.datasets import database_path
+
 TARGET_RATIO = 1.0
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +47,7 @@ db_dir, tables_path = spider / "database", spider / "tables.json"
 # -- gold lines whose database exists (the official would create an empty file for the others)
 all_golds = [line.rpartition("\t")[::2] for line in (spider / "dev_gold.sql").read_text(encoding="utf-8").splitlines()]
 all_golds = [(sql.strip(), db.strip()) for sql, db in all_golds]
-kept = [i for i, (_, db) in enumerate(all_golds) if (db_dir / db / f"{db}.sqlite").is_file()]
+kept = [i for i, (_, db) in enumerate(all_golds) if database_path(db_dir, db).is_file()]
 golds = [all_golds[i] for i in kept]
 missing = sorted({db for _, db in all_golds} - {db for _, db in golds})
 print(f"dev: {len(all_golds)} questions, {len(kept)} kept, {len(all_golds) - len(kept)} dropped (no database file: {', '.join(missing) or '-'})")

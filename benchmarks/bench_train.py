@@ -37,8 +37,8 @@ from transformers import set_seed
 from sqlora import training
 from sqlora.config import load_params
 from sqlora.datasets import load_records
-from sqlora.models import load_tokenizer
-from sqlora.training import ResponseCollator, add_lora, load_base_model, response_loss, tokenize_records
+from sqlora.models import load_base_model, load_tokenizer
+from sqlora.training import ResponseCollator, add_lora, peak_rss_mb, response_loss, tokenize_records
 
 TARGET = 0.90
 
@@ -59,12 +59,6 @@ tokenizer = load_tokenizer(args.model)
 features = tokenize_records(records, tokenizer, train_params.max_length, params.prompt.chat_template).features
 tokens = sum(len(f["input_ids"]) for f in features) * train_params.epochs
 batch_size = train_params.batch_size
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM, not ru_maxrss, which a child inherits from its parent across exec."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 # The order the stage's LengthGroupedSampler draws: transformers' grouping on the global torch RNG, which the

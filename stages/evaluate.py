@@ -1,4 +1,5 @@
-"""Execute predicted and gold SQL on the databases → metrics/eval.json and reports/eval_examples.json.
+"""Execute predicted and gold SQL on the databases → metrics/eval.json, reports/eval_examples.json and
+the bar-chart data reports/plots/hardness.json.
 
 Spider-style datasets report EX and exact-set-match (EM) by Spider hardness; BIRD reports
 set-equality EX by difficulty;
@@ -13,6 +14,19 @@ from sqlora.datasets import load_records
 from sqlora.errors import exit_on_error
 from sqlora.evaluation import Gold, default_gold_cache, evaluate, interaction_accuracy, read_pred_file
 from sqlora.io import write_json
+
+
+HARDNESS_PLOT = "reports/plots/hardness.json"
+
+
+def hardness_rows(metrics: dict) -> list[dict]:
+    """`dvc plots` data: one row per level and metric (EX, and EM but for BIRD), in percent, from
+    metrics/eval.json's own (rounded) values; levels without questions are left out."""
+    return [
+        {"level": level, "metric": name.upper(), "value": round(metrics[name][level] * 100, 2), "questions": count}
+        for name in ("ex", "em") if name in metrics
+        for level, count in metrics["count"].items() if count
+    ]
 
 
 @exit_on_error
@@ -53,6 +67,7 @@ def main() -> None:
         metrics["interactions"] = accuracy["interactions"]
     write_json("metrics/eval.json", metrics)
     write_json("reports/eval_examples.json", report.to_json())
+    write_json(HARDNESS_PLOT, hardness_rows(metrics))
     print("evaluate: " + ", ".join(
         f"{level} EX {s['exec']:.3f}" + (f" EM {s['exact']:.3f}" if "exact" in s else "") + f" (n={s['count']})" for level, s in levels.items()
     ))

@@ -1,15 +1,17 @@
-"""Dataset in its official layout → data/prepared/{train,dev}.jsonl, meta.json and metrics/data.json."""
+"""Dataset in its official layout → data/prepared/{train,dev}.jsonl, meta.json, metrics/data.json and the
+histogram data reports/plots/prompt_tokens.csv."""
 
 from pathlib import Path
 
 from sqlora.config import load_params
 from sqlora.datasets import record_dicts
 from sqlora.errors import exit_on_error
-from sqlora.io import write_json, write_jsonl
+from sqlora.io import write_json, write_jsonl, write_text
 from sqlora.models import load_tokenizer
 from sqlora.preparation import prepare_split
 
 OUT = Path("data/prepared")
+PROMPT_TOKENS_PLOT = "reports/plots/prompt_tokens.csv"
 
 
 @exit_on_error
@@ -37,6 +39,10 @@ def main() -> None:
     dev = prepared["dev"][0]
     write_json(OUT / "meta.json", {"dataset": params.data.dataset, "database_dir": str(dev.database_dir), "tables_json": str(dev.tables_json)})
     write_json("metrics/data.json", stats)
+    # `dvc plots` data: each kept record's prompt length, the very counts behind prompt_tokens above.
+    write_text(PROMPT_TOKENS_PLOT, "split,tokens\n" + "".join(
+        f"{split},{n}\n" for split, (_, fitted) in prepared.items() for n in fitted.prompt_tokens
+    ))
 
 
 if __name__ == "__main__":

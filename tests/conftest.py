@@ -1,14 +1,26 @@
-"""Shared fixtures: the embedded sample dataset and a tiny randomly initialised model."""
+"""Shared fixtures: the embedded sample dataset, a tiny randomly initialised model, the real Spider
+when the machine has it; and the paths tests share (``from conftest import REPO, SQLORA``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # real Spider, BIRD, CoSQL, SParC, when present
+SPIDER = SHARED_DATASETS / "spider"
+SQLORA = [str(Path(sys.executable).parent / "sqlora")]  # the installed command, run as a user runs it
+
+
+@pytest.fixture(scope="session")
+def spider_dir() -> Path:
+    """The real Spider folder; a test that needs it is skipped where the machine has none."""
+    if not all((SPIDER / name).exists() for name in ("dev.json", "tables.json", "database")):
+        pytest.skip(f"needs ../shared/datasets/spider (the real Spider: dev.json, tables.json, database/; looked in {SPIDER})")
+    return SPIDER
 
 
 @pytest.fixture(autouse=True)

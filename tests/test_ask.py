@@ -5,7 +5,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,10 @@ from sqlora.ask import Answer, ask, format_table, prepare
 from sqlora.errors import SqloraError
 from sqlora.generation import Generation
 from sqlora.models import MODEL_INFO
-from sqlora.schema import describe, read_sqlite_schema
+from sqlora.schema import cell, describe, read_sqlite_schema
 
-SQLORA = [str(Path(sys.executable).parent / "sqlora")]
-SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
+from conftest import SQLORA
+
 
 
 @pytest.fixture()
@@ -88,24 +87,21 @@ def test_not_a_database_or_no_tables(tmp_path):
         prepare(tmp_path / "empty.sqlite", "How many?", tmp_path / "no-model", tmp_path / "no-base")
 
 
-def spider_schemas(db_id):
-    from sqlora.datasets import load_schemas
+def spider_schemas(spider_dir: Path, db_id: str):
+    from sqlora.datasets import database_path, load_schemas
 
-    db = SPIDER / "database" / db_id / f"{db_id}.sqlite"
-    if not (SPIDER / "tables.json").is_file() or not db.is_file():
-        pytest.skip(f"Spider data not found at {SPIDER}")
-    return load_schemas(SPIDER / "tables.json")[db_id], read_sqlite_schema(db)
+    return load_schemas(spider_dir / "tables.json")[db_id], read_sqlite_schema(database_path(spider_dir / "database", db_id))
 
 
-def test_spider_description_from_the_file_is_the_tables_json_one():
-    from_json, from_file = spider_schemas("car_1")
+def test_spider_description_from_the_file_is_the_tables_json_one(spider_dir):
+    from_json, from_file = spider_schemas(spider_dir, "car_1")
     for schema_format in ("natural", "ddl"):
         assert describe(from_file, schema_format) == describe(from_json, schema_format)
 
 
-def test_spider_composite_key_is_told_whole():
+def test_spider_composite_key_is_told_whole(spider_dir):
     """Spider's tables.json keeps only the first column of a composite key; the file has all of it."""
-    from_json, from_file = spider_schemas("concert_singer")
+    from_json, from_file = spider_schemas(spider_dir, "concert_singer")
     json_lines, file_lines = describe(from_json, "natural").splitlines(), describe(from_file, "natural").splitlines()
     differ = [(a, b) for a, b in zip(json_lines, file_lines) if a != b]
     assert len(json_lines) == len(file_lines) and differ == [(
@@ -124,6 +120,12 @@ def test_format_table():
         "line break                               |   12",
     ]
     assert format_table(["a"], []).splitlines() == ["a", "-"]
+
+
+def test_cell():
+    assert [cell(None), cell(b"\x00\x01"), cell(" a\n b "), cell(1.5)] == ["NULL", "<2 bytes>", "a b", "1.5"]
+    assert cell("x" * 41) == "x" * 37 + "..." and cell("x" * 40) == "x" * 40  # 40: the schema prompt's width
+    assert cell("abcdefgh", max_width=6) == "abc..."
 
 
 @pytest.fixture()
@@ -219,4 +221,4 @@ def test_ask_bad_input_is_one_line_and_exit_2(library_db, none_model, tiny_model
     config.pop("chat_template", None)
     (no_template / "tokenizer_config.json").write_text(json.dumps(config))
     assert error("--db", str(library_db), "--question", "q", "--model", str(none_model), "--base", str(no_template),
-                 "--chat-template") == f"error: chat template requested but the tokenizer of {no_template} has none"
+                 "--chat-template") == f"error: prompt.chat_template is true but the model's tokenizer ({no_template}) has no chat template"

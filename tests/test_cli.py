@@ -1,9 +1,7 @@
 import json
 import subprocess
-import sys
-from pathlib import Path
 
-SQLORA = [str(Path(sys.executable).parent / "sqlora")]
+from conftest import SQLORA
 
 
 def test_prepare_command(sample_dir, tmp_path):
@@ -113,6 +111,18 @@ def test_evaluate_unknown_db_id_names_the_line(sample_dir, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'gold.sql'}:2: ")
     assert "'no_such_db'" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_evaluate_malformed_tables_json_is_one_line(sample_dir, tmp_path):
+    tables = json.loads((sample_dir / "tables.json").read_text())
+    del tables[1]["column_names_original"]
+    (tmp_path / "tables.json").write_text(json.dumps(tables))
+    golds = sample_gold(sample_dir, 1)
+    result = run_evaluate(sample_dir, tmp_path, golds, [golds[0].split("\t")[0]], "--table", str(tmp_path / "tables.json"))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'tables.json'}[1]: missing key 'column_names_original' (db_id {tables[1]['db_id']!r})"
+    )
 
 
 def test_evaluate_empty_prediction_lines_score_zero(sample_dir, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from sqlora.config import METHODS, load_params
 from sqlora.errors import SqloraError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def test_repository_params_load():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 

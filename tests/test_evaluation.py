@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 import sqlite3
 import time
 from pathlib import Path
@@ -17,8 +18,6 @@ from sqlora.evaluation import (
     results_match,
     spider_execution_text,
 )
-
-SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
 
 
 # --- results_match -------------------------------------------------------------------------
@@ -329,13 +328,11 @@ def test_a_crashing_worker_only_fails_its_own_example(db_dir: Path, monkeypatch:
 # --- Spider dev ---------------------------------------------------------------------------
 
 
-def test_spider_dev_gold_as_prediction_all_match() -> None:
-    if not (SPIDER / "dev.json").is_file():
-        pytest.skip(f"Spider data not found at {SPIDER}")
-    examples = json.loads((SPIDER / "dev.json").read_text(encoding="utf-8"))
+def test_spider_dev_gold_as_prediction_all_match(spider_dir: Path) -> None:
+    examples = json.loads((spider_dir / "dev.json").read_text(encoding="utf-8"))
     golds = [(e["query"], e["db_id"]) for e in examples]
     report = evaluate(
-        golds, [e["query"] for e in examples], SPIDER / "database",
+        golds, [e["query"] for e in examples], spider_dir / "database",
         timeout_s=30.0, workers=2, skip_missing_databases=True,
     )
     assert isinstance(report, EvalReport)
@@ -399,6 +396,15 @@ def test_unknown_db_id_in_tables_json_names_the_line(tmp_path: Path) -> None:
         evaluate([Gold("SELECT 1", "ghost", "gold.sql:3")], ["SELECT 1"], tmp_path, etype="match", tables_json=tables)
 
 
+@pytest.mark.parametrize("key", ["table_names_original", "column_names_original", "foreign_keys"])
+def test_malformed_tables_json_is_one_error_naming_the_file_and_key(tmp_path: Path, key: str) -> None:
+    tables = tmp_path / "tables.json"
+    tables.write_text(json.dumps([{k: v for k, v in SHOP_TABLES[0].items() if k != key}]))
+    with pytest.raises(SqloraError) as err:
+        evaluate([("SELECT name FROM item", "shop")], ["SELECT name FROM item"], tmp_path, etype="match", tables_json=tables)
+    assert str(err.value) == f"{tables}[0]: missing key '{key}' (db_id 'shop')"
+
+
 def test_a_test_suite_folder_must_match_on_every_database(db_dir: Path) -> None:
     # A second database beside shop.sqlite, where the two queries below differ.
     conn = sqlite3.connect(db_dir / "shop" / "shop_variant.sqlite")
@@ -435,6 +441,21 @@ def test_gold_results_are_cached_across_runs(db_dir: Path, tmp_path: Path, monke
     os.utime(db, ns=(db.stat().st_atime_ns, db.stat().st_mtime_ns + 10**9))
     evaluate(golds, preds, db_dir, workers=1, gold_cache=cache)
     assert len([sql for sql in calls if sql in gold_sqls]) == 5
+
+
+def test_gold_results_cached_by_another_build_are_not_reused(
+    db_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gold, pred = "SELECT name FROM item ORDER BY id", "SELECT name FROM item ORDER BY id"
+    cache = tmp_path / "gold-cache"
+    assert evaluate([(gold, "shop")], [pred], db_dir, workers=1, gold_cache=cache).examples[0].exec == 1
+    # What an older build computed and cached differently: results this build would never produce.
+    [entry] = cache.rglob("*.pickle")
+    entry.write_bytes(pickle.dumps(evaluation.QueryResult(rows=[("stale",)], error=None)))
+    assert evaluate([(gold, "shop")], [pred], db_dir, workers=1, gold_cache=cache).examples[0].exec == 0  # read back
+    monkeypatch.setattr(evaluation, "GOLD_CACHE_VERSION", evaluation.GOLD_CACHE_VERSION + 1)
+    assert evaluate([(gold, "shop")], [pred], db_dir, workers=1, gold_cache=cache).examples[0].exec == 1
+    assert len(list(cache.rglob("*.pickle"))) == 2
 
 
 def test_invalid_utf8_results_compare(tmp_path: Path) -> None:

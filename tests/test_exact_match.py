@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from sqlora.datasets import _parse_schema, load_schemas
 from sqlora.exact_match import exact_match, foreign_key_map, parse_spider_sql
+from sqlora.schema import DatabaseSchema
 
-SPIDER = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spider"
-
-# concert_singer, as in Spider's tables.json (only the fields the module reads).
-CONCERT_SINGER = {
+# concert_singer, as in Spider's tables.json (its types left out: EM does not read them), read as
+# sqlora reads every tables.json.
+CONCERT_SINGER = _parse_schema({
     "db_id": "concert_singer",
     "table_names_original": ["stadium", "singer", "concert", "singer_in_concert"],
     "column_names_original": [
@@ -26,10 +27,11 @@ CONCERT_SINGER = {
     ],
     "foreign_keys": [[18, 1], [21, 8], [20, 15]],
     "primary_keys": [1, 8, 15, 20],
-}
+    "column_types": ["text"] * 22,
+}, "concert_singer")
 
 
-def em(gold: str, pred: str, schema: dict = CONCERT_SINGER) -> bool:
+def em(gold: str, pred: str, schema: DatabaseSchema = CONCERT_SINGER) -> bool:
     match, error = exact_match(gold, pred, schema)
     assert error is None, error
     return match
@@ -155,12 +157,8 @@ def test_parse_structure() -> None:
 
 
 @pytest.fixture(scope="module")
-def spider_dev():
-    dev, tables = SPIDER / "dev.json", SPIDER / "tables.json"
-    if not dev.exists() or not tables.exists():
-        pytest.skip(f"Spider dev data not found under {SPIDER}")
-    schemas = {t["db_id"]: t for t in json.loads(tables.read_text())}
-    return json.loads(dev.read_text()), schemas
+def spider_dev(spider_dir: Path):
+    return json.loads((spider_dir / "dev.json").read_text()), load_schemas(spider_dir / "tables.json")
 
 
 def test_gold_as_prediction_scores_one(spider_dev) -> None:
@@ -170,15 +168,12 @@ def test_gold_as_prediction_scores_one(spider_dev) -> None:
     assert failures == []
 
 
-def _to_index_form(sql: dict | None, entry: dict):
+def _to_index_form(sql: dict | None, entry: DatabaseSchema):
     """Our parse in dev.json's ``sql`` form (integer ids), values other than nested queries dropped."""
     if sql is None:
         return None
-    tables = [t.lower() for t in entry["table_names_original"]]
-    ids = {
-        "__all__" if t < 0 else f"__{tables[t]}.{c.lower()}__": i
-        for i, (t, c) in enumerate(entry["column_names_original"])
-    }
+    tables = [t.lower() for t in entry.tables]
+    ids = {"__all__": 0} | {f"__{tables[c.table]}.{c.name.lower()}__": i for i, c in enumerate(entry.columns, 1)}
 
     def col(u):
         return None if u is None else [u[0], ids[u[1]], bool(u[2])]

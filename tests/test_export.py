@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.export import EXPORT_INFO, export_model
+from sqlora.export import EXPORT_INFO, export_model, stored_dtype
 from sqlora.generation import generate
-from sqlora.models import load_tokenizer
+from sqlora.models import MODEL_INFO, load_base_model, load_tokenizer
 from sqlora.prompt import Record, encode_prompt
-from sqlora.models import MODEL_INFO
-from sqlora.training import load_base_model
 
-REPO = Path(__file__).resolve().parents[1]
-SQLORA = [str(Path(sys.executable).parent / "sqlora")]
+from conftest import REPO, SQLORA
+
 PROMPTS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output="").prompt
     for i in range(3)
@@ -169,6 +167,14 @@ def test_adapter_for_another_base(lora, tmp_path):
     with pytest.raises(SqloraError, match="the adapter does not fit the base"):
         export_model(lora[0], tmp_path / "other", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize(("text", "reason"), [("{not json", "not a valid config.json"), ("[1, 2]", "expected a JSON object")])
+def test_invalid_config_json_is_one_error_naming_the_file(tmp_path, text, reason):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(SqloraError) as err:
+        stored_dtype(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'config.json'}: {reason}") and "\n" not in str(err.value)
 
 
 def test_output_must_not_overwrite_an_input(lora, tiny_model_dir):

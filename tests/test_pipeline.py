@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
@@ -149,3 +149,43 @@ def test_exp_run_other_methods(project, method):
     assert (project / "models/finetuned" / weights).is_file()
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "ex" in shown
+
+
+def test_queued_experiments_run_all(project):
+    """`dvc exp run --queue` then `--run-all`: each experiment runs in its own temporary copy of the repo."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "state before the queue", "--allow-empty"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-none", "-S", "method=none"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-ddl", "-S", "prompt.schema_format=ddl"], project)
+    run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], project)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {
+        e["name"]: e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or []) if e.get("name")
+    }
+    assert {"q-none", "q-ddl"} <= set(experiments)
+    for name, method, schema_format in [("q-none", "none", "natural"), ("q-ddl", "lora", "ddl")]:
+        data = experiments[name]
+        params = data["params"]["params.yaml"]["data"]
+        assert params["method"] == method and params["prompt"]["schema_format"] == schema_format
+        assert "all" in data["metrics"]["metrics/eval.json"]["data"]["ex"]
+    workspace = yaml.safe_load((project / "params.yaml").read_text())  # queued runs leave it alone
+    assert workspace["method"] == "lora" and workspace["prompt"]["schema_format"] == "natural"
+
+
+def test_push_and_pull_through_a_remote(project, tmp_path):
+    """A team shares data, adapters and predictions through a DVC remote (a local folder here; S3, GCS
+    and SSH remotes work the same way): a fresh clone pulls them and has nothing left to recompute."""
+    remote = tmp_path / "remote"
+    run(["dvc", "repro"], project)
+    run(["dvc", "remote", "add", "-f", "-d", "team", str(remote)], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "outputs and remote", "--allow-empty"], project)
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    for path in ("data/prepared/train.jsonl", "models/finetuned/adapter_model.safetensors", "predictions/dev.sql"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes()
+    status = run(["dvc", "status"], clone).stdout.strip()
+    assert status == "Data and pipelines are up to date.", status
+    assert "Running stage" not in run(["dvc", "repro"], clone).stdout

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from sqlora.config import DataParams, PromptParams
-from sqlora.datasets import load_split, render_input, to_records
+from sqlora.datasets import load_split, render_input, resolve_source, to_records
 from sqlora.errors import SqloraError
 from sqlora.preparation import prepare_split
 from sqlora.schema import describe_ddl
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from conftest import SHARED_DATASETS as SHARED
+
 SCHEMA = {
     "db_id": "shop",
     "table_names_original": ["customer", "orders"],
@@ -95,6 +96,42 @@ def test_zip_source_is_extracted_once(spider, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     load_split("spider", archive, "dev")
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_zip_extracted_by_another_process_meanwhile_is_kept(spider, tmp_path, monkeypatch):
+    """Two processes extract the same archive at once: the one that finishes first wins, and the
+    other leaves its folder alone (it may be being read), discarding its own copy."""
+    monkeypatch.setenv("SQLORA_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "spider.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in spider.rglob("*"):
+            z.write(path, Path("spider") / path.relative_to(spider))
+    extractall, other = zipfile.ZipFile.extractall, {}
+
+    def extract_while_another_finishes(self, path, *args, **kwargs):
+        extractall(self, path, *args, **kwargs)
+        if not other:  # the other process starts and finishes while this one is still extracting
+            other["started"] = True
+            other["source"] = resolve_source(archive)
+            other["inode"] = other["source"].stat().st_ino
+            other["reader"] = open(other["source"] / "dev.json")  # noqa: SIM115 - read below, after the race
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_while_another_finishes)
+    source = resolve_source(archive)
+    assert source == other["source"] and source.stat().st_ino == other["inode"]  # the winner's folder, untouched
+    with other["reader"] as reader:
+        assert json.loads(reader.read())[0]["query"] == "SELECT name FROM customer"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [source.parent.name]  # no leftover copy
+
+
+def test_source_errors_name_what_the_caller_passed(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    with pytest.raises(SqloraError, match=r"^params.yaml: 'data.source' '.*notes.txt' is neither a folder nor a .zip archive$"):
+        load_split("spider", tmp_path / "notes.txt", "dev")
+    with pytest.raises(SqloraError, match=r"^--source '.*notes.txt' is neither"):
+        prepare_split("dev", DataParams(dataset="spider", source=str(tmp_path / "notes.txt")), PromptParams(), source_label="--source")
+    with pytest.raises(SqloraError, match=r"^--schema-source '.*notes.txt' is neither"):
+        load_split("sparc", tmp_path, "dev", schema_source=tmp_path / "notes.txt", schema_source_label="--schema-source")
 
 
 def test_multiturn_one_record_per_turn(tmp_path, spider):

@@ -7,10 +7,9 @@ import pytest
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.generation import generate, load_for_inference
-from sqlora.models import load_tokenizer
+from sqlora.models import MODEL_INFO, load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
-from sqlora.models import MODEL_INFO
-from sqlora.training import IGNORE_INDEX, tokenize_records, train
+from sqlora.training import IGNORE_INDEX, last_checkpoint, peak_memory_mb, peak_rss_mb, tokenize_records, train
 
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
@@ -154,3 +153,25 @@ def test_qlora_without_4bit_support_fails_before_loading(tiny_model_dir, tmp_pat
             params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
         )
     assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
+
+
+def test_last_checkpoint_skips_an_interrupted_save(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint without it was cut mid-save."""
+    (tmp_path / "fingerprint.txt").write_text("run\n")
+    for step, complete in ((5, True), (20, True), (25, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"")
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-99-old").mkdir()  # not a checkpoint name
+    assert last_checkpoint(tmp_path, "run") == str(tmp_path / "checkpoint-20")
+    assert last_checkpoint(tmp_path, "another run") is None
+    for step in (5, 20):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    assert last_checkpoint(tmp_path, "run") is None
+
+
+def test_peak_rss_is_this_process_peak():
+    assert 1 < peak_rss_mb() < 1e6
+    if "peak_rss_mb" in peak_memory_mb():  # no GPU
+        assert peak_memory_mb()["peak_rss_mb"] >= round(peak_rss_mb(), 1) - 1

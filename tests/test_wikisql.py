@@ -429,3 +429,17 @@ def test_wikisql_goes_through_the_spider_path(tmp_path):
     assert len(records) == len(QUESTIONS)
     assert all(r.instruction.startswith(f"{r.db_id} contains tables such as") for r in records)
     assert all(split.database_path(r.db_id).is_file() for r in records)
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["wikisql-dev"]
+
+
+def test_wikisql_needs_a_work_dir_and_writes_nothing_elsewhere(tmp_path, monkeypatch):
+    from sqlora.datasets import load_split
+
+    source = build_wikisql(tmp_path / "wikisql")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="work_dir"):
+        load_split("wikisql", source, "dev")
+    (source / f"{SPLIT}.db").write_bytes(b"not a database at all" * 100)  # the conversion fails
+    with pytest.raises(SqloraError):
+        load_split("wikisql", source, "dev", work_dir=tmp_path / "work")
+    assert not (tmp_path / "data").exists() and not list(tmp_path.glob("work/*"))  # nothing here, no partial folder

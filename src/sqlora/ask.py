@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlora.errors import SqloraError
-from sqlora.schema import SCHEMA_FORMATS, DatabaseSchema, describe, read_sqlite_schema
+from sqlora.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe, read_sqlite_schema
 
 # transformers' "no limit known" model_max_length is int(1e30): anything this large is no limit.
 _NO_LIMIT = 10**9
@@ -56,7 +56,7 @@ def prepare(
     max_new_tokens: int = 128,
 ) -> Prepared:
     """Check the input and build the training prompt; the tokenizer is loaded, the model is not."""
-    from sqlora.models import load_tokenizer, read_model_info
+    from sqlora.models import check_checkpoint_folder, load_tokenizer, read_model_info
     from sqlora.prompt import encode_prompt, render_prompt
 
     if not question.strip():
@@ -71,11 +71,8 @@ def prepare(
     model_dir, base_dir = Path(model_dir), Path(base_dir)
     # The model's own weights and tokenizer: the fine-tuned folder for full fine-tuning, else the base.
     weights_dir = model_dir if read_model_info(model_dir)["method"] == "full" else base_dir
-    if not (weights_dir / "config.json").is_file():
-        raise SqloraError(f"{weights_dir}: no such base model folder (no config.json); run the model stage or pass --base")
+    check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
     tokenizer = load_tokenizer(weights_dir)
-    if chat_template and not getattr(tokenizer, "chat_template", None):
-        raise SqloraError(f"chat template requested but the tokenizer of {weights_dir} has none")
     prompt = render_prompt(describe(schema, schema_format, Path(db_path), sample_rows), question.strip())
     n = len(encode_prompt(tokenizer, prompt, chat_template))
     context, source = _context_length(weights_dir, tokenizer)
@@ -143,7 +140,7 @@ def ask(
 
 def format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> str:
     """A plain-text table: header, rule, rows; numbers right-aligned, long cells cut to ``max_width``."""
-    cells = [[_cell(v, max_width) for v in row] for row in rows]
+    cells = [[cell(v, max_width) for v in row] for row in rows]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(columns)]
     numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(columns))]
 
@@ -151,9 +148,3 @@ def format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> 
         return " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells])
-
-
-def _cell(value, max_width: int) -> str:
-    text = "NULL" if value is None else (f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value))
-    text = " ".join(text.split())  # one line per row, whatever the cell holds
-    return text if len(text) <= max_width else text[: max_width - 3] + "..."

@@ -9,10 +9,28 @@ import tempfile
 from pathlib import Path
 
 from sqlora.datasets import DATASETS
-from sqlora.export import DTYPES
+from sqlora.evaluation import ETYPES
+from sqlora.config import EXPORT_DTYPES
 from sqlora.schema import SCHEMA_FORMATS
 
 from sqlora.errors import SqloraError, exit_on_error
+
+
+def _gate(args: argparse.Namespace) -> None:
+    from sqlora.config import load_params
+    from sqlora.gate import check, diff_table
+
+    max_drop = load_params(args.params).gate.max_drop
+    checks = check(max_drop, args.rev)
+    print(f"dvc metrics diff {args.rev} (committed baseline -> this run):\n")
+    print(diff_table(args.rev))
+    for c in checks:
+        print(c.line())
+    failed = [c.metric for c in checks if not c.passed]
+    if failed:
+        print(f"gate: FAILED: {', '.join(failed)} fell more than {max_drop * 100:.1f} points below {args.rev}", file=sys.stderr)
+        sys.exit(1)
+    print(f"gate: passed ({', '.join(c.metric for c in checks)} within {max_drop * 100:.1f} points of {args.rev})")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -44,7 +62,8 @@ def _prepare(args: argparse.Namespace) -> None:
     reserve = None if args.split == "train" else args.reserve
     with tempfile.TemporaryDirectory() as work_dir:  # WikiSQL's Spider-layout conversion
         split, fitted, stats = prepare_split(
-            args.split, data, prompt, tokenizer=tokenizer, max_length=args.max_length, reserve=reserve, work_dir=work_dir
+            args.split, data, prompt, tokenizer=tokenizer, max_length=args.max_length, reserve=reserve, work_dir=work_dir,
+            source_label="--source", schema_source_label="--schema-source",
         )
     write_jsonl(args.out, record_dicts(fitted.records))
     for problem in split.problems:
@@ -106,6 +125,17 @@ def _ask(args: argparse.Namespace) -> None:
     print(f"({n} row{'' if n == 1 else 's'}{shown}, {answer.seconds:.1f} s)")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from sqlora.report import write_report
+
+    command = "sqlora report" + (f" --out {args.out}" if args.out != "reports/benchmark.md" else "")
+    command += f" --repo {args.repo}" if args.repo != "." else ""
+    command += " --all-commits" if args.all_commits else ""
+    report = write_report(args.out, args.repo, all_commits=args.all_commits, command=command)
+    runs = len(report.rows)
+    print(f"report: {runs} run{'s' * (runs != 1)}, {len(report.left_out)} left out -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
     p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
     p.add_argument("--table", help="tables.json, for exact-set-match (EM)")
-    p.add_argument("--etype", choices=["all", "exec", "match"], default="all",
+    p.add_argument("--etype", choices=ETYPES, default="all",
                    help="all: EX and EM; exec: EX only; match: EM only (nothing is executed)")
     p.add_argument("--out", help="write the report (summary and every example) as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
@@ -154,8 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
     p.add_argument("--base", required=True, help="the base model folder it was trained from")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype; auto: the base model's stored dtype")
+    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="auto", help="weights' dtype; auto: the base model's stored dtype")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("gate", help="CI gate: fail when EX or EM fell below the committed metrics (dvc metrics diff)")
+    p.add_argument("--rev", default="HEAD", help="the commit holding the baseline metrics (default: HEAD)")
+    p.add_argument("--params", default="params.yaml", help="where gate.max_drop is read (default: params.yaml)")
+    p.set_defaults(func=_gate)
 
     p = sub.add_parser("ask", help="ask the trained model a question about a SQLite database: its SQL and the first rows")
     p.add_argument("--db", required=True, help="the SQLite database file; its schema is read from the file")
@@ -169,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="time limit of the query in seconds")
     p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
     p.set_defaults(func=_ask)
+
+    p = sub.add_parser("report", help="the benchmark report: EX/EM tables and LoRA vs QLoRA from the DVC experiments' metrics")
+    p.add_argument("--out", default="reports/benchmark.md", help="the Markdown file written")
+    p.add_argument("--repo", default=".", help="the git + DVC repository whose experiments are read")
+    p.add_argument("--all-commits", action="store_true", help="every commit and its experiments, not only HEAD's")
+    p.set_defaults(func=_report)
     return parser
 
 

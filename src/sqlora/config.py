@@ -20,6 +20,7 @@ from sqlora.schema import SCHEMA_FORMATS
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
+DECODINGS = ("greedy", "beam", "sample", "self_consistency")
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,17 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    batch_size: int = 16
+    # The model to generate with: the train stage's folder (base + adapter, full, or the base alone),
+    # models/exported (the export stage's merged model), or any Hugging Face checkpoint folder.
+    model: str = "models/finetuned"
+    batch_size: int = 64  # sequences generated together (self_consistency: questions x num_samples)
     max_new_tokens: int = 128
+    decoding: str = "greedy"  # greedy | beam | sample | self_consistency; sampling draws from the top-level seed
+    num_beams: int = 4  # beam
+    temperature: float = 0.7  # sample, self_consistency
+    top_p: float = 0.95  # sample, self_consistency: nucleus sampling (1.0: off)
+    num_samples: int = 5  # self_consistency: sampled candidates per question, voted on by their results
+    timeout_s: float = 10.0  # self_consistency: time limit of each candidate's query
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,13 @@ class EvalParams:
     skip_missing_databases: bool = False
     skip_bad_gold: bool = False  # list and leave out questions whose gold query fails, instead of stopping
     ves_iterations: int = 0  # BIRD: timed runs per correct prediction for VES (BIRD's own uses 100); 0: off
+
+
+@dataclass(frozen=True)
+class GateParams:
+    # The CI gate (`sqlora gate`): how far EX and EM (all questions, fractions as in metrics/eval.json)
+    # may fall below the committed baseline before CI fails. 0.02 = 2 points.
+    max_drop: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,7 @@ class Params:
     predict: PredictParams = field(default_factory=PredictParams)
     eval: EvalParams = field(default_factory=EvalParams)
     export: ExportParams = field(default_factory=ExportParams)
+    gate: GateParams = field(default_factory=GateParams)
 
 
 def _build(cls: type, raw: Any, where: str, path: Path):
@@ -174,6 +192,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     _check_choice(params.prompt.schema_format, SCHEMA_FORMATS, "prompt.schema_format", path)
     _check_choice(params.train.lr_scheduler, LR_SCHEDULERS, "train.lr_scheduler", path)
     _check_choice(params.export.dtype, EXPORT_DTYPES, "export.dtype", path)
+    _check_choice(params.predict.decoding, DECODINGS, "predict.decoding", path)
     for key, value in [
         ("data.max_train_examples", params.data.max_train_examples),
         ("data.max_dev_examples", params.data.max_dev_examples),
@@ -184,6 +203,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("train.learning_rate", params.train.learning_rate),
         ("eval.ves_iterations", params.eval.ves_iterations),
         ("train.save_steps", params.train.save_steps),
+        ("gate.max_drop", params.gate.max_drop),
     ]:
         _check_positive(value, key, path, allow_zero=True)
     for key, value in [
@@ -196,12 +216,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("train.logging_steps", params.train.logging_steps),
         ("predict.batch_size", params.predict.batch_size),
         ("predict.max_new_tokens", params.predict.max_new_tokens),
+        ("predict.num_beams", params.predict.num_beams),
+        ("predict.temperature", params.predict.temperature),
+        ("predict.top_p", params.predict.top_p),
+        ("predict.num_samples", params.predict.num_samples),
+        ("predict.timeout_s", params.predict.timeout_s),
         ("eval.timeout_s", params.eval.timeout_s),
         ("eval.workers", params.eval.workers),
     ]:
         _check_positive(value, key, path)
     if params.train.warmup_ratio >= 1:
         raise SqloraError(f"{path}: 'train.warmup_ratio' must be in [0, 1), got {params.train.warmup_ratio}")
+    if params.predict.top_p > 1:
+        raise SqloraError(f"{path}: 'predict.top_p' must be in (0, 1], got {params.predict.top_p}")
     if not params.lora.target_modules:
         raise SqloraError(f"{path}: 'lora.target_modules' is empty")
     return params

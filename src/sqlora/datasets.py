@@ -29,6 +29,14 @@ from sqlora.prompt import Record
 from sqlora.schema import Column, DatabaseSchema, describe
 
 DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql")
+# How errors name the dataset folders by default: as the prepare stage gets them, from params.yaml.
+SOURCE_LABEL = "params.yaml: 'data.source'"
+SCHEMA_SOURCE_LABEL = "params.yaml: 'data.schema_source'"
+
+
+def database_path(database_dir: str | Path, db_id: str) -> Path:
+    """Where a dataset's database folder holds the SQLite file of ``db_id`` (Spider's layout)."""
+    return Path(database_dir) / db_id / f"{db_id}.sqlite"
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class Split:
     problems: list[str] = field(default_factory=list)  # bad records skipped
 
     def database_path(self, db_id: str) -> Path:
-        return self.database_dir / db_id / f"{db_id}.sqlite"
+        return database_path(self.database_dir, db_id)
 
 
 # --- reading files ---------------------------------------------------------------------------------
@@ -106,13 +114,14 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
     types = entry["column_types"]
     _require(isinstance(tables, list) and all(isinstance(t, str) for t in tables), f"{where}.table_names_original", "expected a list of names")
     _require(
-        isinstance(raw_columns, list) and all(isinstance(c, list) and len(c) == 2 for c in raw_columns),
+        isinstance(raw_columns, list) and all(isinstance(c, list) and len(c) == 2 and isinstance(c[1], str) for c in raw_columns),
         f"{where}.column_names_original",
         "expected a list of [table_index, name] pairs",
     )
     _require(isinstance(types, list) and len(types) == len(raw_columns), f"{where}.column_types", f"expected {len(raw_columns)} types, one per column")
     natural = entry.get("column_names")
-    natural = natural if isinstance(natural, list) and len(natural) == len(raw_columns) else raw_columns
+    natural_ok = isinstance(natural, list) and len(natural) == len(raw_columns) and all(isinstance(c, list) and len(c) == 2 for c in natural)
+    natural = natural if natural_ok else raw_columns
     columns = []
     for i, (table, name) in enumerate(raw_columns[1:], 1):  # entry 0 is Spider's [-1, "*"]
         _require(isinstance(table, int) and 0 <= table < len(tables), f"{where}.column_names_original[{i}]", f"table index {table!r} out of range")
@@ -150,7 +159,8 @@ def load_schemas(tables_json: str | Path, problems: Problems | None = None) -> d
         try:
             schema = _parse_schema(entry, f"{path}[{i}]")
         except SqloraError as exc:
-            problems.skip(str(exc))
+            db_id = entry.get("db_id") if isinstance(entry, dict) else None
+            problems.skip(f"{exc} (db_id {db_id!r})" if isinstance(db_id, str) else str(exc))
             continue
         schemas[schema.db_id] = schema
     return schemas
@@ -226,8 +236,14 @@ def load_interactions(path: Path, schemas: dict[str, DatabaseSchema], problems: 
 # --- layouts ---------------------------------------------------------------------------------------
 
 
-def resolve_source(source: str | Path, key: str = "params.yaml: 'data.source'") -> Path:
-    """A dataset folder, or an official .zip extracted once into a cache keyed by its content."""
+def resolve_source(source: str | Path, label: str = SOURCE_LABEL) -> Path:
+    """A dataset folder, or an official .zip extracted once into a cache keyed by its content.
+
+    ``label`` names the source in the error, as the caller got it ("--source", "params.yaml: ...").
+    Several processes may extract the same archive at once (``dvc exp run --run-all --jobs 2``):
+    each extracts into a private folder, the first renamed into place wins, and a cache folder
+    in place is never removed (another process may be reading it).
+    """
     path = Path(source)
     if path.is_dir():
         return path
@@ -240,13 +256,12 @@ def resolve_source(source: str | Path, key: str = "params.yaml: 'data.source'") 
 
         cache = cache_dir(f"{path.stem}-{digest.hexdigest()[:16]}")
         if not cache.is_dir():
-
-            with atomic_path(cache) as tmp, zipfile.ZipFile(path) as archive:
+            with atomic_path(cache, keep_existing=True) as tmp, zipfile.ZipFile(path) as archive:
                 archive.extractall(tmp)
         # Official archives wrap everything in one top folder (spider/, cosql_dataset/ ...).
         entries = [p for p in cache.iterdir() if not p.name.startswith(("__MACOSX", "."))]
         return entries[0] if len(entries) == 1 and entries[0].is_dir() else cache
-    raise SqloraError(f"{key} {str(path)!r} is neither a folder nor a .zip archive")
+    raise SqloraError(f"{label} {str(path)!r} is neither a folder nor a .zip archive")
 
 
 def _first_existing(folder: Path, names: list[str]) -> Path:
@@ -304,12 +319,21 @@ def load_split(
     *,
     schema_source: str | Path | None = None,
     skip_bad: bool = False,
-    work_dir: str | Path = "data/prepared",
+    work_dir: str | Path | None = None,
+    source_label: str = SOURCE_LABEL,
+    schema_source_label: str = SCHEMA_SOURCE_LABEL,
 ) -> Split:
-    """Read one split of a dataset in its official layout (folder or .zip)."""
+    """Read one split of a dataset in its official layout (folder or .zip).
+
+    ``work_dir``: the folder where WikiSQL's Spider-layout conversion is written (``wikisql-<split>``),
+    needed for wikisql only; nothing is written anywhere else. ``source_label`` and
+    ``schema_source_label`` name the two sources in errors, as the caller got them.
+    """
     if dataset not in DATASETS:
         raise SqloraError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
-    source_dir = resolve_source(source)
+    if dataset == "wikisql" and work_dir is None:
+        raise TypeError("load_split(): dataset 'wikisql' needs work_dir, the folder its Spider-layout conversion is written to")
+    source_dir = resolve_source(source, source_label)
     problems = Problems(skip_bad)
     if dataset in ("sample", "spider"):
         result = _spider(source_dir, split, problems)
@@ -318,7 +342,7 @@ def load_split(
     if dataset == "bird":
         return _bird(source_dir, split, problems)
     if dataset in ("cosql", "sparc"):
-        return _multiturn(dataset, source_dir, split, problems, resolve_source(schema_source, "params.yaml: 'data.schema_source'") if schema_source else None)
+        return _multiturn(dataset, source_dir, split, problems, resolve_source(schema_source, schema_source_label) if schema_source else None)
     return _wikisql(source_dir, split, problems, Path(work_dir))
 
 

@@ -46,14 +46,20 @@ import sqlglot
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
+from sqlora.datasets import database_path, load_schemas
 from sqlora.errors import SqloraError
-from sqlora.hardness import spider_hardness
+from sqlora.hardness import hardness_or_unparsed
 from sqlora.io import atomic_path, cache_dir
 from sqlora.sandbox import QueryResult, run_query
+from sqlora.schema import DatabaseSchema
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 BIRD_DIFFICULTIES = ("simple", "moderate", "challenging")
 ETYPES = ("all", "exec", "match")
+# Part of every gold-cache key. Bump it whenever what a cached gold result holds, or how it is
+# computed, changes (the execution text rules, the sandbox, QueryResult): cache files written by
+# an older build then miss, instead of being scored against as if this build had computed them.
+GOLD_CACHE_VERSION = 1
 
 _CRASHED = "worker process crashed while running this query"
 T = TypeVar("T")
@@ -240,21 +246,22 @@ def evaluate(
     report = EvalReport(summary={}, examples=[])
     scored: list[int] = []
     for index, gold in enumerate(golds):
-        if not execute or _database_path(db_dir, gold.db_id).is_file():
+        if not execute or database_path(db_dir, gold.db_id).is_file():
             scored.append(index)
         elif skip_missing_databases:
             report.skipped_missing_database.append(index)
         else:
             raise SqloraError(
-                f"{gold.where}: no database for db_id {gold.db_id!r}: expected {_database_path(db_dir, gold.db_id)} "
+                f"{gold.where}: no database for db_id {gold.db_id!r}: expected {database_path(db_dir, gold.db_id)} "
                 "(to score the other questions: --skip-missing-databases, or eval.skip_missing_databases: true)"
             )
 
     for index in scored:
         gold = golds[index]
         pred = preds[index] if bird else spider_prediction_text(preds[index])
+        level = difficulties[index] if bird else hardness_or_unparsed(gold.sql)
         report.examples.append(
-            ExampleResult(index=index, db_id=gold.db_id, hardness=_level(gold.sql, difficulties, index), pred=pred, gold=gold.sql, exec=None, error=None)
+            ExampleResult(index=index, db_id=gold.db_id, hardness=level, pred=pred, gold=gold.sql, exec=None, error=None)
         )
 
     if execute:
@@ -269,27 +276,12 @@ def evaluate(
     return report
 
 
-def _level(gold_sql: str, difficulties: Sequence[str] | None, index: int) -> str:
-    if difficulties is not None:
-        return difficulties[index]
-    try:
-        return spider_hardness(gold_sql)
-    except ValueError:
-        # Malformed gold SQL exists (25 CoSQL dev turns): such examples count in "all" only.
-        return "unparsed"
-
-
-def _load_schemas(tables_json: str | Path | None, golds: list[Gold]) -> dict[str, dict]:
-    import json
-
+def _load_schemas(tables_json: str | Path | None, golds: list[Gold]) -> dict[str, DatabaseSchema]:
+    """The schemas EM needs, read and checked as prepare reads them: a malformed entry is an error
+    naming the file, the entry and the key."""
     if tables_json is None:
         raise SqloraError("exact-set-match needs the tables.json schema file (--table)")
-    try:
-        schemas = {entry["db_id"]: entry for entry in json.loads(Path(tables_json).read_text(encoding="utf-8"))}
-    except FileNotFoundError:
-        raise SqloraError(f"{tables_json}: file not found") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise SqloraError(f"{tables_json}: not a tables.json file ({exc})") from None
+    schemas = load_schemas(tables_json)
     for gold in golds:
         if gold.db_id not in schemas:
             raise SqloraError(f"{gold.where}: unknown db_id {gold.db_id!r}: not in {tables_json}")
@@ -343,13 +335,9 @@ def _score_execution(
         example.exec, example.error = int(matched), error
 
 
-def _database_path(db_dir: Path, db_id: str) -> Path:
-    return db_dir / db_id / f"{db_id}.sqlite"
-
-
 def _database_files(db_dir: Path, db_id: str) -> list[Path]:
     """The database and, in a test-suite layout, every other ``*.sqlite`` file beside it."""
-    main = _database_path(db_dir, db_id)
+    main = database_path(db_dir, db_id)
     return [main] + sorted(p for p in main.parent.glob("*.sqlite") if p != main)
 
 
@@ -377,9 +365,10 @@ def _run_gold_queries(
 
 
 def _gold_cache_path(folder: Path, db_file: Path, sql: str) -> Path:
-    """One file per (database file, query); a changed database (size or mtime) misses the cache."""
+    """One file per (database file, query); a changed database (size or mtime), or a build with another
+    ``GOLD_CACHE_VERSION``, misses the cache."""
     stat = db_file.stat()
-    key = f"{db_file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{sql}"
+    key = f"{GOLD_CACHE_VERSION}\0{db_file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{sql}"
     digest = hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()
     return folder / digest[:2] / f"{digest}.pickle"
 
@@ -408,7 +397,7 @@ def _score_prediction(
     return True, None
 
 
-def _score_exact_match(report: EvalReport, schemas: dict[str, dict]) -> None:
+def _score_exact_match(report: EvalReport, schemas: dict[str, DatabaseSchema]) -> None:
     """Exact-set-match of every example; gold the official parser cannot read scores 0, with the reason."""
     from sqlora.exact_match import exact_match
 
@@ -423,7 +412,7 @@ def _score_exact_match(report: EvalReport, schemas: dict[str, dict]) -> None:
 def _score_ves(report: EvalReport, db_dir: Path, iterations: int, timeout_s: float, workers: int) -> None:
     """BIRD's VES: each correct prediction earns sqrt(mean gold/pred time ratio), wrong ones 0."""
     correct = [e for e in report.examples if e.exec]
-    tasks = [(_database_path(db_dir, e.db_id), e.pred, e.gold, iterations, timeout_s) for e in correct]
+    tasks = [(database_path(db_dir, e.db_id), e.pred, e.gold, iterations, timeout_s) for e in correct]
     ratios = _run_tasks(_time_ratio, tasks, workers=workers, crashed=0.0)
     for example in report.examples:
         example.ves = 0.0

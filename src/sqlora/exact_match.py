@@ -35,12 +35,10 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from sqlora.hardness import describe_error, parse_statement
+from sqlora.schema import DatabaseSchema
 
 __all__ = ["exact_match", "parse_spider_sql", "foreign_key_map", "SpiderParseError"]
 
-WHERE_OPS = ("not", "between", "=", ">", "<", ">=", "<=", "!=", "in", "like", "is", "exists")
-UNIT_OPS = ("none", "-", "+", "*", "/")
-AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
 ALL_COLUMN = "__all__"
 
 _AGG_IDS = {exp.Max: 1, exp.Min: 2, exp.Count: 3, exp.Sum: 4, exp.Avg: 5}
@@ -62,14 +60,13 @@ class SpiderParseError(ValueError):
 
 
 class _Schema:
-    """Lowercased tables and columns of one tables.json entry (the official ``Schema``)."""
+    """Lowercased tables and columns of one database (the official ``Schema``)."""
 
-    def __init__(self, entry: dict):
-        tables = [t.lower() for t in entry["table_names_original"]]
+    def __init__(self, schema: DatabaseSchema):
+        tables = [t.lower() for t in schema.tables]
         self.columns: dict[str, list[str]] = {t: [] for t in tables}
-        for table_idx, column in entry["column_names_original"]:
-            if table_idx >= 0:
-                self.columns[tables[table_idx]].append(column.lower())
+        for column in schema.columns:
+            self.columns[tables[column.table]].append(column.name.lower())
         self.tables = tables
 
     def column_id(self, table: str, column: str) -> str:
@@ -78,20 +75,17 @@ class _Schema:
         return f"__{table}.{column}__"
 
 
-def foreign_key_map(entry: dict) -> dict[str, str]:
+def foreign_key_map(schema: DatabaseSchema) -> dict[str, str]:
     """Column id -> representative column id of its foreign-key group (official kmap).
 
     Groups are built like the official code: each foreign-key pair joins the *first* existing
     group that holds either column (groups are not merged); each column maps to the column of
     lowest index in its group, later groups overriding earlier ones.
     """
-    tables = entry["table_names_original"]
-    names = [
-        f"__{tables[t].lower()}.{c.lower()}__" if t >= 0 else ALL_COLUMN
-        for t, c in entry["column_names_original"]
-    ]
+    # Indexed as tables.json's columns: 0 is "*", then the database's columns in order.
+    names = [ALL_COLUMN] + [f"__{schema.tables[c.table].lower()}.{c.name.lower()}__" for c in schema.columns]
     groups: list[set[int]] = []
-    for a, b in entry["foreign_keys"]:
+    for a, b in schema.foreign_keys:
         group = next((g for g in groups if a in g or b in g), None)
         if group is None:
             group = set()
@@ -422,8 +416,6 @@ class _Parser:
         return (not_op, op_id, self.val_unit(node.this, tables), val1, val2)
 
     def value(self, node: exp.Expression, tables: list[str]) -> Any:
-        if isinstance(node, exp.Subquery) or isinstance(node, (exp.Select, exp.SetOperation)):
-            return self.query(node)
         node = _unwrap_paren(node)
         if isinstance(node, (exp.Subquery, exp.Select, exp.SetOperation)):
             return self.query(node)
@@ -476,8 +468,8 @@ def _unwrap_paren(node: exp.Expression) -> exp.Expression:
     return node
 
 
-def parse_spider_sql(sql: str, schema: dict) -> dict:
-    """Parse ``sql`` into the official Spider "sql" dict against one tables.json entry.
+def parse_spider_sql(sql: str, schema: DatabaseSchema) -> dict:
+    """Parse ``sql`` into the official Spider "sql" dict against one database's schema.
 
     Raises SpiderParseError (a ValueError) where the official parser would reject the query.
     """
@@ -659,11 +651,12 @@ def _sql_match(pred: dict, gold: dict) -> bool:
     return True
 
 
-def exact_match(gold_sql: str, pred_sql: str, schema: dict) -> tuple[bool, str | None]:
+def exact_match(gold_sql: str, pred_sql: str, schema: DatabaseSchema) -> tuple[bool, str | None]:
     """Official Spider exact-set-match of ``pred_sql`` against ``gold_sql`` on one database.
 
-    ``schema`` is the database's tables.json entry. Returns ``(match, error)``; ``error`` is a
-    one-line reason when the prediction cannot be parsed the official way (then match is False).
+    ``schema`` is the database's tables.json entry as :func:`sqlora.datasets.load_schemas` reads it.
+    Returns ``(match, error)``; ``error`` is a one-line reason when the prediction cannot be parsed
+    the official way (then match is False).
     Raises ValueError if the gold query cannot be parsed.
     """
     try:

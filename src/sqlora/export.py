@@ -26,10 +26,9 @@ from pathlib import Path
 from sqlora.config import EXPORT_DTYPES
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, write_json
-from sqlora.models import read_model_info
+from sqlora.models import check_checkpoint_folder, read_model_info
 
 EXPORT_INFO = "sqlora_export.json"
-DTYPES = EXPORT_DTYPES
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,19 @@ class Export:
     seconds: float
 
 
-def _check_base(base_dir: Path) -> None:
-    if not base_dir.is_dir():
-        raise SqloraError(f"{base_dir}: no such base model folder; run the model stage first")
-    if not (base_dir / "config.json").is_file():
-        raise SqloraError(f"{base_dir}: not a Hugging Face checkpoint folder (no config.json)")
-
-
 def stored_dtype(model_dir: Path) -> str:
     """The dtype a checkpoint declares in config.json (``dtype``, or ``torch_dtype`` before transformers 5); fp32 if none."""
-    config = json.loads((model_dir / "config.json").read_text())
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SqloraError(f"{path}: cannot be read ({exc.strerror})") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise SqloraError(f"{path}: not a valid config.json ({exc})") from None
+    if not isinstance(config, dict):
+        raise SqloraError(f"{path}: expected a JSON object")
     declared = config.get("dtype") or config.get("torch_dtype")
-    return declared if declared in DTYPES[1:] else "float32"
+    return declared if declared in EXPORT_DTYPES[1:] else "float32"
 
 
 def _merged(model, finetuned_dir: Path, base_dir: Path):
@@ -75,10 +75,10 @@ def export_model(
 ) -> Export:
     """Write the model of a train-stage folder to ``out_dir`` as a standalone checkpoint (atomically)."""
     finetuned_dir, base_dir, out_dir = Path(finetuned_dir), Path(base_dir), Path(out_dir)
-    if dtype not in DTYPES:
-        raise SqloraError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype not in EXPORT_DTYPES:
+        raise SqloraError(f"dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
     info = read_model_info(finetuned_dir)
-    _check_base(base_dir)
+    check_checkpoint_folder(base_dir, "base model", "; run the model stage first")
     if out_dir.resolve() in (finetuned_dir.resolve(), base_dir.resolve()):
         raise SqloraError(f"{out_dir}: the output folder must differ from the fine-tuned and base folders")
     method = info["method"]

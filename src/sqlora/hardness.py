@@ -62,6 +62,15 @@ def spider_hardness(sql: str) -> str:
     return hardness_level(_count_component1(select), _count_component2(root, select), _count_others(select))
 
 
+def hardness_or_unparsed(sql: str) -> str:
+    """The Spider hardness of ``sql``, or "unparsed" when it cannot be parsed: malformed gold SQL
+    exists (25 CoSQL dev turns), and such examples count in totals only, in no hardness level."""
+    try:
+        return spider_hardness(sql)
+    except ValueError:
+        return "unparsed"
+
+
 def hardness_level(comp1: int, comp2: int, others: int) -> str:
     """The official thresholds on the three counts."""
     if comp1 <= 1 and others == 0 and comp2 == 0:

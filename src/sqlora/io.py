@@ -17,16 +17,29 @@ def cache_dir(name: str) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it onto ``path`` (file or folder)."""
+def atomic_path(path: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto ``path`` (file or folder).
+
+    ``keep_existing``: for a shared cache folder that several processes may fill at once. An
+    existing ``path`` is never replaced (another process may be reading it): when one appeared
+    while we wrote ours (another process finished first), our copy is discarded.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if keep_existing:
+            if not path.exists():
+                try:
+                    os.rename(tmp, path)  # a folder is never renamed onto a non-empty one: the first wins
+                except OSError:
+                    if not path.exists():
+                        raise
+        else:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 

@@ -90,9 +90,17 @@ def _save_from_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _save_from_folder(folder: Path, out: Path) -> None:
+def check_checkpoint_folder(folder: Path, what: str = "model", hint: str = "") -> None:
+    """Fail unless ``folder`` is a Hugging Face checkpoint folder: it exists and holds config.json.
+    ``what`` names the folder's role in the error ("base model"), ``hint`` ends it ("; run ...")."""
+    if not folder.is_dir():
+        raise SqloraError(f"{folder}: no such {what} folder{hint}")
     if not (folder / "config.json").is_file():
-        raise SqloraError(f"{folder}: not a Hugging Face checkpoint folder (no config.json)")
+        raise SqloraError(f"{folder}: not a Hugging Face checkpoint folder (no config.json){hint}")
+
+
+def _save_from_folder(folder: Path, out: Path) -> None:
+    check_checkpoint_folder(folder)
     shutil.copytree(folder, out, ignore=shutil.ignore_patterns(".git", ".cache"))
 
 
@@ -137,6 +145,51 @@ def load_tokenizer(model_dir: str | Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def quantization_config():
+    """bitsandbytes 4-bit NF4 with double quantisation; bf16 compute on GPU, fp32 on CPU."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+
+
+def load_base_model(base_dir: str | Path, method: str):
+    """The base model in the compute dtype; 4-bit NF4 for qlora. The Trainer places it on the device."""
+    from transformers import AutoModelForCausalLM
+
+    if method == "qlora":
+        check_qlora_support()
+        from accelerate import PartialState
+
+        # Quantised weights cannot be moved after loading: load each process's copy on its own device.
+        place = PartialState().local_process_index if device().type == "cuda" else device().type
+        return AutoModelForCausalLM.from_pretrained(
+            base_dir, quantization_config=quantization_config(), dtype=compute_dtype(), device_map={"": place}
+        )
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=compute_dtype())
+
+
+def check_qlora_support() -> None:
+    """Fail before any model is loaded when bitsandbytes cannot quantise on this device."""
+    import torch
+
+    try:
+        import bitsandbytes.functional as bnb_functional
+    except ImportError:
+        raise SqloraError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+    try:
+        bnb_functional.quantize_4bit(torch.ones(64, 64, device=device()), quant_type="nf4")
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the answer is the same
+        raise SqloraError(
+            f"method 'qlora': bitsandbytes cannot quantise to 4 bits on {device().type} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); use method 'lora'"
+        ) from None
 
 
 def read_model_info(finetuned_dir: Path) -> dict:

@@ -11,13 +11,15 @@ fit is left out; a dev record is kept with the smallest schema (never dropped), 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from sqlora.datasets import Example, SchemaRenderer, Split, render_input
+from sqlora.datasets import SCHEMA_SOURCE_LABEL, SOURCE_LABEL, Example, SchemaRenderer, Split, render_input
 from sqlora.prompt import Record, encode_prompt, encode_response
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlora.config import DataParams, PromptParams
 
 
@@ -28,7 +30,6 @@ class Fitted:
     shrunk: int = 0  # records whose schema was shrunk to fit
     over_budget: int = 0  # dev records that do not fit even with the smallest schema (kept)
     left_out: int = 0  # train records that do not fit even with the smallest schema
-    left_out_examples: list[int] = field(default_factory=list)
     measured: bool = True  # False when no tokenizer was given: no budget, no token statistics
 
 
@@ -47,7 +48,7 @@ def fit_to_budget(
         return len(encode_prompt(tokenizer, r.prompt, chat_template))
 
     fitted = Fitted(records=[], prompt_tokens=[])
-    for i, (example, record) in enumerate(zip(split.examples, records)):
+    for example, record in zip(split.examples, records):
         room = max_length - (len(encode_response(tokenizer, record.output)) if reserve is None else reserve)
         n = length(record)
         if n > room:
@@ -56,7 +57,6 @@ def fit_to_budget(
                 fitted.shrunk += 1
             elif reserve is None:
                 fitted.left_out += 1
-                fitted.left_out_examples.append(i)
                 continue
             else:
                 fitted.over_budget += 1
@@ -103,20 +103,14 @@ def percentiles(values: list[int]) -> dict:
 
 def split_stats(split: Split, fitted: Fitted, read: int) -> dict:
     """Counts, Spider hardness of the gold SQL, BIRD difficulty, prompt lengths, budget effects."""
-    from sqlora.hardness import spider_hardness
-
-    def hardness(query: str) -> str:
-        try:
-            return spider_hardness(query)
-        except ValueError:
-            return "unparsed"
+    from sqlora.hardness import hardness_or_unparsed
 
     stats = {
         "questions": read,
         "records": len(fitted.records),
         "databases": len({r.db_id for r in fitted.records}),
         "bad_records_skipped": len(split.problems),
-        "hardness": dict(sorted(Counter(hardness(r.output) for r in fitted.records).items())),
+        "hardness": dict(sorted(Counter(hardness_or_unparsed(r.output) for r in fitted.records).items())),
     }
     if fitted.measured:
         stats |= {
@@ -145,13 +139,19 @@ def prepare_split(
     limit: int = 0,
     shuffle: bool = False,
     seed: int = 0,
-    work_dir: str = "data/prepared",
+    work_dir: str | Path | None = None,
+    source_label: str = SOURCE_LABEL,
+    schema_source_label: str = SCHEMA_SOURCE_LABEL,
 ) -> tuple[Split, Fitted, dict]:
-    """Read one split, render its records, fit them to the budget (with a tokenizer), describe it."""
+    """Read one split, render its records, fit them to the budget (with a tokenizer), describe it.
+
+    ``work_dir``, ``source_label``, ``schema_source_label``: as :func:`sqlora.datasets.load_split`.
+    """
     from sqlora.datasets import load_split, subsample, to_record
 
     split = load_split(
-        data.dataset, data.source, split_name, schema_source=data.schema_source or None, skip_bad=data.skip_bad, work_dir=work_dir
+        data.dataset, data.source, split_name, schema_source=data.schema_source or None, skip_bad=data.skip_bad,
+        work_dir=work_dir, source_label=source_label, schema_source_label=schema_source_label,
     )
     read = len(split.examples)
     split.examples = subsample(split.examples, limit, seed, shuffle)

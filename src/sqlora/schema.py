@@ -216,14 +216,15 @@ def _sample_rows(db_path: Path, schema: DatabaseSchema, table: int, n: int) -> s
     result = run_query(db_path, query, timeout_s=10.0)
     rows = result.rows or []
     # Long cell values (BLOBs, essays) would crowd out the schema: cut each to 40 characters.
-    body = "\n".join(" | ".join(_cell(v) for v in row) for row in rows)
+    body = "\n".join(" | ".join(cell(v) for v in row) for row in rows)
     return f"/*\n{len(rows)} example rows:\n{query};\n{' | '.join(names)}\n{body}\n*/" if rows else f"/* {schema.tables[table]} has no rows */"
 
 
-def _cell(value) -> str:
+def cell(value, max_width: int = 40) -> str:
+    """A database value on one line: NULL, a BLOB's size, or its text cut to ``max_width`` characters."""
     text = "NULL" if value is None else (f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value))
-    text = " ".join(text.split())
-    return text if len(text) <= 40 else text[:37] + "..."
+    text = " ".join(text.split())  # one line per row, whatever the cell holds
+    return text if len(text) <= max_width else text[: max_width - 3] + "..."
 
 
 def _keys_by_table(schema: DatabaseSchema) -> dict[int, list[tuple[int, ...]]]:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import time
@@ -31,7 +32,7 @@ import torch
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, write_json
-from sqlora.models import MODEL_INFO, compute_dtype, device, load_tokenizer
+from sqlora.models import MODEL_INFO, compute_dtype, device, load_base_model, load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
@@ -100,49 +101,6 @@ def response_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> tor
     return loss / count
 
 
-def quantization_config():
-    """bitsandbytes 4-bit NF4 with double quantisation; bf16 compute on GPU, fp32 on CPU."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(),
-    )
-
-
-def load_base_model(base_dir: str | Path, method: str):
-    """The base model in the compute dtype; 4-bit NF4 for qlora. The Trainer places it on the device."""
-    from transformers import AutoModelForCausalLM
-
-    if method == "qlora":
-        check_qlora_support()
-        from accelerate import PartialState
-
-        # Quantised weights cannot be moved after loading: load each process's copy on its own device.
-        place = PartialState().local_process_index if device().type == "cuda" else device().type
-        return AutoModelForCausalLM.from_pretrained(
-            base_dir, quantization_config=quantization_config(), dtype=compute_dtype(), device_map={"": place}
-        )
-    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=compute_dtype())
-
-
-def check_qlora_support() -> None:
-    """Fail before any model is loaded when bitsandbytes cannot quantise on this device."""
-    try:
-        import bitsandbytes.functional as bnb_functional
-    except ImportError:
-        raise SqloraError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
-    try:
-        bnb_functional.quantize_4bit(torch.ones(64, 64, device=device()), quant_type="nf4")
-    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the answer is the same
-        raise SqloraError(
-            f"method 'qlora': bitsandbytes cannot quantise to 4 bits on {device().type} "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); use method 'lora'"
-        ) from None
-
-
 def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -167,19 +125,19 @@ def peak_memory_mb() -> dict:
             "peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
             "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
         }
-    return {"peak_rss_mb": round(_peak_rss_kib() / 1024, 1)}
+    return {"peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident memory. Linux's VmHWM, not ru_maxrss: ru_maxrss is inherited
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB. Linux's VmHWM, not ru_maxrss: ru_maxrss is inherited
     across exec, so a stage started by a big parent would report the parent's peak."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+                return int(line.split()[1]) / 1024  # KiB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; elsewhere the best there is
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere the best there is
 
 
 def step_logger(live, collator: ResponseCollator, world_size: int):
@@ -223,13 +181,21 @@ def run_fingerprint(**inputs) -> str:
 
 
 def last_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
-    """The newest complete checkpoint written by a run with this fingerprint, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint written by a run with this fingerprint, if any.
 
+    Complete: it holds ``trainer_state.json``, which the Trainer writes last. A run killed while
+    saving leaves a newer ``checkpoint-N`` without it, which transformers' ``get_last_checkpoint``
+    would pick and fail to resume from; such a folder is ignored here.
+    """
     stamp = checkpoint_dir / "fingerprint.txt"
     if not checkpoint_dir.is_dir() or not stamp.is_file() or stamp.read_text().strip() != fingerprint:
         return None
-    return get_last_checkpoint(str(checkpoint_dir))
+    steps = {
+        int(match.group(1)): path
+        for path in checkpoint_dir.iterdir()
+        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "trainer_state.json").is_file()
+    }
+    return str(steps[max(steps)]) if steps else None
 
 
 def train(

@@ -502,6 +502,7 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
     otherwise the first bad question raises SqloraError). Errors in the tables file or the ``.db``
     itself always raise.
     """
+    from sqlora.datasets import database_path
     from sqlora.io import atomic_path, write_json
 
     files = _source_files(Path(source), split)
@@ -523,7 +524,7 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
         with atomic_path(Path(out_dir)) as tmp:
             tmp.mkdir()
             for table in used:
-                write_database(source_db, files.db, table, tmp / "database" / table.db_id / f"{table.db_id}.sqlite")
+                write_database(source_db, files.db, table, database_path(tmp / "database", table.db_id))
             write_json(tmp / "tables.json", [spider_entry(t) for t in used])
             write_json(tmp / f"{split}.json", examples)
     finally:

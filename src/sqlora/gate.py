@@ -1,0 +1,77 @@
+"""The CI gate: the metrics a run just wrote against the committed ones, through `dvc metrics diff`.
+
+CI rebuilds the pipeline on a fresh clone (`dvc repro`), so the workspace holds this run's
+metrics and git holds the committed baseline; `gate.metrics` (keys of metrics/eval.json) may not
+fall more than `gate.max_drop` below it. Raising the baseline is a commit of the new metrics
+(`make baseline`), which reviewers see in the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+
+from sqlora.errors import SqloraError
+
+METRICS_FILE = "metrics/eval.json"
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str  # a key of metrics/eval.json, e.g. "ex.all"
+    old: float  # the committed value
+    new: float | None  # this run's (None: the run did not write it)
+    max_drop: float
+
+    @property
+    def passed(self) -> bool:
+        return self.new is not None and self.new >= self.old - self.max_drop - 1e-12
+
+    def line(self) -> str:
+        verdict = "ok  " if self.passed else "FAIL"
+        if self.new is None:
+            return f"{verdict} {self.metric}: missing from this run's {METRICS_FILE} (committed {self.old})"
+        change = self.new - self.old
+        return (
+            f"{verdict} {self.metric}: {self.old:.4f} -> {self.new:.4f} ({change * 100:+.1f} points; "
+            f"allowed drop {self.max_drop * 100:.1f})"
+        )
+
+
+def _dvc(*args: str) -> str:
+    try:
+        result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SqloraError("dvc is not installed (run `make setup`, then activate .venv)") from None
+    if result.returncode != 0:
+        message = " ".join((result.stderr or result.stdout).split())[:300]
+        raise SqloraError(f"`dvc {' '.join(args)}` failed: {message}")
+    return result.stdout
+
+
+def metric_values(rev: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(committed at ``rev``, in the workspace) values of every metric in metrics/eval.json."""
+    diff = json.loads(_dvc("metrics", "diff", "--all", "--json", rev, "--targets", METRICS_FILE) or "{}")
+    old, new = {}, {}
+    for metric, change in diff.get(METRICS_FILE, {}).items():
+        if isinstance(change.get("old"), (int, float)):
+            old[metric] = float(change["old"])
+        if isinstance(change.get("new"), (int, float)):
+            new[metric] = float(change["new"])
+    return old, new
+
+
+GUARDED = ("ex.all", "em.all")  # BIRD has no EM: a metric the baseline lacks is not guarded
+
+
+def check(max_drop: float, rev: str = "HEAD") -> list[Check]:
+    old, new = metric_values(rev)
+    if not any(m in old for m in GUARDED):
+        raise SqloraError(f"{METRICS_FILE} at {rev} holds none of {', '.join(GUARDED)}: no baseline to compare with")
+    return [Check(m, old[m], new.get(m), max_drop) for m in GUARDED if m in old]
+
+
+def diff_table(rev: str) -> str:
+    """`dvc metrics diff` of metrics/eval.json as DVC prints it (changed or not), for the CI log."""
+    return _dvc("metrics", "diff", "--all", "--md", rev, "--targets", METRICS_FILE)

@@ -1,0 +1,225 @@
+"""The predict stage in-process: resume after a kill, self-consistency, its parameters and errors."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sqlora.config import load_params
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def chaotic_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny random model with weights scaled up, so its outputs depend on every detail of the context."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(8.0)
+    out = tmp_path_factory.mktemp("chaotic") / "model"
+    model.save_pretrained(out)
+    shutil.copy(tiny_model_dir / "tokenizer.json", out)
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_records(sample_dir) -> list[dict]:
+    from sqlora.config import DataParams, PromptParams
+    from sqlora.preparation import prepare_split
+
+    _, fitted, _ = prepare_split("dev", DataParams(dataset="sample", source=str(sample_dir)), PromptParams(), limit=10)
+    return [asdict(r) for r in fitted.records]
+
+
+def make_project(root: Path, model_dir: Path, sample_dir: Path, records: list[dict], **predict) -> Path:
+    prepared = root / "data/prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = {"dataset": "sample", "database_dir": str(sample_dir / "database"), "tables_json": str(sample_dir / "tables.json")}
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    shutil.copytree(model_dir, root / "models/finetuned")  # a plain checkpoint folder: standalone
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["predict"].update({"batch_size": 4, "max_new_tokens": 8, **predict})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def run_stage(project: Path, monkeypatch, patch=None) -> None:
+    monkeypatch.chdir(project)
+    stage = runpy.run_path(str(REPO / "stages/predict.py"))  # not as __main__: main() runs below
+    if patch:
+        patch(stage)
+    stage["main"]()
+
+
+def without_timings(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        del row["batch_seconds"], row["seconds"]
+    return rows
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_outputs(
+    tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records
+):
+    whole = make_project(tmp_path / "whole", chaotic_dir, sample_dir, dev_records)
+    killed = make_project(tmp_path / "killed", chaotic_dir, sample_dir, dev_records)
+    run_stage(whole, monkeypatch)
+
+    def die_after_the_first_batch(stage):
+        append = stage["Partial"].append
+
+        def append_then_die(self, rows):
+            append(self, rows)
+            raise KeyboardInterrupt  # as a kill between two batches
+
+        monkeypatch.setattr(stage["Partial"], "append", append_then_die)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(killed, monkeypatch, die_after_the_first_batch)
+    partial = killed / "predictions/partial/dev.jsonl"
+    assert len(partial.read_text().splitlines()) == 4 and not (killed / "predictions/dev.sql").exists()
+
+    capsys.readouterr()
+    run_stage(killed, monkeypatch)
+    assert "resuming, 4 of 10 questions already done" in capsys.readouterr().out
+    assert (killed / "predictions/dev.sql").read_text() == (whole / "predictions/dev.sql").read_text()
+    assert without_timings(killed / "predictions/dev.jsonl") == without_timings(whole / "predictions/dev.jsonl")
+    assert not partial.exists() and (killed / "predictions/partial/fingerprint.txt").is_file()
+
+    rows = [json.loads(line) for line in (whole / "predictions/dev.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(10))
+    fields = {"sql", "status", "raw", "new_tokens", "hit_max_new_tokens", "stop", "decoding", "batch_seconds", "seconds"}
+    assert fields <= set(rows[0])
+    lines = (whole / "predictions/dev.sql").read_text().split("\n")
+    assert lines[:-1] == [r["sql"] for r in rows] and lines[-1] == ""  # one line per question, empty ones too
+
+
+def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
+    project = make_project(tmp_path / "p", chaotic_dir, sample_dir, dev_records)
+
+    def die(stage):
+        def append_then_die(self, rows):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(stage["Partial"], "append", append_then_die)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(project, monkeypatch, die)
+    (project / "predictions/partial/dev.jsonl").write_text('{"index": 0, "sql": "stale"}\n')
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["predict"]["max_new_tokens"] = 6
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    run_stage(project, monkeypatch)
+    assert "resuming" not in capsys.readouterr().out
+    assert "stale" not in (project / "predictions/dev.sql").read_text()
+
+
+def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
+    project = make_project(
+        tmp_path / "sc", chaotic_dir, sample_dir, dev_records[:4], decoding="self_consistency", num_samples=3
+    )
+    run_stage(project, monkeypatch)
+    rows = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["candidates"]) == 3 for r in rows)
+    for row in rows:
+        assert row["decoding"] == "self_consistency" and row["sql"] == row["candidates"][row["chosen"]]["sql"]
+        winner = row["candidates"][row["chosen"]]["result"]
+        assert row["votes"] == sum(c["result"] is not None and c["result"] == winner for c in row["candidates"])
+
+
+def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
+    records = [dict(dev_records[0], db_id="nowhere")]
+    project = make_project(tmp_path / "nodb", chaotic_dir, sample_dir, records, decoding="self_consistency")
+    with pytest.raises(SystemExit) as exit:
+        run_stage(project, monkeypatch)
+    assert exit.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: predict.decoding self_consistency runs the candidates, but ") and "nowhere.sqlite" in line
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("decoding", "nucleus", "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency"),
+        ("top_p", 1.5, "'predict.top_p' must be in (0, 1], got 1.5"),
+        ("temperature", 0, "'predict.temperature' must be > 0, got 0.0"),
+        ("num_samples", 0, "'predict.num_samples' must be > 0, got 0"),
+        ("num_beams", "four", "'predict.num_beams' must be int, got 'four'"),
+    ],
+)
+def test_bad_predict_params(tmp_path, key, value, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["predict"][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    from sqlora.errors import SqloraError
+
+    with pytest.raises(SqloraError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_predict_defaults_are_greedy():
+    params = load_params(REPO / "params.yaml").predict
+    assert params.decoding == "greedy" and params.batch_size > 0 and params.max_new_tokens > 0
+
+
+def test_predict_model_param_names_the_model_folder(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
+    """predict.model: models/exported or any checkpoint folder instead of the train stage's output."""
+    default = make_project(tmp_path / "default", chaotic_dir, sample_dir, dev_records[:4])
+    merged = make_project(tmp_path / "merged", chaotic_dir, sample_dir, dev_records[:4], model="models/exported")
+    shutil.move(merged / "models/finetuned", merged / "models/exported")
+    run_stage(default, monkeypatch)
+    run_stage(merged, monkeypatch)
+    assert (merged / "predictions/dev.sql").read_text() == (default / "predictions/dev.sql").read_text()
+
+    missing = make_project(tmp_path / "missing", chaotic_dir, sample_dir, dev_records[:1], model="models/nowhere")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        run_stage(missing, monkeypatch)
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: params.yaml: 'predict.model' is 'models/nowhere', which is not a folder"
+
+
+def test_linear_layers_run_on_onednn_with_the_same_outputs(tiny_model_dir):
+    """load_for_inference packs the float32 CPU model's linear layers for oneDNN: same logits as MKL's."""
+    from transformers import AutoModelForCausalLM
+
+    from sqlora.generation import load_for_inference
+
+    packed, _ = load_for_inference(tiny_model_dir)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2]])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_self_consistency_on_a_missing_database_when_evaluation_skips_it(
+    tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records
+):
+    records = [dict(dev_records[0], db_id="nowhere"), dev_records[1]]
+    project = make_project(tmp_path / "skip", chaotic_dir, sample_dir, records, decoding="self_consistency", num_samples=2)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["eval"]["skip_missing_databases"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage(project, monkeypatch)
+    assert "1 database(s) missing" in capsys.readouterr().out
+    first, second = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
+    assert first["chosen"] == 0 and first["votes"] == 0 and all(c["result"] is None for c in first["candidates"])
+    assert second["votes"] >= 1 or all(c["result"] is None for c in second["candidates"])
+    assert not (sample_dir / "database/nowhere").exists()

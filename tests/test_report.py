@@ -1,0 +1,417 @@
+"""`sqlora report`: the benchmark tables from a real git + DVC project's experiments, the formatting
+from dataclasses, and the one-line errors. The project's one stage writes metrics from its params
+(no model): every number the report shows is known here in advance."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sqlora import report as rp
+from sqlora.errors import SqloraError
+
+SQLORA = [str(Path(sys.executable).parent / "sqlora")]
+
+# Writes metrics/eval.json and metrics/train.json as the real evaluate and train stages shape them.
+STAGE = textwrap.dedent(
+    """
+    import json, os, yaml
+    p = yaml.safe_load(open("params.yaml"))
+    method, model, dataset, r = p["method"], p["model"]["name"], p["data"]["dataset"], p["lora"]["r"]
+    if method == "full":
+        raise SystemExit("full: not in this pipeline")
+    base = {"none": 0.0, "lora": 0.4, "qlora": 0.3}[method] + (0.125 if model == "gemma3-270m" else 0) + r / 1000
+    if dataset == "bird":
+        levels, counts = ["simple", "moderate", "challenging", "all"], [10, 6, 4, 20]
+    else:
+        levels, counts = ["easy", "medium", "hard", "extra", "all"], [6, 8, 4, 2, 20]
+    ev = {"ex": {l: round(base + 0.01 * i, 4) for i, l in enumerate(levels)}}
+    if dataset != "bird":
+        ev["em"] = {l: round(base - 0.002 * i, 4) for i, l in enumerate(levels)}
+    ev |= {"count": dict(zip(levels, counts)), "skipped_missing_database": 0, "skipped_bad_gold": 0}
+    if method == "none":
+        tr = {"method": "none", "device": "cpu", "train_examples": 0, "steps": 0}
+    elif method == "qlora":
+        tr = {"method": method, "device": "cuda", "wall_time_s": 200.0 + r, "tokens_per_s": 400.0,
+              "peak_gpu_allocated_mb": 1536.0, "peak_gpu_reserved_mb": 2000.0}
+    else:
+        tr = {"method": method, "device": "cpu", "wall_time_s": 300.0 + r, "tokens_per_s": 250.5}
+        if r != 8:  # as if the platform could not tell the peak memory: the report shows "—"
+            tr["peak_rss_mb"] = 2048.0
+    os.makedirs("metrics", exist_ok=True)
+    json.dump(ev, open("metrics/eval.json", "w"))
+    json.dump(tr, open("metrics/train.json", "w"))
+    """
+)
+
+DVC_YAML = """\
+stages:
+  fake:
+    cmd: python stage.py
+    deps: [stage.py]
+    params: [method, model.name, data, lora]
+    metrics:
+      - metrics/eval.json: {cache: false}
+      - metrics/train.json: {cache: false}
+"""
+
+PARAMS = {
+    "seed": 42,
+    "method": "lora",
+    "data": {"dataset": "sample", "source": "data/sample"},
+    "model": {"name": "smollm2-135m-instruct"},
+    "lora": {"r": 16, "target_modules": "all-linear"},
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def init_repo(root: Path) -> None:
+    run(["git", "init", "-q"], root)
+    run(["git", "symbolic-ref", "HEAD", "refs/heads/main"], root)
+    run(["git", "config", "user.name", "t"], root)
+    run(["git", "config", "user.email", "t@t"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    """A git + DVC project: a commit without metrics, the baseline (LoRA) and six experiments."""
+    root = tmp_path_factory.mktemp("report-project")
+    init_repo(root)
+    (root / "stage.py").write_text(STAGE)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "pipeline, not run yet"], root)
+    run(["dvc", "repro", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline metrics"], root)
+    for name, flags in [
+        ("qlora-run", ["method=qlora"]),
+        ("zero-shot", ["method=none"]),
+        ("gemma-lora", ["model.name=gemma3-270m"]),
+        ("lora-r8", ["lora.r=8"]),
+    ]:
+        run(["dvc", "exp", "run", "-q", "-n", name] + [a for f in flags for a in ("-S", f)], root)
+        run(["git", "checkout", "-q", "--", "."], root)  # back to the baseline: -S applies to the workspace
+    run(["dvc", "exp", "run", "-q", "--queue", "-n", "broken", "-S", "method=full"], root)
+    run(["dvc", "exp", "run", "--run-all"], root, check=False)  # fails: a failed experiment, left out
+    run(["dvc", "queue", "stop"], root)  # the queue's worker would linger a while otherwise
+    # The last one stays in the workspace, as after any `dvc exp run`: the report lists it once.
+    run(["dvc", "exp", "run", "-q", "-n", "bird-qlora", "-S", "data.dataset=bird", "-S", "data.source=data/bird",
+         "-S", "method=qlora"], root)
+    refs = run(["git", "for-each-ref", "--format=%(refname:lstrip=-1) %(objectname)", "refs/exps"], root).stdout
+    shas = {name: sha[:7] for name, sha in (line.split() for line in refs.splitlines())}
+    log = run(["git", "log", "--format=%H"], root).stdout.split()
+    return {"root": root, "exp": shas, "head": log[0][:7], "first": log[1][:7]}
+
+
+def section(text: str, title: str) -> str:
+    start = text.index(title)
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def table_rows(text: str, heading: str) -> list[str]:
+    lines = text[text.index(heading) :].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_report_from_real_experiments(project):
+    root, exp, head = project["root"], project["exp"], project["head"]
+    result = run(SQLORA + ["report"], root)
+    assert result.stdout.strip() == "report: 6 runs, 1 left out -> reports/benchmark.md"
+    text = (root / "reports/benchmark.md").read_text()
+
+    def at(name: str) -> str:
+        return f"`{name}` (`{exp[name]}`, on `{head}`)"
+
+    assert text.startswith("# Benchmark report\n\nMade by `sqlora report` on ")
+    # The workspace holds the bird experiment's params and results (uncommitted), listed once.
+    assert f"in the repository at commit `{head}` (branch `main`), with uncommitted changes." in text
+    sample = section(text, "## Dataset `sample`")
+    assert table_rows(sample, "### Execution accuracy (EX, %)") == [
+        "| model + method | easy (6) | medium (8) | hard (4) | extra (2) | all (20) | run | params |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| `smollm2-135m-instruct`, base (zero-shot) | 1.6 | 2.6 | 3.6 | 4.6 | **5.6** | {at('zero-shot')} | `-S method=none` |",
+        f"| `smollm2-135m-instruct` + LoRA | 40.8 | 41.8 | 42.8 | 43.8 | **44.8** | {at('lora-r8')} | `-S lora.r=8` |",
+        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 42.6 | 43.6 | 44.6 | **45.6** | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 32.6 | 33.6 | 34.6 | **35.6** | {at('qlora-run')} | `-S method=qlora` |",
+        f"| `gemma3-270m` + LoRA | 54.1 | 55.1 | 56.1 | 57.1 | **58.1** | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
+    ]
+    assert table_rows(sample, "### Exact-set-match (EM, %)")[2:] == [
+        f"| `smollm2-135m-instruct`, base (zero-shot) | 1.6 | 1.4 | 1.2 | 1.0 | **0.8** | {at('zero-shot')} | `-S method=none` |",
+        f"| `smollm2-135m-instruct` + LoRA | 40.8 | 40.6 | 40.4 | 40.2 | **40.0** | {at('lora-r8')} | `-S lora.r=8` |",
+        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 41.4 | 41.2 | 41.0 | **40.8** | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 31.4 | 31.2 | 31.0 | **30.8** | {at('qlora-run')} | `-S method=qlora` |",
+        f"| `gemma3-270m` + LoRA | 54.1 | 53.9 | 53.7 | 53.5 | **53.3** | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
+    ]
+    # gemma has no QLoRA run: only smollm2 is compared; both LoRA runs listed, none merged.
+    assert table_rows(sample, "### LoRA vs QLoRA") == [
+        "| model + method | EX all | EM all | train time (s) | peak memory (GiB) | tokens/s | device | run | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| `smollm2-135m-instruct` + LoRA | 44.8 | 40.0 | 308.0 | — | 250.5 | cpu | {at('lora-r8')} | `-S lora.r=8` |",
+        f"| `smollm2-135m-instruct` + LoRA | 45.6 | 40.8 | 316.0 | 2.0 (RSS) | 250.5 | cpu | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + QLoRA | 35.6 | 30.8 | 216.0 | 1.5 (GPU) | 400.0 | cuda | {at('qlora-run')} | `-S method=qlora` |",
+    ]
+
+    bird = section(text, "## Dataset `bird`")
+    assert "`data.source`: `data/bird`; 1 run." in bird
+    assert table_rows(bird, "### Execution accuracy (EX, %)") == [
+        "| model + method | simple (10) | moderate (6) | challenging (4) | all (20) | run | params |",
+        "|---|---|---|---|---|---|---|",
+        f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 32.6 | 33.6 | **34.6** | {at('bird-qlora')} | "
+        "`-S data.dataset=bird` `-S data.source=data/bird` `-S method=qlora` |",
+    ]
+    assert "### Exact-set-match" not in bird and "No EM in the metrics/eval.json of these runs (BIRD publishes EX only)." in bird
+    assert "No model has both a LoRA and a QLoRA run on this dataset." in bird
+
+    assert f"- workspace: its metrics are those of bird-qlora ({exp['bird-qlora']}); listed once, under that run" in text
+    left_out = [line for line in section(text, "## Left out").splitlines() if line.startswith("- ")]
+    assert len(left_out) == 1 and left_out[0].startswith("- `broken` (`")
+    assert left_out[0].endswith(f", on `{head}`): experiment failed (`-S method=full`)")
+    assert text.rstrip().endswith("“—” marks a value a run's metrics do not have.")
+
+
+def test_all_commits_lists_the_commit_without_metrics(project, tmp_path):
+    root, first = project["root"], project["first"]
+    out = tmp_path / "all.md"
+    result = run(SQLORA + ["report", "--all-commits", "--out", str(out)], root)
+    assert result.stdout.strip() == f"report: 6 runs, 2 left out -> {out}"
+    text = out.read_text()
+    assert f"Made by `sqlora report --out {out} --all-commits` on " in text
+    assert "Runs: every commit and its DVC experiments" in text
+    assert f"- `{first}`: no metrics/eval.json" in section(text, "## Left out")
+
+
+def test_report_is_written_atomically(project, tmp_path, monkeypatch):
+    """A write that fails half-way leaves the old report as it was and no temporary file beside it."""
+    out = tmp_path / "benchmark.md"
+    out.write_text("old report\n")
+    write = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        rp.write_report(out, project["root"])
+    monkeypatch.undo()
+    assert out.read_text() == "old report\n" and [p.name for p in tmp_path.iterdir()] == ["benchmark.md"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting from dataclasses
+
+HEAD = "a" * 40
+
+
+def make_row(name="run", kind="experiment", method="lora", model="m", dataset="spider", source="data/spider",
+             ex=None, em=None, count=None, train=None, changed=(), timestamp="2026-01-01T00:00:00", **eval_extra) -> rp.Row:
+    scores = {}
+    if ex is not None:
+        scores["ex"] = ex
+    if em is not None:
+        scores["em"] = em
+    params = {"method": method, "model.name": model, "data.dataset": dataset, "data.source": source}
+    rev = "" if kind == "workspace" else hashlib.sha1(name.encode()).hexdigest()
+    return rp.Row(
+        source=rp.Source(name, kind, rev if kind != "commit" else HEAD, HEAD, timestamp),
+        params=params,
+        changed=tuple(changed),
+        eval=rp.EvalMetrics(scores=scores, count=count or {}, **eval_extra),
+        train=train,
+    )
+
+
+def test_percent_and_missing_values():
+    assert rp.percent(0.4099) == "41.0" and rp.percent(0.72727) == "72.7" and rp.percent(1) == "100.0"
+    assert rp.percent(None) == rp.percent("0.5") == rp.percent(float("nan")) == rp.percent(True) == "—"
+    assert rp.percent(41.234, factor=1) == "41.2"  # VES: already on 0-100
+
+
+def test_score_table_counts_missing_levels_and_sources():
+    counts = {"easy": 2, "medium": 3, "hard": 1, "extra": 1, "all": 7}
+    a = make_row("lora-a", ex={"easy": 0.5, "medium": 1 / 3, "hard": 0.0, "extra": 1.0, "all": 3 / 7}, count=counts,
+                 changed=[("train.learning_rate", 0.0005)])
+    b = make_row("base", method="none", ex={"easy": 0.0, "all": 0.0}, count=counts, changed=[("method", "none")])
+    c = make_row("main", kind="commit", ex={"easy": 1.0, "medium": 1.0, "hard": 1.0, "extra": 1.0, "all": 1.0}, count=counts)
+    lines = rp.score_table(rp.order_rows([a, b, c]), "ex")
+    short = a.source.rev[:7]
+    assert lines == [
+        "| model + method | easy (2) | medium (3) | hard (1) | extra (1) | all (7) | run | params |",
+        "|---|---|---|---|---|---|---|---|",
+        "| `m`, base (zero-shot) | 0.0 | — | — | — | **0.0** | " + f"`base` (`{b.source.rev[:7]}`, on `aaaaaaa`) | `-S method=none` |",
+        f"| `m` + LoRA | 50.0 | 33.3 | 0.0 | 100.0 | **42.9** | `lora-a` (`{short}`, on `aaaaaaa`) | `-S train.learning_rate=0.0005` |",
+        "| `m` + LoRA | 100.0 | 100.0 | 100.0 | 100.0 | **100.0** | `main` (`aaaaaaa`) | baseline |",
+    ]
+    # Different dev sets in one table: no count in the header, a column per row instead.
+    d = make_row("small", ex={"easy": 1.0, "all": 1.0}, count={"easy": 1, "all": 1})
+    lines = rp.score_table([a, d], "ex")
+    assert lines[0] == "| model + method | easy | medium | hard | extra | all | questions (easy/medium/hard/extra/all) | run | params |"
+    assert lines[3].startswith("| `m` + LoRA | 100.0 | — | — | — | **100.0** | 1/—/—/—/1 | `small`")
+
+
+def test_bird_levels_order_and_ves_scale():
+    row = make_row(dataset="bird", ex={"all": 0.5, "challenging": 0.25, "simple": 0.75, "moderate": 0.5},
+                   count={"simple": 4, "moderate": 2, "challenging": 4, "all": 10})
+    assert rp.levels_of([row], "ex") == ["simple", "moderate", "challenging", "all"]
+    ves = rp.Row(row.source, row.params, (), rp.EvalMetrics({"ex": {"all": 0.5}, "ves": {"all": 48.76}}, {"all": 10}))
+    text = rp.render(rp.Report(rows=[ves]), now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
+    assert "### Valid efficiency score (VES, BIRD)" in text and "| **48.8** |" in text
+    assert "No EM in the metrics/eval.json of these runs (BIRD publishes EX only)." in text
+
+
+def test_set_flags_as_dvc_takes_them():
+    row = make_row(changed=[("lora.target_modules", ["q_proj", "v_proj"]), ("prompt.chat_template", True),
+                            ("train.launch", "torchrun --nproc_per_node 2"), ("data.schema_source", "")])
+    assert row.describe_params() == (
+        "`-S 'lora.target_modules=[q_proj, v_proj]'` `-S prompt.chat_template=true` "
+        "`-S 'train.launch=torchrun --nproc_per_node 2'` `-S \"data.schema_source=''\"`"
+    )
+    assert make_row(kind="workspace", changed=[("method", "qlora")]).describe_params() == "uncommitted: `method=qlora`"
+    assert make_row(kind="commit", changed=[("lora.r", 8)]).describe_params() == "vs HEAD: `lora.r=8`"
+    assert rp.markdown_table(["a|b"], [["x|y"]])[2] == "| x\\|y |"
+
+
+def test_comparison_table_memory_time_and_missing_train():
+    train_gpu = rp.TrainMetrics("qlora", "cuda", 1234.56, 987.0, 6144.0, "GPU", resumed_from_step=20)
+    rows = [
+        make_row("l", ex={"all": 0.41}, em={"all": 0.4}, train=None),
+        make_row("q", method="qlora", ex={"all": 0.342}, em={"all": 0.3}, train=train_gpu),
+        make_row("other", model="n", ex={"all": 0.9}, train=None),  # no QLoRA run of n: not compared
+    ]
+    lines = rp.comparison_table(rp.order_rows(rows))
+    assert len(lines) == 4
+    assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | `l`")
+    assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | `q`")
+    assert rp.comparison_table(rows[:1] + rows[2:]) == []
+
+
+def test_train_metrics_from_json_prefers_gpu_memory():
+    gpu = rp.TrainMetrics.from_json({"device": "cuda", "peak_gpu_allocated_mb": 100.0, "peak_gpu_reserved_mb": 200.0,
+                                     "peak_rss_mb": 5000.0})
+    assert (gpu.peak_memory_mb, gpu.peak_memory_kind) == (100.0, "GPU")
+    none = rp.TrainMetrics.from_json({"method": "none", "device": "cpu", "steps": 0})
+    assert none.wall_time_s is None and none.peak_memory_mb is None and rp.memory_gib(none) == "—"
+
+
+def entry(rev, name, params, eval_data=None, train_data=None, experiments=None, timestamp="2026-01-01T00:00:00"):
+    metrics = {}
+    if eval_data is not None:
+        metrics["metrics/eval.json"] = {"data": eval_data}
+    else:
+        metrics["metrics/eval.json"] = {"error": {"type": "FileNotFoundError", "msg": "no file"}}
+    if train_data is not None:
+        metrics["metrics/train.json"] = {"data": train_data}
+    return {
+        "rev": rev, "name": name, "error": None, "experiments": experiments,
+        "data": {"rev": rev, "timestamp": timestamp, "params": {"params.yaml": {"data": params}}, "metrics": metrics},
+    }
+
+
+def test_collect_from_exp_show_json():
+    base_params = {"method": "lora", "model": {"name": "m"}, "data": {"dataset": "sample", "source": "data/sample"}}
+    ev = {"ex": {"all": 0.5}, "em": {"all": 0.4}, "count": {"all": 2}}
+    q_params = {**base_params, "method": "qlora"}
+    q = entry("b" * 40, "q", q_params, {"ex": {"all": 0.25}, "count": {"all": 2}}, {"method": "lora"})
+    failed = entry("c" * 40, "f", {**base_params, "method": "full"}, ev)  # stale metrics of a failed run
+    queued = entry("d" * 40, "waiting", base_params)
+    experiments = [
+        {"name": "q", "executor": None, "revs": [q]},
+        {"name": "f", "executor": {"state": "failed"}, "revs": [failed]},
+        {"name": "waiting", "executor": {"state": "queued"}, "revs": [queued]},
+    ]
+    entries = [
+        {**entry("workspace", None, base_params, ev), "experiments": None},
+        entry("a" * 40, "main", base_params, ev, experiments=experiments),
+    ]
+    report = rp.collect(entries)
+    assert [(r.source.kind, r.source.name, r.changed) for r in report.rows] == [
+        ("commit", "main", ()), ("experiment", "q", (("method", "qlora"),))
+    ]
+    assert [(i.source.name, i.reason) for i in report.left_out] == [("f", "experiment failed"), ("waiting", "experiment queued")]
+    assert report.notes == [
+        "q (bbbbbbb): metrics/train.json says method 'lora' but its params say 'qlora'; the train columns may be stale",
+        "workspace: its metrics are those of main (aaaaaaa); listed once, under that run",
+    ]
+    q_row = report.rows[1]
+    assert q_row.eval.scores == {"ex": {"all": 0.25}} and q_row.eval.count == {"all": 2}
+    with pytest.raises(SqloraError, match="no experiments"):
+        rp.collect([])
+
+
+def test_render_header_and_footer():
+    row = make_row("main", kind="commit", ex={"all": 0.5}, count={"all": 2})
+    text = rp.render(rp.Report(rows=[row], left_out=[rp.LeftOut(rp.Source("x", "experiment", "e" * 40, HEAD), "experiment failed")]),
+                     command="sqlora report", now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc),
+                     git=rp.GitState(HEAD, "main", dirty=True))
+    assert text.startswith(
+        "# Benchmark report\n\nMade by `sqlora report` on 2026-01-02 03:04 UTC in the repository at commit `aaaaaaa` "
+        "(branch `main`), with uncommitted changes."
+    )
+    assert "## Left out\n\n- `x` (`eeeeeee`, on `aaaaaaa`): experiment failed\n" in text
+    assert text.endswith(
+        "Every number above is read from the metrics files the pipeline wrote for each run (metrics/eval.json, "
+        "metrics/train.json), as `dvc exp show` reports them; “—” marks a value a run's metrics do not have.\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, exit status 2, nothing written
+
+
+def test_not_a_dvc_repository(tmp_path):
+    result = run(SQLORA + ["report", "--out", str(tmp_path / "b.md")], tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: dvc exp show in .: you are not inside of a DVC repository")
+    assert not (tmp_path / "b.md").exists()
+
+
+def test_repository_without_commits_or_metrics(tmp_path):
+    init_repo(tmp_path)
+    result = run(SQLORA + ["report"], tmp_path, check=False)
+    assert (result.returncode, result.stderr) == (2, "error: no experiments: the repository has no commit "
+                                                     "(commit the pipeline, then `dvc repro`)\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "commit", "-qm", "params only"], tmp_path)
+    result = run(SQLORA + ["report"], tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: no run with metrics/eval.json in .: workspace (no metrics/eval.json")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_dvc_not_installed(monkeypatch, tmp_path):
+    monkeypatch.setattr(rp.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(rp.shutil, "which", lambda name: None)
+    monkeypatch.setattr(rp.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SqloraError, match=r"^dvc is not installed \(run `make setup`, or pip install dvc\)$"):
+        rp.read_experiments(tmp_path)
+
+
+def test_missing_repo_folder(tmp_path):
+    with pytest.raises(SqloraError, match="no such folder"):
+        rp.read_experiments(tmp_path / "nowhere")
