@@ -153,6 +153,7 @@ def test_exp_run_other_methods(project, method):
 
 def test_queued_experiments_run_all(project):
     """`dvc exp run --queue` then `--run-all`: each experiment runs in its own temporary copy of the repo."""
+    set_params(project, method="lora")  # `dvc exp run -S` above left its value in the workspace
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "state before the queue", "--allow-empty"], project)
     run(["dvc", "exp", "run", "--queue", "-n", "q-none", "-S", "method=none"], project)
