@@ -284,7 +284,9 @@ def collect(
             runs.append((source, data, _error(entry), head_params))
             continue
         name = entry.get("name") or rev[:7]
-        runs.append((Source(name, "commit", rev, rev, data.get("timestamp")), data, _error(entry), head_params))
+        # Other commits (--all-commits) appear as the baselines of their experiments, not as history.
+        if rev == head or entry.get("experiments"):
+            runs.append((Source(name, "commit", rev, rev, data.get("timestamp")), data, _error(entry), head_params))
         baseline_params = _params(data, params_file)
         for experiment in entry.get("experiments") or []:
             executor = experiment.get("executor") or {}
