@@ -26,7 +26,7 @@ repro: setup
 test: setup
 	python -m pytest -q
 
-# CI gate (.ci/run): rebuild the pipeline (on a fresh clone: every stage, about 8 minutes on 2 CPU
+# CI gate (.ci/run): rebuild the pipeline (on a fresh clone: every stage, about 9 minutes on 2 CPU
 # cores), then fail if EX or EM fell more than gate.max_drop below the committed metrics.
 gate: repro
 	sqlora gate
