@@ -19,8 +19,7 @@ from sqlora.config import load_params
 from sqlora.datasets import database_path, load_records
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.generation import Generation, iter_generate, load_for_inference
-from sqlora.io import write_jsonl, write_text
-from sqlora.training import _folder_stamp, run_fingerprint
+from sqlora.io import folder_stamp, run_fingerprint, write_jsonl, write_text
 
 OUT = Path("predictions")
 PARTIAL = OUT / "partial"
@@ -101,7 +100,7 @@ def main() -> None:
     model, tokenizer = load_for_inference(model_dir, BASE)  # first: it checks the model folders
     prompts = [r.prompt for r in records]
     fingerprint = run_fingerprint(
-        model=_folder_stamp(model_dir), base=_folder_stamp(BASE) if BASE.is_dir() else None,
+        model=folder_stamp(model_dir), base=folder_stamp(BASE) if BASE.is_dir() else None,
         predict=asdict(predict), seed=params.seed, chat_template=params.prompt.chat_template,
         prompts=hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
     )

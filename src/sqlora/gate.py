@@ -1,7 +1,7 @@
 """The CI gate: the metrics a run just wrote against the committed ones, through `dvc metrics diff`.
 
 CI rebuilds the pipeline on a fresh clone (`dvc repro`), so the workspace holds this run's
-metrics and git holds the committed baseline; `gate.metrics` (keys of metrics/eval.json) may not
+metrics and git holds the committed baseline; EX and EM over all questions (`GUARDED`) may not
 fall more than `gate.max_drop` below it. Raising the baseline is a commit of the new metrics
 (`make baseline`), which reviewers see in the diff.
 """

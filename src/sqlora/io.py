@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,3 +70,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 except json.JSONDecodeError as exc:
                     raise SqloraError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
     return records
+
+
+def run_fingerprint(**inputs) -> str:
+    """What makes two runs the same run: checkpoints and partial predictions are resumed only under
+    an equal fingerprint."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_stamp(folder: Path) -> list:
+    """Names, sizes and modification times of a model folder's files: cheap change detection."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())

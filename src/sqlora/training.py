@@ -31,7 +31,7 @@ import torch
 
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
-from sqlora.io import atomic_path, write_json
+from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json
 from sqlora.models import MODEL_INFO, compute_dtype, device, load_base_model, load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
 
@@ -175,11 +175,6 @@ def _drop_logged_steps_after(live_dir: Path, step: int) -> None:
         tsv.write_text("\n".join([header] + [r for r in rows if int(r.split("\t")[0]) <= step]) + "\n")
 
 
-def run_fingerprint(**inputs) -> str:
-    """What makes two runs the same run: a checkpoint is resumed only under an equal fingerprint."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def last_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
     """The newest complete checkpoint written by a run with this fingerprint, if any.
 
@@ -255,7 +250,7 @@ def train(
     total = sum(p.numel() for p in model.parameters())
 
     fingerprint = run_fingerprint(
-        method=method, base=_folder_stamp(base_dir), lora=asdict(lora),
+        method=method, base=folder_stamp(base_dir), lora=asdict(lora),
         train={k: v for k, v in asdict(params).items() if k not in ("launch", "logging_steps")},
         seed=seed, chat_template=chat_template, world_size=state.num_processes,
         data=hashlib.sha256(json.dumps(data.features).encode()).hexdigest(),
@@ -364,11 +359,6 @@ def train(
                 shutil.rmtree(old)
     state.wait_for_everyone()
     return metrics
-
-
-def _folder_stamp(folder: Path) -> list:
-    """Names, sizes and modification times of a model folder's files: cheap change detection."""
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
 
 
 def _sum_over_processes(value: int) -> int:
