@@ -44,7 +44,7 @@ exps: setup
 	dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)' $(ARGS)
 
 # reports/benchmark.md from the DVC experiments' metrics files: EX and EM tables per dataset (model x
-# method), LoRA vs QLoRA (time, memory); each row names its experiment, commit and params (ARGS: --all-commits).
+# method), training cost (time, memory, tokens/s); each row names its experiment, commit and params (ARGS: --all-commits).
 report: setup
 	sqlora report $(ARGS)
 

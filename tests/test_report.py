@@ -167,13 +167,14 @@ def test_report_from_real_experiments(project):
         f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 31.4 | 31.2 | 31.0 | **30.8** | {at('qlora-run')} | `-S method=qlora` |",
         f"| `gemma3-270m` + LoRA | 54.1 | 53.9 | 53.7 | 53.5 | **53.3** | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
     ]
-    # gemma has no QLoRA run: only smollm2 is compared; both LoRA runs listed, none merged.
-    assert table_rows(sample, "### LoRA vs QLoRA") == [
+    # every fine-tuned run, the base (zero-shot) one left out; both LoRA runs listed, none merged.
+    assert table_rows(sample, "### Training cost") == [
         "| model + method | EX all | EM all | train time (s) | peak memory (GiB) | tokens/s | device | run | params |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| `smollm2-135m-instruct` + LoRA | 44.8 | 40.0 | 308.0 | — | 250.5 | cpu | {at('lora-r8')} | `-S lora.r=8` |",
         f"| `smollm2-135m-instruct` + LoRA | 45.6 | 40.8 | 316.0 | 2.0 (RSS) | 250.5 | cpu | `main` (`{head}`) | baseline |",
         f"| `smollm2-135m-instruct` + QLoRA | 35.6 | 30.8 | 216.0 | 1.5 (GPU) | 400.0 | cuda | {at('qlora-run')} | `-S method=qlora` |",
+        f"| `gemma3-270m` + LoRA | 58.1 | 53.3 | 316.0 | 2.0 (RSS) | 250.5 | cpu | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
     ]
 
     bird = section(text, "## Dataset `bird`")
@@ -185,7 +186,7 @@ def test_report_from_real_experiments(project):
         "`-S data.dataset=bird` `-S data.source=data/bird` `-S method=qlora` |",
     ]
     assert "### Exact-set-match" not in bird and "No EM in the metrics/eval.json of these runs (BIRD publishes EX only)." in bird
-    assert "No model has both a LoRA and a QLoRA run on this dataset." in bird
+    assert "No fine-tuned run on this dataset" not in bird
 
     assert f"- workspace: its metrics are those of bird-qlora ({exp['bird-qlora']}); listed once, under that run" in text
     left_out = [line for line in section(text, "## Left out").splitlines() if line.startswith("- ")]
@@ -298,18 +299,18 @@ def test_set_flags_as_dvc_takes_them():
     assert rp.markdown_table(["a|b"], [["x|y"]])[2] == "| x\\|y |"
 
 
-def test_comparison_table_memory_time_and_missing_train():
+def test_training_table_memory_time_and_missing_train():
     train_gpu = rp.TrainMetrics("qlora", "cuda", 1234.56, 987.0, 6144.0, "GPU", resumed_from_step=20)
     rows = [
         make_row("l", ex={"all": 0.41}, em={"all": 0.4}, train=None),
         make_row("q", method="qlora", ex={"all": 0.342}, em={"all": 0.3}, train=train_gpu),
-        make_row("other", model="n", ex={"all": 0.9}, train=None),  # no QLoRA run of n: not compared
+        make_row("base", method="none", ex={"all": 0.05}, train=None),  # trains nothing: not listed
     ]
-    lines = rp.comparison_table(rp.order_rows(rows))
+    lines = rp.training_table(rp.order_rows(rows))
     assert len(lines) == 4
     assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | `l`")
     assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | `q`")
-    assert rp.comparison_table(rows[:1] + rows[2:]) == []
+    assert rp.training_table(rows[2:]) == []
 
 
 def test_train_metrics_from_json_prefers_gpu_memory():

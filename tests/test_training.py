@@ -88,6 +88,17 @@ def test_target_modules_that_match_nothing(tiny_model_dir, tmp_path):
     assert not (tmp_path / "ft").exists() and not (tmp_path / "m.json").exists()
 
 
+def test_method_none_writes_every_declared_output(tiny_model_dir, tmp_path):
+    """Zero-shot trains nothing, yet the train stage's DVC outputs must all exist, or `dvc exp run
+    -S method=none` fails on a fresh clone (no checkpoints folder left by an earlier run)."""
+    metrics = train(method="none", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(),
+                    params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live",
+                    checkpoint_dir=tmp_path / "checkpoints")
+    assert metrics["steps"] == 0 and json.loads((tmp_path / "m.json").read_text())["method"] == "none"
+    assert json.loads((tmp_path / "ft" / MODEL_INFO).read_text())["method"] == "none"
+    assert (tmp_path / "live").is_dir() and (tmp_path / "checkpoints").is_dir()
+
+
 def test_nothing_fits_max_length(tiny_model_dir, tmp_path):
     short = TrainParams(max_length=8)
     with pytest.raises(SqloraError, match="longer than train.max_length=8"):

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
     p.set_defaults(func=_ask)
 
-    p = sub.add_parser("report", help="the benchmark report: EX/EM tables and LoRA vs QLoRA from the DVC experiments' metrics")
+    p = sub.add_parser("report", help="the benchmark report: EX/EM tables and training cost from the DVC experiments' metrics")
     p.add_argument("--out", default="reports/benchmark.md", help="the Markdown file written")
     p.add_argument("--repo", default=".", help="the git + DVC repository whose experiments are read")
     p.add_argument("--all-commits", action="store_true", help="every commit and its experiments, not only HEAD's")

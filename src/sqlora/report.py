@@ -11,8 +11,8 @@ the pipeline) is listed as left out, with the reason.
 Sections: one per dataset (``data.dataset``; split by ``data.source`` when runs of one dataset use
 several sources). In each: an EX table and an EM table (BIRD: EX only, by difficulty; VES when
 scored), rows "model + method", columns the levels written in the metrics (Spider: easy, medium,
-hard, extra, all) in percent with one decimal; then LoRA against QLoRA for every model that has
-both: EX all, EM all, train time, peak memory, tokens/s, device. Several runs of the same model and
+hard, extra, all) in percent with one decimal; then the training cost of every fine-tuned run (LoRA,
+QLoRA, full): EX all, EM all, train time, peak memory, tokens/s, device. Several runs of the same model and
 method are each listed (newest first), told apart by their params, never merged.
 """
 
@@ -38,6 +38,7 @@ PARAMS_FILE = "params.yaml"
 
 METHOD_LABELS = {"none": "base (zero-shot)", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}
 METHOD_ORDER = ("none", "lora", "qlora", "full")
+TRAINED = METHOD_ORDER[1:]
 # Levels in the order the evaluators report them; any other level follows, "all" comes last.
 LEVEL_ORDER = ("easy", "medium", "hard", "extra", "simple", "moderate", "challenging")
 # Scores of metrics/eval.json: key, title, and the factor to percent (VES is written on 0-100).
@@ -558,16 +559,15 @@ def memory_gib(train: TrainMetrics | None) -> str:
     return f"{train.peak_memory_mb / 1024:.1f} ({train.peak_memory_kind})"
 
 
-def comparison_table(rows: list[Row]) -> list[str]:
-    """LoRA against QLoRA for each model with both: accuracy, train time, memory, throughput, device."""
-    models = [m for m in dict.fromkeys(r.model for r in rows)
-              if {"lora", "qlora"} <= {r.method for r in rows if r.model == m}]
-    if not models:
+def training_table(rows: list[Row]) -> list[str]:
+    """What each fine-tuning run (LoRA, QLoRA, full) cost against what it scored: EX all, EM all,
+    train time, peak memory, tokens/s, device. Base (zero-shot) rows train nothing and are left out."""
+    if not any(row.method in TRAINED for row in rows):
         return []
     header = ["model + method", "EX all", "EM all", "train time (s)", "peak memory (GiB)", "tokens/s", "device", "run", "params"]
     body = []
     for row in rows:
-        if row.model not in models or row.method not in ("lora", "qlora"):
+        if row.method not in TRAINED:
             continue
         train = row.train
         time = MISSING if train is None or train.wall_time_s is None else f"{train.wall_time_s:.1f}"
@@ -639,17 +639,17 @@ def render(
                     lines += [f"No EM in the {eval_file} of these runs{why}.", ""]
                 continue
             lines += [f"### {heading}", ""] + score_table(group, score, factor) + [""]
-        comparison = comparison_table(group)
-        lines += ["### LoRA vs QLoRA", ""]
-        if comparison:
-            lines += comparison + [
+        training = training_table(group)
+        lines += ["### Training cost", ""]
+        if training:
+            lines += training + [
                 "",
                 f"Train time, tokens/s, peak memory and device from {train_file}: peak memory is the "
                 "training process's peak resident set (RSS) on CPU, max allocated GPU memory on GPU.",
                 "",
             ]
         else:
-            lines += ["No model has both a LoRA and a QLoRA run on this dataset.", ""]
+            lines += ["No fine-tuned run on this dataset (base models only).", ""]
         skipped = [
             f"{row.source.plain()}: {row.eval.skipped_missing_database} questions skipped (database missing), "
             f"{row.eval.skipped_bad_gold} (gold query fails)"

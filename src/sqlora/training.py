@@ -224,7 +224,10 @@ def train(
             with atomic_path(out_dir) as tmp:
                 tmp.mkdir()
                 write_json(tmp / MODEL_INFO, info)
-            Path(live_dir).mkdir(parents=True, exist_ok=True)  # no curves, but the stage's declared output exists
+            # No curves, no checkpoints: but the stage's declared outputs exist (DVC fails on a missing one).
+            Path(live_dir).mkdir(parents=True, exist_ok=True)
+            if checkpoint_dir is not None:
+                Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             write_json(metrics_path, metrics)
         return metrics
 
