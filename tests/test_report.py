@@ -5,6 +5,7 @@ from dataclasses, and the one-line errors. The project's one stage writes metric
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -141,11 +142,11 @@ def table_rows(text: str, heading: str) -> list[str]:
 def test_report_from_real_experiments(project):
     root, exp, head = project["root"], project["exp"], project["head"]
     result = run(SQLORA + ["report"], root)
-    assert result.stdout.strip() == "report: 6 runs, 1 left out -> reports/benchmark.md"
+    assert result.stdout.strip() == "report: 6 runs, 1 left out -> reports/benchmark.md, reports/benchmark-runs/"
     text = (root / "reports/benchmark.md").read_text()
 
     def at(name: str) -> str:
-        return f"`{name}` (`{exp[name]}`, on `{head}`)"
+        return f"[`{name}` (`{exp[name]}`, on `{head}`)](benchmark-runs/{name}-{exp[name]}.json)"
 
     assert text.startswith("# Benchmark report\n\nMade by `sqlora report` on ")
     # The workspace holds the bird experiment's params and results (uncommitted), listed once.
@@ -156,14 +157,14 @@ def test_report_from_real_experiments(project):
         "|---|---|---|---|---|---|---|---|",
         f"| `smollm2-135m-instruct`, base (zero-shot) | 1.6 | 2.6 | 3.6 | 4.6 | **5.6** | {at('zero-shot')} | `-S method=none` |",
         f"| `smollm2-135m-instruct` + LoRA | 40.8 | 41.8 | 42.8 | 43.8 | **44.8** | {at('lora-r8')} | `-S lora.r=8` |",
-        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 42.6 | 43.6 | 44.6 | **45.6** | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 42.6 | 43.6 | 44.6 | **45.6** | [`main` (`{head}`)](benchmark-runs/main-{head}.json) | baseline |",
         f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 32.6 | 33.6 | 34.6 | **35.6** | {at('qlora-run')} | `-S method=qlora` |",
         f"| `gemma3-270m` + LoRA | 54.1 | 55.1 | 56.1 | 57.1 | **58.1** | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
     ]
     assert table_rows(sample, "### Exact-set-match (EM, %)")[2:] == [
         f"| `smollm2-135m-instruct`, base (zero-shot) | 1.6 | 1.4 | 1.2 | 1.0 | **0.8** | {at('zero-shot')} | `-S method=none` |",
         f"| `smollm2-135m-instruct` + LoRA | 40.8 | 40.6 | 40.4 | 40.2 | **40.0** | {at('lora-r8')} | `-S lora.r=8` |",
-        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 41.4 | 41.2 | 41.0 | **40.8** | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + LoRA | 41.6 | 41.4 | 41.2 | 41.0 | **40.8** | [`main` (`{head}`)](benchmark-runs/main-{head}.json) | baseline |",
         f"| `smollm2-135m-instruct` + QLoRA | 31.6 | 31.4 | 31.2 | 31.0 | **30.8** | {at('qlora-run')} | `-S method=qlora` |",
         f"| `gemma3-270m` + LoRA | 54.1 | 53.9 | 53.7 | 53.5 | **53.3** | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
     ]
@@ -172,7 +173,7 @@ def test_report_from_real_experiments(project):
         "| model + method | EX all | EM all | train time (s) | peak memory (GiB) | tokens/s | device | run | params |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| `smollm2-135m-instruct` + LoRA | 44.8 | 40.0 | 308.0 | — | 250.5 | cpu | {at('lora-r8')} | `-S lora.r=8` |",
-        f"| `smollm2-135m-instruct` + LoRA | 45.6 | 40.8 | 316.0 | 2.0 (RSS) | 250.5 | cpu | `main` (`{head}`) | baseline |",
+        f"| `smollm2-135m-instruct` + LoRA | 45.6 | 40.8 | 316.0 | 2.0 (RSS) | 250.5 | cpu | [`main` (`{head}`)](benchmark-runs/main-{head}.json) | baseline |",
         f"| `smollm2-135m-instruct` + QLoRA | 35.6 | 30.8 | 216.0 | 1.5 (GPU) | 400.0 | cuda | {at('qlora-run')} | `-S method=qlora` |",
         f"| `gemma3-270m` + LoRA | 58.1 | 53.3 | 316.0 | 2.0 (RSS) | 250.5 | cpu | {at('gemma-lora')} | `-S model.name=gemma3-270m` |",
     ]
@@ -192,7 +193,22 @@ def test_report_from_real_experiments(project):
     left_out = [line for line in section(text, "## Left out").splitlines() if line.startswith("- ")]
     assert len(left_out) == 1 and left_out[0].startswith("- `broken` (`")
     assert left_out[0].endswith(f", on `{head}`): experiment failed (`-S method=full`)")
-    assert text.rstrip().endswith("“—” marks a value a run's metrics do not have.")
+    assert text.rstrip().endswith("and the command that reruns it.")
+
+    # Each linked run has its snapshot: the numbers' files as DVC read them, and how to rerun it.
+    runs = root / "reports/benchmark-runs"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        [f"{name}-{exp[name]}.json" for name in ("qlora-run", "zero-shot", "gemma-lora", "lora-r8", "bird-qlora")]
+        + [f"main-{head}.json"]
+    )
+    qlora = json.loads((runs / f"qlora-run-{exp['qlora-run']}.json").read_text())
+    assert qlora["run"]["name"] == "qlora-run" and qlora["run"]["rev"].startswith(exp["qlora-run"])
+    assert qlora["rerun"] == f"git checkout {head} && dvc exp run -n qlora-run -S method=qlora"
+    assert qlora["files"]["params.yaml"]["method"] == "qlora"
+    assert qlora["files"]["metrics/eval.json"]["ex"]["all"] == 0.356  # the 35.6 of the EX table
+    assert qlora["files"]["metrics/train.json"]["device"] == "cuda"
+    baseline = json.loads((runs / f"main-{head}.json").read_text())
+    assert baseline["rerun"] == f"git checkout {head} && dvc repro"
 
 
 def test_all_commits_lists_experiments_not_bare_history(project, tmp_path):
@@ -201,7 +217,7 @@ def test_all_commits_lists_experiments_not_bare_history(project, tmp_path):
     root, first = project["root"], project["first"]
     out = tmp_path / "all.md"
     result = run(SQLORA + ["report", "--all-commits", "--out", str(out)], root)
-    assert result.stdout.strip() == f"report: 6 runs, 1 left out -> {out}"
+    assert result.stdout.strip() == f"report: 6 runs, 1 left out -> {out}, {tmp_path / 'all-runs'}/"
     text = out.read_text()
     assert f"Made by `sqlora report --out {out} --all-commits` on " in text
     assert "Runs: every commit and its DVC experiments" in text
@@ -222,6 +238,7 @@ def test_report_is_written_atomically(project, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         rp.write_report(out, project["root"])
     monkeypatch.undo()
+    # Nor any snapshot folder: the report and its runs are written together or not at all.
     assert out.read_text() == "old report\n" and [p.name for p in tmp_path.iterdir()] == ["benchmark.md"]
 
 
@@ -266,15 +283,17 @@ def test_score_table_counts_missing_levels_and_sources():
     assert lines == [
         "| model + method | easy (2) | medium (3) | hard (1) | extra (1) | all (7) | run | params |",
         "|---|---|---|---|---|---|---|---|",
-        "| `m`, base (zero-shot) | 0.0 | — | — | — | **0.0** | " + f"`base` (`{b.source.rev[:7]}`, on `aaaaaaa`) | `-S method=none` |",
-        f"| `m` + LoRA | 50.0 | 33.3 | 0.0 | 100.0 | **42.9** | `lora-a` (`{short}`, on `aaaaaaa`) | `-S train.learning_rate=0.0005` |",
-        "| `m` + LoRA | 100.0 | 100.0 | 100.0 | 100.0 | **100.0** | `main` (`aaaaaaa`) | baseline |",
+        "| `m`, base (zero-shot) | 0.0 | — | — | — | **0.0** | "
+        f"[`base` (`{b.source.rev[:7]}`, on `aaaaaaa`)](benchmark-runs/base-{b.source.rev[:7]}.json) | `-S method=none` |",
+        f"| `m` + LoRA | 50.0 | 33.3 | 0.0 | 100.0 | **42.9** | [`lora-a` (`{short}`, on `aaaaaaa`)](benchmark-runs/lora-a-{short}.json) "
+        "| `-S train.learning_rate=0.0005` |",
+        "| `m` + LoRA | 100.0 | 100.0 | 100.0 | 100.0 | **100.0** | [`main` (`aaaaaaa`)](benchmark-runs/main-aaaaaaa.json) | baseline |",
     ]
     # Different dev sets in one table: no count in the header, a column per row instead.
     d = make_row("small", ex={"easy": 1.0, "all": 1.0}, count={"easy": 1, "all": 1})
     lines = rp.score_table([a, d], "ex")
     assert lines[0] == "| model + method | easy | medium | hard | extra | all | questions (easy/medium/hard/extra/all) | run | params |"
-    assert lines[3].startswith("| `m` + LoRA | 100.0 | — | — | — | **100.0** | 1/—/—/—/1 | `small`")
+    assert lines[3].startswith("| `m` + LoRA | 100.0 | — | — | — | **100.0** | 1/—/—/—/1 | [`small`")
 
 
 def test_bird_levels_order_and_ves_scale():
@@ -308,8 +327,8 @@ def test_training_table_memory_time_and_missing_train():
     ]
     lines = rp.training_table(rp.order_rows(rows))
     assert len(lines) == 4
-    assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | `l`")
-    assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | `q`")
+    assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | [`l`")
+    assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | [`q`")
     assert rp.training_table(rows[2:]) == []
 
 
@@ -378,7 +397,9 @@ def test_render_header_and_footer():
     assert "## Left out\n\n- `x` (`eeeeeee`, on `aaaaaaa`): experiment failed\n" in text
     assert text.endswith(
         "Every number above is read from the metrics files the pipeline wrote for each run (metrics/eval.json, "
-        "metrics/train.json), as `dvc exp show` reports them; “—” marks a value a run's metrics do not have.\n"
+        "metrics/train.json), as `dvc exp show` reports them; “—” marks a value a run's metrics do not have. "
+        "Each run links to its snapshot in `benchmark-runs/`: those files and its params.yaml as DVC read them, "
+        "and the command that reruns it.\n"
     )
 
 

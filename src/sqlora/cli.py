@@ -126,14 +126,14 @@ def _ask(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from sqlora.report import write_report
+    from sqlora.report import runs_dir_of, write_report
 
     command = "sqlora report" + (f" --out {args.out}" if args.out != "reports/benchmark.md" else "")
     command += f" --repo {args.repo}" if args.repo != "." else ""
     command += " --all-commits" if args.all_commits else ""
     report = write_report(args.out, args.repo, all_commits=args.all_commits, command=command)
     runs = len(report.rows)
-    print(f"report: {runs} run{'s' * (runs != 1)}, {len(report.left_out)} left out -> {args.out}")
+    print(f"report: {runs} run{'s' * (runs != 1)}, {len(report.left_out)} left out -> {args.out}, {runs_dir_of(args.out)}/")
 
 
 def build_parser() -> argparse.ArgumentParser:

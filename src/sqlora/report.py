@@ -13,7 +13,10 @@ several sources). In each: an EX table and an EM table (BIRD: EX only, by diffic
 scored), rows "model + method", columns the levels written in the metrics (Spider: easy, medium,
 hard, extra, all) in percent with one decimal; then the training cost of every fine-tuned run (LoRA,
 QLoRA, full): EX all, EM all, train time, peak memory, tokens/s, device. Several runs of the same model and
-method are each listed (newest first), told apart by their params, never merged.
+method are each listed (newest first), told apart by their params, never merged. Each run links to
+its snapshot (``benchmark-runs/<run>.json`` beside ``benchmark.md``): its params.yaml and metrics
+files as DVC read them and the command that reruns it, so every number stays traceable after the
+experiment refs are gone (they live in the repository that ran them, not in a clone).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,6 +84,12 @@ class Source:
     def plain(self) -> str:
         """The run's name as plain text, for notes."""
         return "workspace" if self.kind == "workspace" else f"{self.name} ({self.short})"
+
+    def file_stem(self) -> str | None:
+        """The name of the run's snapshot file (None for the workspace: not a reproducible run)."""
+        if self.kind == "workspace":
+            return None
+        return self.short if self.name == self.short else f"{self.name}-{self.short}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,8 @@ class Row:
     eval: EvalMetrics
     train: TrainMetrics | None = None
     baseline_known: bool = True  # False: the baseline's params could not be read, `changed` is empty
+    # The files behind the row as DVC read them (params.yaml, the metrics), for its snapshot.
+    files: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def method(self) -> str:
@@ -166,13 +178,35 @@ class Row:
         joiner = ", " if self.method == "none" else " + "
         return f"`{self.model}`{joiner}{method}"
 
+    def flags(self) -> list[str]:
+        """The params that differ from the baseline as `dvc exp run -S` values."""
+        return [_set_flag(key, value) for key, value in self.changed]
+
+    def run_cell(self, runs_dir: str) -> str:
+        """The run's name, linked to its snapshot in ``runs_dir`` (relative to the report)."""
+        stem = self.source.file_stem()
+        return self.source.describe() if stem is None else f"[{self.source.describe()}]({runs_dir}/{stem}.json)"
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the row's numbers come from: the run, how to rerun it, and its files as DVC read them."""
+        source = self.source
+        rerun = None
+        if source.kind == "experiment" and self.baseline_known:
+            rerun = f"git checkout {source.baseline[:7]} && dvc exp run -n {shlex.quote(source.name)}"
+            rerun += "".join(f" -S {flag}" for flag in self.flags())
+        elif source.kind == "commit":
+            rerun = f"git checkout {source.short} && dvc repro"
+        run = {"name": source.name, "kind": source.kind, "rev": source.rev, "baseline": source.baseline,
+               "timestamp": source.timestamp}
+        return {"run": run, "rerun": rerun, "files": self.files}
+
     def describe_params(self) -> str:
         """The params that differ from the baseline, as the flags that would set them."""
         if not self.baseline_known:
             return "(baseline params unreadable)"
         if not self.changed:
             return "baseline" if self.source.kind == "commit" else "same as baseline"
-        flags = [_set_flag(key, value) for key, value in self.changed]
+        flags = self.flags()
         if self.source.kind == "experiment":
             return " ".join(f"`-S {flag}`" for flag in flags)
         prefix = "vs HEAD: " if self.source.kind == "commit" else "uncommitted: "
@@ -336,6 +370,9 @@ def _row(source, data, error, baseline, head, eval_file, train_file, params_file
     if params is None:
         return f"no {params_file}", None
     train_data, _ = _metrics(data, train_file)
+    files = {params_file: data["params"][params_file]["data"], eval_file: eval_data}
+    if train_data is not None:
+        files[train_file] = train_data
     if baseline is None or (source.kind == "commit" and source.rev == head):
         changed: dict[str, Any] = {}
     else:
@@ -347,6 +384,7 @@ def _row(source, data, error, baseline, head, eval_file, train_file, params_file
         eval=EvalMetrics.from_json(eval_data),
         train=TrainMetrics.from_json(train_data) if train_data is not None else None,
         baseline_known=baseline is not None or (source.kind == "commit" and source.rev == head),
+        files=files,
     )
 
 
@@ -528,7 +566,7 @@ class _Desc:
         return isinstance(other, _Desc) and self.value == other.value
 
 
-def score_table(rows: list[Row], score: str, factor: float = 100.0) -> list[str]:
+def score_table(rows: list[Row], score: str, factor: float = 100.0, runs_dir: str = "benchmark-runs") -> list[str]:
     """One table of ``score`` by level: a row per run, the question counts in the header when shared."""
     levels = levels_of(rows, score)
     counts = {tuple(row.eval.count.get(level) for level in levels) for row in rows}
@@ -548,7 +586,7 @@ def score_table(rows: list[Row], score: str, factor: float = 100.0) -> list[str]
             cells.append(f"**{text}**" if level == "all" and text != MISSING else text)
         if shared is None:
             cells.append("/".join(str(row.eval.count.get(level, MISSING)) for level in levels))
-        cells += [row.source.describe(), row.describe_params()]
+        cells += [row.run_cell(runs_dir), row.describe_params()]
         body.append(cells)
     return markdown_table(header, body)
 
@@ -559,7 +597,7 @@ def memory_gib(train: TrainMetrics | None) -> str:
     return f"{train.peak_memory_mb / 1024:.1f} ({train.peak_memory_kind})"
 
 
-def training_table(rows: list[Row]) -> list[str]:
+def training_table(rows: list[Row], runs_dir: str = "benchmark-runs") -> list[str]:
     """What each fine-tuning run (LoRA, QLoRA, full) cost against what it scored: EX all, EM all,
     train time, peak memory, tokens/s, device. Base (zero-shot) rows train nothing and are left out."""
     if not any(row.method in TRAINED for row in rows):
@@ -582,7 +620,7 @@ def training_table(rows: list[Row]) -> list[str]:
             memory_gib(train),
             speed,
             (train.device if train and train.device else MISSING),
-            row.source.describe(),
+            row.run_cell(runs_dir),
             row.describe_params(),
         ])
     return markdown_table(header, body)
@@ -605,8 +643,9 @@ def render(
     all_commits: bool = False,
     eval_file: str = EVAL_FILE,
     train_file: str = TRAIN_FILE,
+    runs_dir: str = "benchmark-runs",
 ) -> str:
-    """The Markdown report."""
+    """The Markdown report; each run links to its snapshot in ``runs_dir`` (relative to the report)."""
     now = now or datetime.now(timezone.utc)
     lines = ["# Benchmark report", ""]
     made = f"Made by `{command}` on {now.strftime('%Y-%m-%d %H:%M %Z').strip()}"
@@ -638,8 +677,8 @@ def render(
                     why = " (BIRD publishes EX only)" if dataset == "bird" else ""
                     lines += [f"No EM in the {eval_file} of these runs{why}.", ""]
                 continue
-            lines += [f"### {heading}", ""] + score_table(group, score, factor) + [""]
-        training = training_table(group)
+            lines += [f"### {heading}", ""] + score_table(group, score, factor, runs_dir) + [""]
+        training = training_table(group, runs_dir)
         lines += ["### Training cost", ""]
         if training:
             lines += training + [
@@ -666,7 +705,9 @@ def render(
         "---",
         "",
         f"Every number above is read from the metrics files the pipeline wrote for each run ({eval_file}, "
-        f"{train_file}), as `dvc exp show` reports them; “{MISSING}” marks a value a run's metrics do not have.",
+        f"{train_file}), as `dvc exp show` reports them; “{MISSING}” marks a value a run's metrics do not have. "
+        f"Each run links to its snapshot in `{runs_dir}/`: those files and its {PARAMS_FILE} as DVC read them, "
+        "and the command that reruns it.",
         "",
     ]
     return "\n".join(lines)
@@ -683,6 +724,12 @@ def build_report(repo: str | os.PathLike = ".", *, all_commits: bool = False, gi
     return report
 
 
+def runs_dir_of(out: str | os.PathLike) -> Path:
+    """Where the report at ``out`` keeps its runs' snapshots: ``benchmark.md`` -> ``benchmark-runs/``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-runs")
+
+
 def write_report(
     out: str | os.PathLike,
     repo: str | os.PathLike = ".",
@@ -691,10 +738,19 @@ def write_report(
     command: str = "sqlora report",
     now: datetime | None = None,
 ) -> Report:
-    """Read the experiments of ``repo`` and write the Markdown report to ``out`` (atomically)."""
-    from sqlora.io import write_text
+    """Read the experiments of ``repo``; write the Markdown report to ``out`` and a snapshot of each
+    run (:meth:`Row.snapshot`) into :func:`runs_dir_of` ``out``, all or nothing."""
+    from sqlora.io import atomic_path, write_text
 
     git = git_state(repo)
     report = build_report(repo, all_commits=all_commits, git=git)
-    write_text(out, render(report, command=command, now=now, git=git, all_commits=all_commits))
+    runs_dir = runs_dir_of(out)
+    with atomic_path(runs_dir) as tmp:
+        tmp.mkdir()
+        for row in report.rows:
+            stem = row.source.file_stem()
+            if stem is not None:
+                (tmp / f"{stem}.json").write_text(json.dumps(row.snapshot(), indent=2) + "\n")
+        write_text(out, render(report, command=command, now=now, git=git, all_commits=all_commits,
+                               runs_dir=runs_dir.name))
     return report
