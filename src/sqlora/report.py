@@ -740,7 +740,7 @@ def write_report(
 ) -> Report:
     """Read the experiments of ``repo``; write the Markdown report to ``out`` and a snapshot of each
     run (:meth:`Row.snapshot`) into :func:`runs_dir_of` ``out``, all or nothing."""
-    from sqlora.io import atomic_path, write_text
+    from sqlora.io import atomic_path, write_json, write_text
 
     git = git_state(repo)
     report = build_report(repo, all_commits=all_commits, git=git)
@@ -750,7 +750,7 @@ def write_report(
         for row in report.rows:
             stem = row.source.file_stem()
             if stem is not None:
-                (tmp / f"{stem}.json").write_text(json.dumps(row.snapshot(), indent=2) + "\n")
+                write_json(tmp / f"{stem}.json", row.snapshot())
         write_text(out, render(report, command=command, now=now, git=git, all_commits=all_commits,
                                runs_dir=runs_dir.name))
     return report
