@@ -1,6 +1,7 @@
 """A training run killed mid-way resumes from its last checkpoint and ends where an uninterrupted run ends."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 
 from safetensors.torch import load_file
+
+from sqlora.io import folder_stamp
 
 # Trains LoRA on 40 tiny examples, 20 steps, a checkpoint every 5; "slow" sleeps in each batch so
 # that the test can kill the run between two checkpoints.
@@ -82,3 +85,14 @@ def test_checkpoints_of_other_inputs_are_not_resumed(tiny_model_dir, tmp_path):
     assert result.returncode == 0, output
     assert "resuming" not in output and not stale.exists()
     assert json.loads((out / "train.json").read_text())["resumed_from_step"] == 0
+
+
+def test_base_model_stamp_follows_contents_not_modification_times(tmp_path):
+    # `dvc checkout` and copies rewrite mtimes; a long run must still resume after them.
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text("{}")
+    before = folder_stamp(tmp_path)
+    os.utime(tmp_path / "model.safetensors", (0, 0))
+    assert folder_stamp(tmp_path) == before
+    (tmp_path / "model.safetensors").write_bytes(b"weighTs")  # same size, other contents
+    assert folder_stamp(tmp_path) != before

@@ -79,5 +79,10 @@ def run_fingerprint(**inputs) -> str:
 
 
 def folder_stamp(folder: Path) -> list:
-    """Names, sizes and modification times of a model folder's files: cheap change detection."""
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    """Names, sizes and SHA-256 of a model folder's files. Contents, not modification times: a
+    `dvc checkout` or a copy rewrites mtimes, and a long training must still resume after it."""
+    stamp = []
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        with open(path, "rb") as f:
+            stamp.append((path.name, path.stat().st_size, hashlib.file_digest(f, "sha256").hexdigest()))
+    return stamp
