@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from sqlora.config import load_params
+from sqlora.prediction import PartialPredictions
 
 from conftest import REPO
 
@@ -56,12 +57,9 @@ def make_project(root: Path, model_dir: Path, sample_dir: Path, records: list[di
     return root
 
 
-def run_stage(project: Path, monkeypatch, patch=None) -> None:
+def run_stage(project: Path, monkeypatch) -> None:
     monkeypatch.chdir(project)
-    stage = runpy.run_path(str(REPO / "stages/predict.py"))  # not as __main__: main() runs below
-    if patch:
-        patch(stage)
-    stage["main"]()
+    runpy.run_path(str(REPO / "stages/predict.py"))["main"]()  # not as __main__: main() runs here
 
 
 def without_timings(path: Path) -> list[dict]:
@@ -78,17 +76,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_outputs(
     killed = make_project(tmp_path / "killed", chaotic_dir, sample_dir, dev_records)
     run_stage(whole, monkeypatch)
 
-    def die_after_the_first_batch(stage):
-        append = stage["Partial"].append
+    append = PartialPredictions.append
 
-        def append_then_die(self, rows):
-            append(self, rows)
-            raise KeyboardInterrupt  # as a kill between two batches
+    def append_then_die(self, rows):
+        append(self, rows)
+        raise KeyboardInterrupt  # as a kill between two batches
 
-        monkeypatch.setattr(stage["Partial"], "append", append_then_die)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_stage(killed, monkeypatch, die_after_the_first_batch)
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(PartialPredictions, "append", append_then_die)
+        run_stage(killed, monkeypatch)
     partial = killed / "predictions/partial/dev.jsonl"
     assert len(partial.read_text().splitlines()) == 4 and not (killed / "predictions/dev.sql").exists()
 
@@ -110,14 +106,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_outputs(
 def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     project = make_project(tmp_path / "p", chaotic_dir, sample_dir, dev_records)
 
-    def die(stage):
-        def append_then_die(self, rows):
-            raise KeyboardInterrupt
+    def die(self, rows):
+        raise KeyboardInterrupt
 
-        monkeypatch.setattr(stage["Partial"], "append", append_then_die)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_stage(project, monkeypatch, die)
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(PartialPredictions, "append", die)
+        run_stage(project, monkeypatch)
     (project / "predictions/partial/dev.jsonl").write_text('{"index": 0, "sql": "stale"}\n')
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["predict"]["max_new_tokens"] = 6

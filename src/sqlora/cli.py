@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlora.datasets import DATASETS
 from sqlora.evaluation import ETYPES
 from sqlora.config import EXPORT_DTYPES
+from sqlora.report import REPORT_FILE
 from sqlora.schema import SCHEMA_FORMATS
 
 from sqlora.errors import SqloraError, exit_on_error
@@ -128,7 +129,7 @@ def _ask(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from sqlora.report import runs_dir_of, write_report
 
-    command = "sqlora report" + (f" --out {args.out}" if args.out != "reports/benchmark.md" else "")
+    command = "sqlora report" + (f" --out {args.out}" if args.out != REPORT_FILE else "")
     command += f" --repo {args.repo}" if args.repo != "." else ""
     command += " --all-commits" if args.all_commits else ""
     report = write_report(args.out, args.repo, all_commits=args.all_commits, command=command)
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ask)
 
     p = sub.add_parser("report", help="the benchmark report: EX/EM tables and training cost from the DVC experiments' metrics")
-    p.add_argument("--out", default="reports/benchmark.md", help="the Markdown file written")
+    p.add_argument("--out", default=REPORT_FILE, help="the Markdown file written")
     p.add_argument("--repo", default=".", help="the git + DVC repository whose experiments are read")
     p.add_argument("--all-commits", action="store_true", help="every commit and its experiments, not only HEAD's")
     p.set_defaults(func=_report)

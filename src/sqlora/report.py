@@ -39,6 +39,7 @@ from sqlora.errors import SqloraError
 EVAL_FILE = "metrics/eval.json"
 TRAIN_FILE = "metrics/train.json"
 PARAMS_FILE = "params.yaml"
+REPORT_FILE = "reports/benchmark.md"  # `sqlora report`'s default --out
 
 METHOD_LABELS = {"none": "base (zero-shot)", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}
 METHOD_ORDER = ("none", "lora", "qlora", "full")
@@ -52,6 +53,15 @@ SCORES = (
     ("ves", "Valid efficiency score (VES, BIRD)", 1.0),
 )
 MISSING = "—"
+
+
+def runs_dir_of(out: str | os.PathLike) -> Path:
+    """Where the report at ``out`` keeps its runs' snapshots: ``benchmark.md`` -> ``benchmark-runs/``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-runs")
+
+
+RUNS_DIR = runs_dir_of(REPORT_FILE).name  # the default report's snapshots, as its links name them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,7 +576,7 @@ class _Desc:
         return isinstance(other, _Desc) and self.value == other.value
 
 
-def score_table(rows: list[Row], score: str, factor: float = 100.0, runs_dir: str = "benchmark-runs") -> list[str]:
+def score_table(rows: list[Row], score: str, factor: float = 100.0, runs_dir: str = RUNS_DIR) -> list[str]:
     """One table of ``score`` by level: a row per run, the question counts in the header when shared."""
     levels = levels_of(rows, score)
     counts = {tuple(row.eval.count.get(level) for level in levels) for row in rows}
@@ -597,7 +607,7 @@ def memory_gib(train: TrainMetrics | None) -> str:
     return f"{train.peak_memory_mb / 1024:.1f} ({train.peak_memory_kind})"
 
 
-def training_table(rows: list[Row], runs_dir: str = "benchmark-runs") -> list[str]:
+def training_table(rows: list[Row], runs_dir: str = RUNS_DIR) -> list[str]:
     """What each fine-tuning run (LoRA, QLoRA, full) cost against what it scored: EX all, EM all,
     train time, peak memory, tokens/s, device. Base (zero-shot) rows train nothing and are left out."""
     if not any(row.method in TRAINED for row in rows):
@@ -643,7 +653,7 @@ def render(
     all_commits: bool = False,
     eval_file: str = EVAL_FILE,
     train_file: str = TRAIN_FILE,
-    runs_dir: str = "benchmark-runs",
+    runs_dir: str = RUNS_DIR,
 ) -> str:
     """The Markdown report; each run links to its snapshot in ``runs_dir`` (relative to the report)."""
     now = now or datetime.now(timezone.utc)
@@ -722,12 +732,6 @@ def build_report(repo: str | os.PathLike = ".", *, all_commits: bool = False, gi
         more = f" and {len(report.left_out) - 5} more" if len(report.left_out) > 5 else ""
         raise SqloraError(f"no run with {EVAL_FILE} in {repo}: {names}{more}; run the pipeline first (dvc repro)")
     return report
-
-
-def runs_dir_of(out: str | os.PathLike) -> Path:
-    """Where the report at ``out`` keeps its runs' snapshots: ``benchmark.md`` -> ``benchmark-runs/``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}-runs")
 
 
 def write_report(

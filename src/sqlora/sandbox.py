@@ -189,11 +189,15 @@ def _check_text(sql: str) -> str | None:
     return None
 
 
+def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file (``mode=ro``): how sqlora opens every database."""
+    return sqlite3.connect(f"file:{quote(str(Path(db_path).resolve()))}?mode=ro", uri=True)
+
+
 def _connect(db_path: Path, memory_limit_mb: int) -> sqlite3.Connection:
     if not db_path.is_file():
         raise FileNotFoundError(f"no such file: {db_path}")
-    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True)
+    conn = connect_read_only(db_path)
     try:
         # Some Spider databases hold text that is not valid UTF-8; drop the bad bytes (the same
         # way for gold and prediction, and as the official Spider evaluator does) instead of

@@ -13,9 +13,9 @@ import re
 import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import quote
 
 from sqlora.errors import SqloraError
+from sqlora.sandbox import connect_read_only
 
 SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows")
 
@@ -80,7 +80,7 @@ def read_sqlite_schema(db_path: str | Path, db_id: str | None = None) -> Databas
         if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
             raise SqloraError(f"{path}: not a SQLite database (its first 16 bytes are not 'SQLite format 3\\0')")
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        conn = connect_read_only(path)
         try:
             return _read_schema(conn, db_id or path.stem)
         finally:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlora.errors import SqloraError
+from sqlora.sandbox import connect_read_only
 
 AGG_OPS = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")  # lib/query.py; index 0 = no aggregate
 COND_OPS = ("=", ">", "<")  # lib/query.py also lists "OP", which no question uses
@@ -351,7 +352,7 @@ def source_table_name(table_id: str) -> str:
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = connect_read_only(path)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise SqloraError(f"{path}: cannot read as a SQLite database ({exc})") from None
