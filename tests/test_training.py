@@ -90,13 +90,17 @@ def test_target_modules_that_match_nothing(tiny_model_dir, tmp_path):
 
 def test_method_none_writes_every_declared_output(tiny_model_dir, tmp_path):
     """Zero-shot trains nothing, yet the train stage's DVC outputs must all exist, or `dvc exp run
-    -S method=none` fails on a fresh clone (no checkpoints folder left by an earlier run)."""
+    -S method=none` fails on a fresh clone (no checkpoints folder left by an earlier run); an earlier
+    run's curves are not left behind as this run's."""
+    (tmp_path / "live" / "plots" / "metrics").mkdir(parents=True)
+    (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").write_text("step\tloss\n1\t2.0\n")
     metrics = train(method="none", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(),
                     params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live",
                     checkpoint_dir=tmp_path / "checkpoints")
     assert metrics["steps"] == 0 and json.loads((tmp_path / "m.json").read_text())["method"] == "none"
     assert json.loads((tmp_path / "ft" / MODEL_INFO).read_text())["method"] == "none"
     assert (tmp_path / "live").is_dir() and (tmp_path / "checkpoints").is_dir()
+    assert not any((tmp_path / "live").iterdir())
 
 
 def test_nothing_fits_max_length(tiny_model_dir, tmp_path):

@@ -225,7 +225,10 @@ def train(
                 tmp.mkdir()
                 write_json(tmp / MODEL_INFO, info)
             # No curves, no checkpoints: but the stage's declared outputs exist (DVC fails on a missing one).
-            Path(live_dir).mkdir(parents=True, exist_ok=True)
+            # The curves folder is persisted for resumes: empty it, or `dvc plots` would show an
+            # earlier run's curves as this run's.
+            shutil.rmtree(live_dir, ignore_errors=True)
+            Path(live_dir).mkdir(parents=True)
             if checkpoint_dir is not None:
                 Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             write_json(metrics_path, metrics)
