@@ -96,7 +96,8 @@ def predict_records(
             from sqlora.voting import vote
 
             began = time.perf_counter()
-            votes = vote([[c.sql for c in batch[i].candidates] for i in indexes], [db_files[i] for i in indexes], params.timeout_s)
+            candidates = [[c.sql for c in batch[i].candidates] for i in indexes]
+            votes = vote(candidates, [db_files[i] for i in indexes], params.timeout_s)
             vote_seconds = round(time.perf_counter() - began, 4)
             partial.append([voted_row(i, records[i].db_id, batch[i], v, vote_seconds) for i, v in zip(indexes, votes)])
         else:

@@ -190,7 +190,7 @@ def _check_text(sql: str) -> str | None:
 
 
 def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file (``mode=ro``): how sqlora opens every database."""
+    """A connection that cannot write to the file (``mode=ro``): how sqlora opens every database it reads."""
     return sqlite3.connect(f"file:{quote(str(Path(db_path).resolve()))}?mode=ro", uri=True)
 
 
