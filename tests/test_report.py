@@ -340,6 +340,12 @@ def test_train_metrics_from_json_prefers_gpu_memory():
     assert none.wall_time_s is None and none.peak_memory_mb is None and rp.memory_gib(none) == "—"
 
 
+def test_train_time_of_a_resumed_training_counts_every_run():
+    resumed = {"wall_time_s": 600.0, "total_wall_time_s": 9000.0, "resumed_from_step": 700}
+    assert rp.TrainMetrics.from_json(resumed).wall_time_s == 9000.0
+    assert rp.TrainMetrics.from_json({"wall_time_s": 600.0}).wall_time_s == 600.0  # written before the total existed
+
+
 def entry(rev, name, params, eval_data=None, train_data=None, experiments=None, timestamp="2026-01-01T00:00:00"):
     metrics = {}
     if eval_data is not None:

@@ -64,6 +64,10 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
 
     metrics = json.loads((broken / "train.json").read_text())
     assert metrics["steps"] == 20 and metrics["resumed_from_step"] == 10
+    # The training time counts the killed run up to checkpoint-10 (10 batches of at least 0.3 s).
+    assert metrics["total_wall_time_s"] >= metrics["wall_time_s"] + 2.5
+    whole_metrics = json.loads((whole / "train.json").read_text())
+    assert whole_metrics["total_wall_time_s"] == whole_metrics["wall_time_s"]
     expected = load_file(whole / "finetuned" / "adapter_model.safetensors")
     got = load_file(broken / "finetuned" / "adapter_model.safetensors")
     assert expected.keys() == got.keys()

@@ -146,7 +146,8 @@ class TrainMetrics:
         return cls(
             method=data.get("method"),
             device=data.get("device"),
-            wall_time_s=_number(data.get("wall_time_s")),
+            # Every run of the training when it was resumed (older files: the last run's only).
+            wall_time_s=_number(data.get("total_wall_time_s", data.get("wall_time_s"))),
             tokens_per_s=_number(data.get("tokens_per_s")),
             peak_memory_mb=_number(memory),
             peak_memory_kind=kind,
@@ -693,8 +694,10 @@ def render(
         if training:
             lines += training + [
                 "",
-                f"Train time, tokens/s, peak memory and device from {train_file}: peak memory is the "
-                "training process's peak resident set (RSS) on CPU, max allocated GPU memory on GPU.",
+                f"Train time, tokens/s, peak memory and device from {train_file}: train time counts every "
+                "run of a resumed training (total_wall_time_s), tokens/s and peak memory are its last run's; "
+                "peak memory is the training process's peak resident set (RSS) on CPU, max allocated GPU "
+                "memory on GPU.",
                 "",
             ]
         else:

@@ -143,14 +143,31 @@ def peak_rss_mb() -> float:
 def step_logger(live, collator: ResponseCollator, world_size: int):
     """A Trainer callback logging each logged step's loss, learning rate, grad norm and tokens/s to
     dvclive at the Trainer's global step, so a resumed run continues the same curve. Main process
-    only (``live`` is None elsewhere): otherwise every curve would be written once per process."""
-    from transformers import TrainerCallback  # here: importing the Trainer costs seconds
+    only (``live`` is None elsewhere): otherwise every curve would be written once per process.
 
-    class StepLogger(TrainerCallback):
+    It also counts the training time of a run across resumes: each checkpoint stores the seconds
+    trained up to it (the Trainer's stateful callbacks, in trainer_state.json), and a run resumed
+    from it starts from them (``earlier_seconds``)."""
+    from transformers import TrainerCallback  # here: importing the Trainer costs seconds
+    from transformers.trainer_callback import ExportableState
+
+    class StepLogger(TrainerCallback, ExportableState):
         keys = ("loss", "learning_rate", "grad_norm", "tokens_per_s")
 
         def __init__(self):
             self.tokens, self.time = 0, time.perf_counter()
+            self.started = self.time
+            self.earlier_seconds = 0.0  # trained by the runs this one resumes, up to its checkpoint
+
+        def seconds(self) -> float:
+            """Training time up to now, earlier runs included."""
+            return self.earlier_seconds + time.perf_counter() - self.started
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"earlier_seconds": round(self.seconds(), 3)}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self.time = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if live is None or not logs or "loss" not in logs:
@@ -288,6 +305,7 @@ def train(
         save_strategy="steps" if checkpoints is not None and params.save_steps else "no",
         save_steps=params.save_steps or 1,
         save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # the training time of earlier runs (StepLogger)
         report_to=[],
         seed=seed,
         data_seed=seed,
@@ -306,17 +324,20 @@ def train(
         if resume:
             _drop_logged_steps_after(Path(live_dir), int(Path(resume).name.split("-")[-1]))
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
+    logger = step_logger(live, collator, state.num_processes)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data.features,
         data_collator=collator,
         compute_loss_func=response_loss,
-        callbacks=[step_logger(live, collator, state.num_processes)],
+        callbacks=[logger],
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
+    # A resume replaces the callback with a copy restored from the checkpoint (earlier_seconds).
+    logger = next(cb for cb in trainer.callback_handler.callbacks if type(cb) is type(logger))
     if live is not None:
         live.end()
 
@@ -337,7 +358,8 @@ def train(
         "train_loss": round(result.training_loss, 4),
         "final_loss": round(losses[-1], 4) if losses else None,
         "min_loss": round(min(losses), 4) if losses else None,
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(wall, 1),  # this run's (after a resume: since the resume)
+        "total_wall_time_s": round(logger.earlier_seconds + wall, 1),  # every run of this training, resumes included
         "tokens": real_tokens,  # real tokens trained on by this run (after a resume: since the resume)
         "tokens_per_s": round(real_tokens / wall, 1),
         "padding_fraction": round(1 - real_tokens / padded_tokens, 4) if padded_tokens else 0.0,
