@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,57 @@ def test_exp_run_other_methods(project, method):
     assert (project / "models/finetuned" / weights).is_file()
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "ex" in shown
+
+
+# Loaded by every Python started with it on PYTHONPATH: slows each training batch of the train stage,
+# so that the test can kill `dvc exp run` between two checkpoints.
+SLOW_TRAIN = """
+import sys, time
+if sys.argv and sys.argv[0].endswith("train.py"):
+    import sqlora.training as training
+    call = training.ResponseCollator.__call__
+    training.ResponseCollator.__call__ = lambda self, f: (time.sleep(0.3), call(self, f))[1]
+"""
+
+
+def test_killed_exp_run_resumes_from_its_checkpoint(project, tmp_path):
+    """A long `dvc exp run` killed mid-train (the end of a session) resumes from its last checkpoint
+    when run again: DVC's checkout before the run must not wipe them."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_TRAIN)
+    overrides = ["-S", "method=lora", "-S", "data.max_train_examples=48", "-S", "train.save_steps=2"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    killed = subprocess.Popen(["dvc", "exp", "run", *overrides], cwd=project, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = project / "models/checkpoints/checkpoint-4/trainer_state.json"
+    deadline = time.monotonic() + 300
+    try:
+        while not checkpoint.is_file():
+            assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint-4 before the run ended"
+            time.sleep(0.05)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # dvc and the stage it runs
+        killed.wait()
+    try:
+        resumed = run(["dvc", "exp", "run", *overrides], project)
+    finally:
+        set_params(project, data={"max_train_examples": 16}, train={"save_steps": 20})
+    started = [line for line in resumed.stdout.splitlines() if line.startswith("train: resuming from")]
+    assert len(started) == 1 and started[0].startswith("train: resuming from models/checkpoints/checkpoint-"), resumed.stdout
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["resumed_from_step"] >= 4 and train["steps"] == 12
+    assert not list((project / "models/checkpoints").glob("checkpoint-*"))  # finished: nothing left to resume
+
+
+def test_no_output_is_both_cached_and_persisted():
+    """`dvc exp run` checks out every cached output before it runs, a persisted one too: what a stage
+    keeps for its next run (checkpoints, partial predictions) must be uncached or no output at all."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for out in stage.get("outs", []):
+            if isinstance(out, dict):
+                (path, flags), = out.items()
+                assert not flags.get("persist") or flags.get("cache") is False, f"{name}: {path}"
 
 
 def test_queued_experiments_run_all(project):
