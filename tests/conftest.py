@@ -14,6 +14,15 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # real Spider, BIRD, CoSQ
 SPIDER = SHARED_DATASETS / "spider"
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]  # the installed command, run as a user runs it
 
+# Python source that slows each training batch by 0.3 s (it wraps the collator), run in a process
+# that trains so that a test can kill the run between two checkpoints.
+SLOW_BATCHES = """
+import time
+import sqlora.training as training
+_collate = training.ResponseCollator.__call__
+training.ResponseCollator.__call__ = lambda self, features: (time.sleep(0.3), _collate(self, features))[1]
+"""
+
 
 @pytest.fixture(scope="session")
 def spider_dir() -> Path:

@@ -8,19 +8,24 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SLOW_BATCHES
 pytestmark = pytest.mark.slow
 
 
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment of the commands a test runs: this venv's dvc and sqlora first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -153,15 +158,9 @@ def test_exp_run_other_methods(project, method):
     assert "ex" in shown
 
 
-# Loaded by every Python started with it on PYTHONPATH: slows each training batch of the train stage,
-# so that the test can kill `dvc exp run` between two checkpoints.
-SLOW_TRAIN = """
-import sys, time
-if sys.argv and sys.argv[0].endswith("train.py"):
-    import sqlora.training as training
-    call = training.ResponseCollator.__call__
-    training.ResponseCollator.__call__ = lambda self, f: (time.sleep(0.3), call(self, f))[1]
-"""
+# A sitecustomize.py, run by every Python started with it on PYTHONPATH: slows the train stage's
+# batches so that the test can kill `dvc exp run` between two checkpoints.
+SLOW_TRAIN = 'import sys\nif sys.argv and sys.argv[0].endswith("train.py"):\n' + textwrap.indent(SLOW_BATCHES, "    ")
 
 
 def test_killed_exp_run_resumes_from_its_checkpoint(project, tmp_path):
@@ -169,10 +168,8 @@ def test_killed_exp_run_resumes_from_its_checkpoint(project, tmp_path):
     when run again: DVC's checkout before the run must not wipe them."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_TRAIN)
     overrides = ["-S", "method=lora", "-S", "data.max_train_examples=48", "-S", "train.save_steps=2"]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    killed = subprocess.Popen(["dvc", "exp", "run", *overrides], cwd=project, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(["dvc", "exp", "run", *overrides], cwd=project, env=tool_env(PYTHONPATH=str(tmp_path)),
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = project / "models/checkpoints/checkpoint-4/trainer_state.json"
     deadline = time.monotonic() + 300
     try:

@@ -12,19 +12,17 @@ from safetensors.torch import load_file
 
 from sqlora.io import folder_stamp
 
-# Trains LoRA on 40 tiny examples, 20 steps, a checkpoint every 5; "slow" sleeps in each batch so
-# that the test can kill the run between two checkpoints.
+from conftest import SLOW_BATCHES
+
+# Trains LoRA on 40 tiny examples, 20 steps, a checkpoint every 5.
 SCRIPT = """
-import sys, time
+import sys
 from pathlib import Path
 from sqlora.config import LoraParams, TrainParams
 from sqlora.prompt import Record
 import sqlora.training as training
 
-model_dir, out, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "slow"
-if slow:
-    call = training.ResponseCollator.__call__
-    training.ResponseCollator.__call__ = lambda self, f: (time.sleep(0.3), call(self, f))[1]
+model_dir, out = sys.argv[1], Path(sys.argv[2])
 records = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i} above {i}?",
            output=f"SELECT count(*) FROM t{i} WHERE x > {i}")
@@ -39,7 +37,8 @@ training.train(
 
 
 def start(model_dir: Path, out: Path, speed: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(model_dir), str(out), speed],
+    code = SLOW_BATCHES + SCRIPT if speed == "slow" else SCRIPT
+    return subprocess.Popen([sys.executable, "-c", code, str(model_dir), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
