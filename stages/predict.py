@@ -1,9 +1,10 @@
 """Generate SQL for every dev question: predictions/dev.sql (one per line) and predictions/dev.jsonl.
 
-Finished batches are kept in predictions/partial/ (a persisted DVC output that DVC keeps when the
-stage starts again; see sqlora.prediction): a run that was killed skips the questions already
-done, and the outputs are written only when every question is, atomically. self_consistency runs
-the candidates on each question's database (data/prepared/meta.json's database_dir).
+Finished batches are kept in predictions/partial/ (not a DVC output; see sqlora.prediction): a run
+that was killed skips the questions already done, and the outputs are written only when every
+question is, atomically. Runs as it is under `accelerate launch` / torchrun (predict.launch): each
+process predicts its share, the main one merges them in input order. self_consistency runs the
+candidates on each question's database (data/prepared/meta.json's database_dir).
 """
 
 import hashlib
@@ -14,8 +15,10 @@ from pathlib import Path
 from sqlora.config import load_params
 from sqlora.datasets import database_path, load_records
 from sqlora.errors import SqloraError, exit_on_error
-from sqlora.generation import STATUSES, load_for_inference
+from sqlora.infer.loading import load_for_inference
+from sqlora.infer.sql_text import STATUSES
 from sqlora.io import folder_stamp, run_fingerprint, write_jsonl, write_text
+from sqlora.models import device, dtype_name, resolve_dtype
 from sqlora.prediction import PartialPredictions, predict_records
 
 OUT = Path("predictions")
@@ -25,8 +28,12 @@ BASE = Path("models/base")  # where adapters find their base model
 
 @exit_on_error
 def main() -> None:
+    from accelerate import PartialState
+
     params = load_params()
     predict = params.predict
+    state = PartialState(cpu=device().type == "cpu")  # joins the process group under a launcher
+    main_process = state.is_main_process
     records = load_records("data/prepared/dev.jsonl")
     voting = predict.decoding == "self_consistency"
     if voting:
@@ -38,31 +45,43 @@ def main() -> None:
                 f"predict.decoding self_consistency runs the candidates, but {missing[0]} does not exist "
                 "(eval.skip_missing_databases: true keeps the first candidate of such questions, which evaluation leaves out)"
             )
-        if missing:
+        if missing and main_process:
             print(f"predict: {len(missing)} database(s) missing ({missing[0]}, ...): the first candidate of their questions is kept")
     model_dir = Path(predict.model)
     if not model_dir.is_dir():
         raise SqloraError(f"params.yaml: 'predict.model' is {predict.model!r}, which is not a folder")
-    model, tokenizer = load_for_inference(model_dir, BASE)  # first: it checks the model folders
+    model, tokenizer = load_for_inference(model_dir, BASE, dtype=params.model.dtype)  # first: it checks the model folders
     fingerprint = run_fingerprint(
         model=folder_stamp(model_dir), base=folder_stamp(BASE) if BASE.is_dir() else None,
-        predict=asdict(predict), seed=params.seed, chat_template=params.prompt.chat_template,
+        predict={k: v for k, v in asdict(predict).items() if k != "launch"}, seed=params.seed,
+        dtype=dtype_name(resolve_dtype(params.model.dtype)), chat_template=params.prompt.chat_template,
         prompts=hashlib.sha256(json.dumps([r.prompt for r in records]).encode()).hexdigest(),
     )
-    partial = PartialPredictions(PARTIAL, fingerprint)
-    if partial.done:
-        print(f"predict: resuming, {len(partial.done)} of {len(records)} questions already done")
-    rows, seconds = predict_records(
-        model, tokenizer, records, predict, partial,
-        seed=params.seed, chat_template=params.prompt.chat_template, db_files=db_files if voting else None,
+    if main_process:
+        partial = PartialPredictions(PARTIAL, fingerprint)
+        if partial.done:
+            print(f"predict: resuming, {len(partial.done)} of {len(records)} questions already done")
+    state.wait_for_everyone()  # the main process has thrown away another run's partial files
+    if not main_process:
+        partial = PartialPredictions(PARTIAL, fingerprint, rank=state.process_index, reset=False)
+    run = predict_records(
+        model, tokenizer, records, predict, partial, seed=params.seed, chat_template=params.prompt.chat_template,
+        db_files=db_files if voting else None, rank=state.process_index, world=state.num_processes,
     )
+    state.wait_for_everyone()  # every process's share is in its partial file
+    if not main_process:
+        return
+    rows = partial.rows(len(records))
     write_jsonl(OUT / "dev.jsonl", rows)
     write_text(OUT / "dev.sql", "".join(r["sql"] + "\n" for r in rows))
     partial.finish()
     statuses = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    engine = f"{run.engine.name} engine ({run.engine.reason})" if run.engine else "nothing left to generate"
+    processes = f", {state.num_processes} processes" if state.num_processes > 1 else ""
     print(
-        f"predict ({predict.decoding}): {len(records)} questions in {seconds:.1f} s "
-        f"({seconds / max(len(records), 1):.2f} s/question); " + ", ".join(f"{k} {v}" for k, v in statuses.items())
+        f"predict ({predict.decoding}, {dtype_name(resolve_dtype(params.model.dtype))}, {engine}{processes}): "
+        f"{len(records)} questions in {run.seconds:.1f} s ({run.seconds / max(len(records), 1):.2f} s/question); "
+        + ", ".join(f"{k} {v}" for k, v in statuses.items())
     )
 
 

@@ -25,6 +25,7 @@ def main() -> None:
         live_dir="dvclive",
         checkpoint_dir="models/checkpoints",
         chat_template=params.prompt.chat_template,
+        dtype=params.model.dtype,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlora import cli
 from sqlora.ask import Answer, ask, format_table, prepare
 from sqlora.errors import SqloraError
-from sqlora.generation import Generation
+from sqlora.infer.engine import Generation
 from sqlora.models import MODEL_INFO
 from sqlora.schema import cell, describe, read_sqlite_schema
 
@@ -145,14 +145,14 @@ def fixed_generation(sql):
 
 
 def test_ask_runs_the_sql_and_returns_the_rows(library_db, none_model, tiny_model_dir, monkeypatch):
-    import sqlora.generation
+    import sqlora.infer.engine
 
-    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT title, price FROM book ORDER BY price"))
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title, price FROM book ORDER BY price"))
     answer = ask(library_db, "Which books are there?", none_model, tiny_model_dir)
     assert isinstance(answer, Answer) and answer.ok and answer.sql == "SELECT title, price FROM book ORDER BY price"
     assert answer.columns == ["title", "price"] and answer.rows == [("Rivers", 9.5), ("Stones", 20.0)]
     assert answer.prompt_tokens > 0 and answer.seconds >= 0
-    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("DELETE FROM book"))
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("DELETE FROM book"))
     answer = ask(library_db, "Delete the books", none_model, tiny_model_dir)
     assert answer.error == "refused: DELETE statements are not allowed" and answer.rows is None
 
@@ -166,15 +166,15 @@ def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_di
 
 
 def test_ask_command_prints_sql_table_and_count(library_db, none_model, tiny_model_dir, monkeypatch, capsys):
-    import sqlora.generation
+    import sqlora.infer.engine
 
-    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT title, edition FROM book ORDER BY title"))
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title, edition FROM book ORDER BY title"))
     cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model),
               "--base", str(tiny_model_dir), "--rows", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[:4] == ["SELECT title, edition FROM book ORDER BY title", "title  | edition", "-------+--------", "Rivers |       1"]
     assert re.fullmatch(r"\(2 rows, first 1 shown, \d+\.\d s\)", lines[4]) and len(lines) == 5
-    monkeypatch.setattr(sqlora.generation, "generate", fixed_generation("SELECT nope FROM book"))
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT nope FROM book"))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model), "--base", str(tiny_model_dir)])
     assert exit_.value.code == 1

@@ -72,3 +72,44 @@ def test_shipped_accelerate_configs_load():
         assert config.distributed_type.value == kind, name
         if stage is not None:
             assert config.deepspeed_config["zero_stage"] == stage
+
+
+def predict_project(root: Path, model_dir: Path, sample_dir: Path, records: list[dict], **predict) -> Path:
+    (root / "data/prepared").mkdir(parents=True)
+    (root / "data/prepared/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = {"dataset": "sample", "database_dir": str(sample_dir / "database"), "tables_json": str(sample_dir / "tables.json")}
+    (root / "data/prepared/meta.json").write_text(json.dumps(meta))
+    (root / "models").mkdir()
+    (root / "models/finetuned").symlink_to(model_dir)  # a plain checkpoint folder: standalone
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["predict"] |= {"batch_size": 4, "max_new_tokens": 8, **predict}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def test_two_processes_predict_like_one(tiny_model_dir, sample_dir, tmp_path):
+    """Under torchrun each process predicts its share of the batches; the main one merges them in input
+    order: the same outputs as one process, greedy and sampled (each question's own random stream)."""
+    from dataclasses import asdict
+
+    from sqlora.config import DataParams, PromptParams
+    from sqlora.preparation import prepare_split
+
+    _, fitted, _ = prepare_split("dev", DataParams(dataset="sample", source=str(sample_dir)), PromptParams(), limit=14)
+    records = [asdict(r) for r in fitted.records]
+    for decoding in ("greedy", "sample"):
+        one = predict_project(tmp_path / f"one-{decoding}", tiny_model_dir, sample_dir, records, decoding=decoding)
+        two = predict_project(tmp_path / f"two-{decoding}", tiny_model_dir, sample_dir, records, decoding=decoding)
+        single = subprocess.run([sys.executable, str(REPO / "stages/predict.py")], cwd=one, capture_output=True, text=True, timeout=600)
+        assert single.returncode == 0, single.stderr[-3000:]
+        double = subprocess.run(
+            [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29519", str(REPO / "stages/predict.py")],
+            cwd=two, capture_output=True, text=True, timeout=600,
+        )
+        assert double.returncode == 0, double.stderr[-3000:]
+        assert "2 processes" in double.stdout and double.stdout.count("predict (") == 1  # one summary, from the main process
+        assert (two / "predictions/dev.sql").read_text() == (one / "predictions/dev.sql").read_text()
+        rows = [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in (two / "predictions/dev.jsonl").read_text().splitlines()]
+        expected = [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in (one / "predictions/dev.jsonl").read_text().splitlines()]
+        assert rows == expected and [r["index"] for r in rows] == list(range(len(records)))
+        assert not list((two / "predictions/partial").glob("dev.*.jsonl"))  # merged, then removed

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.export import EXPORT_INFO, export_model, stored_dtype
-from sqlora.generation import generate
-from sqlora.models import MODEL_INFO, load_base_model, load_tokenizer
+from sqlora.export import EXPORT_INFO, export_model
+from sqlora.infer.engine import generate
+from sqlora.models import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from sqlora.prompt import Record, encode_prompt
 
 from conftest import REPO, SQLORA
@@ -28,7 +28,7 @@ def make_adapter(base_dir: Path, out: Path, method: str):
 
     torch.manual_seed(1)
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
-    model = get_peft_model(load_base_model(base_dir, method), config).eval()  # qlora: on the NF4 base, as training does
+    model = get_peft_model(load_base_model(base_dir, method, torch.float32), config).eval()  # qlora: on the NF4 base, as training does
     model.save_pretrained(out)
     (out / MODEL_INFO).write_text(json.dumps({"method": method, "base": str(base_dir)}))
     return model
@@ -44,7 +44,7 @@ def lora(tiny_model_dir, tmp_path_factory):
     """(adapter folder, the peft model, its export in fp32)."""
     root = tmp_path_factory.mktemp("export")
     model = make_adapter(tiny_model_dir, root / "finetuned", "lora")
-    export_model(root / "finetuned", tiny_model_dir, root / "exported")
+    export_model(root / "finetuned", tiny_model_dir, root / "exported", dtype="float32")
     return root / "finetuned", model, root / "exported"
 
 
@@ -123,7 +123,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def test_method_none_saves_the_base(tiny_model_dir, tmp_path):
     (tmp_path / "ft").mkdir()
     (tmp_path / "ft" / MODEL_INFO).write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
-    result = export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out")
+    result = export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out", dtype="float32")
     assert result.method == "none" and result.dtype == "float32"
     assert_same_weights(tmp_path / "out", tiny_model_dir)
 
@@ -136,7 +136,7 @@ def test_method_full_resaves_the_checkpoint(tiny_model_dir, tmp_path):
         model.model.layers[0].mlp.down_proj.weight.add_(0.5)  # "fine-tuned": differs from the base
     model.save_pretrained(tmp_path / "ft")
     (tmp_path / "ft" / MODEL_INFO).write_text(json.dumps({"method": "full", "base": str(tiny_model_dir)}))
-    export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out")
+    export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out", dtype="float32")
     assert_same_weights(tmp_path / "out", tmp_path / "ft")
     assert (tmp_path / "out" / "tokenizer.json").is_file()
 
@@ -148,7 +148,7 @@ def test_qlora_merges_into_the_unquantised_base(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     nf4_model = make_adapter(tiny_model_dir, tmp_path / "ft", "qlora")
-    result = export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out")
+    result = export_model(tmp_path / "ft", tiny_model_dir, tmp_path / "out", dtype="float32")
     assert result.method == "qlora" and "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
     tokenizer = load_tokenizer(tiny_model_dir)
     merged = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "out"), tokenizer)
@@ -173,7 +173,7 @@ def test_adapter_for_another_base(lora, tmp_path):
 def test_invalid_config_json_is_one_error_naming_the_file(tmp_path, text, reason):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(SqloraError) as err:
-        stored_dtype(tmp_path)
+        check_checkpoint_folder(tmp_path)
     assert str(err.value).startswith(f"{tmp_path / 'config.json'}: {reason}") and "\n" not in str(err.value)
 
 
@@ -222,9 +222,10 @@ def test_export_stage(lora, tiny_model_dir, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "finetuned").symlink_to(lora[0])
     (tmp_path / "models" / "base").symlink_to(tiny_model_dir)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())  # export.dtype: bfloat16
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())  # model.dtype: auto
     result = subprocess.run([sys.executable, str(REPO / "stages" / "export.py")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "export: lora model -> models/exported" in result.stdout
     info = json.loads((tmp_path / "models" / "exported" / EXPORT_INFO).read_text())
-    assert info["source"] == "models/finetuned" and info["dtype"] == "bfloat16"
+    # auto: bf16 on hardware with native bf16 (this CPU has AVX512-BF16), fp32 on other CPUs
+    assert info["source"] == "models/finetuned" and info["dtype"] == dtype_name(resolve_dtype("auto"))

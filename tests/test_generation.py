@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.generation import extract_sql, generate, load_for_inference, plan_batches, sql_complete, sql_status
+from sqlora.infer.engine import generate, plan_batches
+from sqlora.infer.loading import load_for_inference
+from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
 from sqlora.voting import canonical_key, choose, vote
 
 
@@ -167,7 +169,7 @@ def test_self_consistency_candidates(scripted_dir):
 def chaotic_model(tiny_model_dir):
     """The tiny random model with its weights scaled up: outputs that depend on every detail of the
     context (positions, masks, cache), far from floating-point ties."""
-    model, tokenizer = load_for_inference(tiny_model_dir)
+    model, tokenizer = load_for_inference(tiny_model_dir, dtype="float32")
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "norm" not in name:
@@ -188,7 +190,7 @@ def test_batched_greedy_equals_one_at_a_time(chaotic_model):
 
 def test_resumed_batches_equal_an_uninterrupted_run(chaotic_model):
     from sqlora.config import PredictParams
-    from sqlora.generation import iter_generate
+    from sqlora.infer.engine import iter_generate
 
     model, tokenizer = chaotic_model
     prompts = [f"{SCHEMA}\nQuestion {i}?" for i in range(7)] + [f"Short {i}" for i in range(3)]
@@ -314,28 +316,39 @@ def test_choose_and_canonical_key():
     assert canonical_key([(1,), (1,)]) != canonical_key([(1,)])  # a bag: duplicates count
 
 
-def test_sliding_window_models_run_batches_alone(tiny_model_dir, tmp_path):
-    """A model with sliding-window cache layers takes the plain path (no rows joining, the prefix copied)."""
-    from transformers import MistralConfig, MistralForCausalLM
+# --- sampling ---------------------------------------------------------------------------------------
 
-    from sqlora.models import load_tokenizer
 
-    tokenizer = load_tokenizer(tiny_model_dir)
-    config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=2048, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-    )
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.95), (1.0, 1.0), (0.3, 0.5), (1.5, 0.99)])
+def test_sampling_distribution_is_transformers_temperature_and_top_p(temperature, top_p):
+    """What our engine samples from is what transformers' TemperatureLogitsWarper + TopPLogitsWarper give,
+    including a nucleus beyond the first NUCLEUS_K tokens."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from sqlora.infer.fast import sampling_distribution
+
     torch.manual_seed(0)
-    model = MistralForCausalLM(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(8.0)
-    model.save_pretrained(tmp_path / "mistral")
-    tokenizer.save_pretrained(tmp_path / "mistral")
-    model, tokenizer = load_for_inference(tmp_path / "mistral")
-    prompts = [f"{SCHEMA}\nQuestion {w}?" for w in ["one", "two two", "three three three", "4"]] + ["Other. Question?"]
-    generations = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=12, progress=False)
-    for prompt, g in zip(prompts, generations):
-        assert full_generation(model, tokenizer, prompt, 12).startswith(g.raw)
+    logits = torch.cat([torch.randn(3, 1000) * 4, torch.randn(1, 1000) * 0.01])  # peaked rows, and a flat one
+    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    torch.testing.assert_close(sampling_distribution(logits, temperature, top_p), torch.softmax(scores, dim=-1), atol=1e-6, rtol=1e-5)
+
+
+def test_sampled_tokens_follow_the_distribution():
+    """Draws through the engine's inverse CDF, one random stream per row: frequencies within 4 standard
+    deviations of the probabilities, no draw outside the nucleus."""
+    from sqlora.config import PredictParams
+    from sqlora.infer.fast import FastEngine, sampling_distribution
+
+    logits = torch.tensor([[3.0, 2.5, 2.0, 1.0, 0.0, -1.0, -5.0, -9.0]])
+    engine = FastEngine.__new__(FastEngine)  # only _choose and its parameters, no model
+    engine.sampling, engine.params, engine.dev, engine.seed = True, PredictParams(decoding="sample", temperature=0.8, top_p=0.9), "cpu", 0
+    draws = 4000
+    rows = [type("R", (), {"generator": engine._generator(i, 0)})() for i in range(draws)]
+    tokens = engine._choose(logits.expand(draws, -1), rows)
+    probs = sampling_distribution(logits, 0.8, 0.9)[0]
+    counts = torch.bincount(tokens, minlength=8).float()
+    assert counts[probs == 0].sum() == 0
+    spread = (draws * probs * (1 - probs)).sqrt()
+    assert ((counts - draws * probs).abs() <= 4 * spread + 1).all(), (counts, draws * probs)

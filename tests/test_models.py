@@ -64,3 +64,34 @@ def test_unreachable_hub_id_gives_one_clear_error(tmp_path, monkeypatch):
     assert "not an offline alias (smollm2-135m-instruct, gemma3-270m), not a local folder" in message
     assert "hub download failed" in message and "set model.name to that folder" in message
     assert "\n" not in message and not (tmp_path / "base").exists()
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    """model.dtype auto: bf16 where it is native (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    fp16 on an older GPU, fp32 on other CPUs; an explicit dtype is used as it is."""
+    import torch
+
+    from sqlora.models import native_bf16, resolve_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert native_bf16(cpu) and resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bf16(cpu) and resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert resolve_dtype("auto", gpu) == torch.float16  # pre-Ampere: fp16, with loss scaling in training
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_dtype("auto", gpu) == torch.bfloat16
+    assert resolve_dtype("float32", gpu) == torch.float32 and resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(SqloraError, match="dtype 'half': expected one of auto, float32, bfloat16, float16"):
+        resolve_dtype("half", cpu)
+
+
+def test_bad_model_dtype_in_params(tmp_path):
+    from sqlora.config import load_params
+
+    (tmp_path / "params.yaml").write_text("model:\n  dtype: fp8\n")
+    with pytest.raises(SqloraError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value) == f"{tmp_path / 'params.yaml'}: 'model.dtype' is 'fp8'; expected one of auto, float32, bfloat16, float16"

@@ -85,7 +85,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_outputs(
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(PartialPredictions, "append", append_then_die)
         run_stage(killed, monkeypatch)
-    partial = killed / "predictions/partial/dev.jsonl"
+    partial = killed / "predictions/partial/dev.0.jsonl"
     assert len(partial.read_text().splitlines()) == 4 and not (killed / "predictions/dev.sql").exists()
 
     capsys.readouterr()
@@ -112,7 +112,7 @@ def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, c
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(PartialPredictions, "append", die)
         run_stage(project, monkeypatch)
-    (project / "predictions/partial/dev.jsonl").write_text('{"index": 0, "sql": "stale"}\n')
+    (project / "predictions/partial/dev.0.jsonl").write_text('{"index": 0, "sql": "stale"}\n')
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["predict"]["max_new_tokens"] = 6
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -193,14 +193,18 @@ def test_linear_layers_run_on_onednn_with_the_same_outputs(tiny_model_dir):
     """load_for_inference packs the float32 CPU model's linear layers for oneDNN: same logits as MKL's."""
     from transformers import AutoModelForCausalLM
 
-    from sqlora.generation import load_for_inference
+    from sqlora.infer.loading import load_for_inference
 
-    packed, _ = load_for_inference(tiny_model_dir)
+    packed, _ = load_for_inference(tiny_model_dir, dtype="float32")
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     assert not any(type(m) is torch.nn.Linear for m in packed.modules())
     ids = torch.tensor([[1, 5, 9, 3, 7, 2]])
     with torch.inference_mode():
         torch.testing.assert_close(packed(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-5)
+    # bf16: plain layers, every weight in bf16 (PyTorch runs them on oneDNN already)
+    bf16, _ = load_for_inference(tiny_model_dir, dtype="bfloat16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert any(type(m) is torch.nn.Linear for m in bf16.modules())
 
 
 def test_self_consistency_on_a_missing_database_when_evaluation_skips_it(

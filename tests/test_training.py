@@ -6,7 +6,8 @@ import pytest
 
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
-from sqlora.generation import generate, load_for_inference
+from sqlora.infer.engine import generate
+from sqlora.infer.loading import load_for_inference
 from sqlora.models import MODEL_INFO, load_tokenizer
 from sqlora.prompt import Record, encode_prompt, encode_response
 from sqlora.training import IGNORE_INDEX, last_checkpoint, peak_memory_mb, peak_rss_mb, tokenize_records, train
@@ -190,3 +191,19 @@ def test_peak_rss_is_this_process_peak():
     assert 1 < peak_rss_mb() < 1e6
     if "peak_rss_mb" in peak_memory_mb():  # no GPU
         assert peak_memory_mb()["peak_rss_mb"] >= round(peak_rss_mb(), 1) - 1
+
+
+def test_precision_is_recorded_and_checked(tiny_model_dir, tmp_path):
+    """model.dtype auto trains under bf16 autocast where the CPU has native bf16 (fp32 elsewhere), the
+    base and the adapter in fp32; the metrics say which. fp16 is for CUDA GPUs only."""
+    from sqlora.models import dtype_name, resolve_dtype
+
+    common = dict(method="lora", base_dir=tiny_model_dir, records=RECORDS, lora=LoraParams(r=4, alpha=8), params=FAST, seed=0,
+                  live_dir=tmp_path / "live")  # fmt: skip
+    metrics = train(**common, out_dir=tmp_path / "auto", metrics_path=tmp_path / "auto.json")
+    assert metrics["dtype"] == dtype_name(resolve_dtype("auto")) and metrics["weights_dtype"] == "float32"
+    fp32 = train(**common, out_dir=tmp_path / "fp32", metrics_path=tmp_path / "fp32.json", dtype="float32")
+    assert fp32["dtype"] == "float32"
+    with pytest.raises(SqloraError, match="fp16 training .* runs on CUDA GPUs only"):
+        train(**common, out_dir=tmp_path / "fp16", metrics_path=tmp_path / "fp16.json", dtype="float16")
+    assert not (tmp_path / "fp16").exists()

@@ -110,16 +110,19 @@ def ask(
     chat_template: bool = False,
     max_new_tokens: int = 128,
     timeout_s: float = 30.0,
+    dtype: str = "auto",
 ) -> Answer:
-    """Generate the SQL for ``question`` on the SQLite file ``db_path`` greedily, and run it read-only."""
+    """Generate the SQL for ``question`` on the SQLite file ``db_path`` greedily (in ``dtype``, as
+    ``model.dtype``), and run it read-only."""
     prepared = prepare(
         db_path, question, model_dir, base_dir, schema_format=schema_format, sample_rows=sample_rows,
         chat_template=chat_template, max_new_tokens=max_new_tokens,
     )
-    from sqlora.generation import generate, load_for_inference
+    from sqlora.infer.engine import generate
+    from sqlora.infer.loading import load_for_inference
     from sqlora.sandbox import run_query
 
-    model, tokenizer = load_for_inference(model_dir, base_dir)
+    model, tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
     start = time.perf_counter()
     [generation] = generate(
         model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlora.datasets import DATASETS
 from sqlora.evaluation import ETYPES
-from sqlora.config import EXPORT_DTYPES
+from sqlora.config import DTYPES
 from sqlora.report import REPORT_FILE
 from sqlora.schema import SCHEMA_FORMATS
 
@@ -112,7 +112,7 @@ def _ask(args: argparse.Namespace) -> None:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
     answer = ask(
         args.db, args.question, args.model, args.base, schema_format=args.schema_format, sample_rows=args.sample_rows,
-        chat_template=args.chat_template, max_new_tokens=args.max_new_tokens, timeout_s=args.timeout,
+        chat_template=args.chat_template, max_new_tokens=args.max_new_tokens, timeout_s=args.timeout, dtype=args.dtype,
     )
     print(answer.sql or f"-- no SQL in the model's output: {answer.raw[:200]!r}")
     if not answer.ok:
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
     p.add_argument("--base", required=True, help="the base model folder it was trained from")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="auto", help="weights' dtype; auto: the base model's stored dtype")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype; auto: bf16 where the hardware runs it natively, else fp16 on GPUs, fp32 on CPUs")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("gate", help="CI gate: fail when EX or EM fell below the committed metrics (dvc metrics diff)")
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens generated (greedy)")
     p.add_argument("--timeout", type=float, default=30.0, help="time limit of the query in seconds")
     p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="the precision it computes in (model.dtype); auto: bf16 where native")
     p.set_defaults(func=_ask)
 
     p = sub.add_parser("report", help="the benchmark report: EX/EM tables and training cost from the DVC experiments' metrics")

@@ -19,7 +19,8 @@ from sqlora.schema import SCHEMA_FORMATS
 
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# model.dtype: the precision train, predict, ask and export compute in (auto: chosen by the hardware).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODINGS = ("greedy", "beam", "sample", "self_consistency")
 
 
@@ -44,13 +45,14 @@ class PromptParams:
 @dataclass(frozen=True)
 class ModelParams:
     name: str = "smollm2-135m-instruct"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (see sqlora.models.resolve_dtype)
 
 
 @dataclass(frozen=True)
 class LoraParams:
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
 
@@ -83,6 +85,7 @@ class PredictParams:
     top_p: float = 0.95  # sample, self_consistency: nucleus sampling (1.0: off)
     num_samples: int = 5  # self_consistency: sampled candidates per question, voted on by their results
     timeout_s: float = 10.0  # self_consistency: time limit of each candidate's query
+    launch: str = "python"  # the predict stage's launcher, e.g. "torchrun --nproc_per_node 2": each process predicts a share
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,6 @@ class GateParams:
 
 
 @dataclass(frozen=True)
-class ExportParams:
-    dtype: str = "bfloat16"  # of the merged model's weights; auto: the base's own
-
-
-@dataclass(frozen=True)
 class Params:
     seed: int = 42
     method: str = "lora"
@@ -117,7 +115,6 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     predict: PredictParams = field(default_factory=PredictParams)
     eval: EvalParams = field(default_factory=EvalParams)
-    export: ExportParams = field(default_factory=ExportParams)
     gate: GateParams = field(default_factory=GateParams)
 
 
@@ -191,7 +188,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     _check_choice(params.data.dataset, DATASETS, "data.dataset", path)
     _check_choice(params.prompt.schema_format, SCHEMA_FORMATS, "prompt.schema_format", path)
     _check_choice(params.train.lr_scheduler, LR_SCHEDULERS, "train.lr_scheduler", path)
-    _check_choice(params.export.dtype, EXPORT_DTYPES, "export.dtype", path)
+    _check_choice(params.model.dtype, DTYPES, "model.dtype", path)
     _check_choice(params.predict.decoding, DECODINGS, "predict.decoding", path)
     for key, value in [
         ("data.max_train_examples", params.data.max_train_examples),

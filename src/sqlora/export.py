@@ -13,7 +13,8 @@ vLLM, TGI or DB-GPT serve. ``sqlora_export.json`` records where it came from.
 - full: the fine-tuned checkpoint, re-saved; none: the base model, re-saved.
 
 Merging happens on the CPU in fp32 (about 4 bytes of RAM per parameter), then the weights are cast
-to the requested dtype, so a bf16/fp16 export is rounded once.
+to ``dtype`` (``model.dtype``; auto: the precision this machine predicts in, see
+:func:`sqlora.models.resolve_dtype`), so a bf16/fp16 export is rounded once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlora.config import EXPORT_DTYPES
+from sqlora.config import DTYPES
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, write_json
 from sqlora.models import check_checkpoint_folder, read_model_info
@@ -38,21 +39,6 @@ class Export:
     dtype: str
     parameters: int
     seconds: float
-
-
-def stored_dtype(model_dir: Path) -> str:
-    """The dtype a checkpoint declares in config.json (``dtype``, or ``torch_dtype`` before transformers 5); fp32 if none."""
-    path = model_dir / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SqloraError(f"{path}: cannot be read ({exc.strerror})") from None
-    except ValueError as exc:  # not UTF-8, or not JSON
-        raise SqloraError(f"{path}: not a valid config.json ({exc})") from None
-    if not isinstance(config, dict):
-        raise SqloraError(f"{path}: expected a JSON object")
-    declared = config.get("dtype") or config.get("torch_dtype")
-    return declared if declared in EXPORT_DTYPES[1:] else "float32"
 
 
 def _merged(model, finetuned_dir: Path, base_dir: Path):
@@ -75,19 +61,20 @@ def export_model(
 ) -> Export:
     """Write the model of a train-stage folder to ``out_dir`` as a standalone checkpoint (atomically)."""
     finetuned_dir, base_dir, out_dir = Path(finetuned_dir), Path(base_dir), Path(out_dir)
-    if dtype not in EXPORT_DTYPES:
-        raise SqloraError(f"dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
+    if dtype not in DTYPES:
+        raise SqloraError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_model_info(finetuned_dir)
     check_checkpoint_folder(base_dir, "base model", "; run the model stage first")
     if out_dir.resolve() in (finetuned_dir.resolve(), base_dir.resolve()):
         raise SqloraError(f"{out_dir}: the output folder must differ from the fine-tuned and base folders")
     method = info["method"]
-    target = stored_dtype(base_dir) if dtype == "auto" else dtype
 
     import torch  # only now: bad input above fails without the seconds these imports take
     from transformers import AutoModelForCausalLM
 
-    from sqlora.models import load_tokenizer
+    from sqlora.models import dtype_name, load_tokenizer, resolve_dtype
+
+    target = dtype_name(resolve_dtype(dtype))
 
     start = time.perf_counter()
     # Always the full-precision weights, on the CPU: never 4-bit (not even for qlora, see above), never

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from sqlora.config import METHODS
+from sqlora.config import DTYPES, METHODS
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path
 
@@ -56,18 +56,55 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 
 
 def device() -> torch.device:
+    """This process's device: its own GPU under ``accelerate launch`` / torchrun, else cuda:0 or the CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from accelerate import PartialState
+
+    return torch.device("cuda", PartialState().local_process_index)
 
 
-def compute_dtype() -> torch.dtype:
-    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow and lossy)."""
+def native_bf16(dev: torch.device) -> bool:
+    """bf16 matmuls run in hardware here: a CUDA GPU with bf16 (Ampere or later), or a CPU with
+    AVX512-BF16 or AMX, where oneDNN's bf16 matmuls run at about twice the fp32 speed."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if dev.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_dtype(name: str, dev: torch.device | None = None) -> torch.dtype:
+    """``model.dtype`` as a torch dtype on ``dev`` (default: this process's device). ``auto``: bf16 where
+    it is native, fp16 on a GPU without bf16 (training adds loss scaling), fp32 elsewhere."""
+    import torch
+
+    if name not in DTYPES:
+        raise SqloraError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    dev = dev or device()
+    if name != "auto":
+        return getattr(torch, name)
+    if native_bf16(dev):
         return torch.bfloat16
-    return torch.float32
+    return torch.float16 if dev.type == "cuda" else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def sharded_training() -> bool:
+    """FSDP or DeepSpeed ZeRO-3 is on (set by ``accelerate launch`` / TrainingArguments): the weights are
+    sharded across processes, so they are not placed on a device when loaded."""
+    import os
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") or is_deepspeed_zero3_enabled()
 
 
 def _save_from_gguf(gguf: Path, out: Path) -> None:
@@ -95,8 +132,17 @@ def check_checkpoint_folder(folder: Path, what: str = "model", hint: str = "") -
     ``what`` names the folder's role in the error ("base model"), ``hint`` ends it ("; run ...")."""
     if not folder.is_dir():
         raise SqloraError(f"{folder}: no such {what} folder{hint}")
-    if not (folder / "config.json").is_file():
+    path = folder / "config.json"
+    if not path.is_file():
         raise SqloraError(f"{folder}: not a Hugging Face checkpoint folder (no config.json){hint}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SqloraError(f"{path}: cannot be read ({exc.strerror})") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise SqloraError(f"{path}: not a valid config.json ({exc})") from None
+    if not isinstance(config, dict):
+        raise SqloraError(f"{path}: expected a JSON object")
 
 
 def _save_from_folder(folder: Path, out: Path) -> None:
@@ -147,32 +193,34 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-def quantization_config():
-    """bitsandbytes 4-bit NF4 with double quantisation; bf16 compute on GPU, fp32 on CPU."""
+def quantization_config(compute: torch.dtype):
+    """bitsandbytes 4-bit NF4 with double quantisation, computing in ``compute``. Under FSDP or ZeRO-3
+    the packed weights are stored in ``compute`` too, so they shard like the other weights."""
     from transformers import BitsAndBytesConfig
 
+    storage = {"bnb_4bit_quant_storage": compute} if sharded_training() else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(),
+        bnb_4bit_compute_dtype=compute,
+        **storage,
     )
 
 
-def load_base_model(base_dir: str | Path, method: str):
-    """The base model in the compute dtype; 4-bit NF4 for qlora. The Trainer places it on the device."""
+def load_base_model(base_dir: str | Path, method: str, dtype: torch.dtype):
+    """The base model with its weights in ``dtype``; 4-bit NF4 computing in ``dtype`` for qlora (placed on
+    this process's device, unless FSDP/ZeRO-3 shard it). Other methods load on the CPU: the Trainer or
+    the caller places them."""
     from transformers import AutoModelForCausalLM
 
     if method == "qlora":
         check_qlora_support()
-        from accelerate import PartialState
-
-        # Quantised weights cannot be moved after loading: load each process's copy on its own device.
-        place = PartialState().local_process_index if device().type == "cuda" else device().type
+        placement = {} if sharded_training() else {"device_map": {"": device()}}
         return AutoModelForCausalLM.from_pretrained(
-            base_dir, quantization_config=quantization_config(), dtype=compute_dtype(), device_map={"": place}
+            base_dir, quantization_config=quantization_config(dtype), dtype=dtype, **placement
         )
-    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=compute_dtype())
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
 
 
 def check_qlora_support() -> None:

@@ -1,9 +1,11 @@
-"""Predictions for a whole dev set, resumable: what the predict stage runs.
+"""Predictions for a whole dev set, resumable and shardable: what the predict stage runs.
 
 Each finished batch is appended to a partial file under a fingerprint of everything the
-predictions depend on (model folders, predict parameters, prompts): a run that was killed skips
-the questions already done; other inputs throw the partial file away. self_consistency runs each
-batch's candidates on the question's database and keeps the answer most of them agree on.
+predictions depend on (model folders, predict parameters, precision, prompts): a run that was
+killed skips the questions already done; other inputs throw the partial files away. Under
+``accelerate launch`` / torchrun every process predicts its share of the batches into its own
+partial file, and the main process merges them in input order. self_consistency runs each batch's
+candidates on the question's database and keeps the answer most of them agree on.
 """
 
 from __future__ import annotations
@@ -11,27 +13,39 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sqlora.config import PredictParams
-from sqlora.generation import Generation, iter_generate
+from sqlora.errors import SqloraError
+from sqlora.infer.engine import EngineChoice, Generation, iter_generate
 from sqlora.io import write_text
 from sqlora.prompt import Record
 
 
 class PartialPredictions:
-    """Rows of finished batches, kept across a kill in ``folder``; thrown away when the fingerprint differs."""
+    """Rows of finished batches, one file per process, kept across a kill in ``folder``.
 
-    def __init__(self, folder: Path, fingerprint: str):
-        self.path, stamp = folder / "dev.jsonl", folder / "fingerprint.txt"
-        folder.mkdir(parents=True, exist_ok=True)
-        if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
-            self.path.unlink(missing_ok=True)
-            write_text(stamp, fingerprint + "\n")
+    The process that ``resets`` (the main one, before the others open theirs) throws every partial
+    file away when the fingerprint differs; each process reads them all (so all skip the same
+    questions, whatever the number of processes of the killed run) and appends to its own.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str, rank: int = 0, reset: bool = True):
+        self.folder, self.path = folder, folder / f"dev.{rank}.jsonl"
+        stamp = folder / "fingerprint.txt"
+        if reset:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+                self._remove()
+                write_text(stamp, fingerprint + "\n")
         self.done: dict[int, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every process's rows (the main process does again once all are done)."""
+        for path in sorted(self.folder.glob("dev.*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
                 if not line.endswith("\n"):
                     break  # the kill came mid-write: that batch runs again
                 try:
@@ -47,13 +61,26 @@ class PartialPredictions:
             os.fsync(f.fileno())
         self.done.update((r["index"], r) for r in rows)
 
+    def rows(self, count: int) -> list[dict]:
+        """All ``count`` rows in input order, from every process's file."""
+        self.reload()
+        missing = [i for i in range(count) if i not in self.done]
+        if missing:
+            raise SqloraError(f"{self.folder}: {len(missing)} of {count} questions have no prediction (#{missing[0]}, ...)")
+        return [self.done[i] for i in range(count)]
+
     def finish(self) -> None:
-        self.path.unlink(missing_ok=True)  # the fingerprint stays: nothing left to resume
+        self._remove()  # the fingerprint stays: nothing left to resume
+
+    def _remove(self) -> None:
+        for path in self.folder.glob("dev*.jsonl"):  # dev.jsonl: the single file of earlier versions
+            path.unlink(missing_ok=True)
 
 
 def prediction_row(index: int, db_id: str, generation: Generation) -> dict:
     """One line of predictions/dev.jsonl."""
     row = {"index": index, "db_id": db_id, **asdict(generation)}
+    del row["tokens"]  # `raw` says it; new_tokens counts them
     if not generation.candidates:
         del row["candidates"]
     return row
@@ -71,6 +98,12 @@ def voted_row(index: int, db_id: str, generation: Generation, vote, vote_seconds
     return row
 
 
+@dataclass(frozen=True)
+class PredictRun:
+    seconds: float  # this process's generation (and voting) time
+    engine: EngineChoice | None  # None: every question was already done
+
+
 def predict_records(
     model,
     tokenizer,
@@ -81,16 +114,21 @@ def predict_records(
     seed: int,
     chat_template: bool,
     db_files: list[Path] | None = None,
-) -> tuple[list[dict], float]:
-    """A row per record (in order) and the seconds spent generating; ``partial``'s rows are reused.
-    ``db_files`` (one per record) are where self_consistency runs the candidates."""
+    rank: int = 0,
+    world: int = 1,
+) -> PredictRun:
+    """Predict this process's share (``rank`` of ``world``) of the records not in ``partial`` yet,
+    appending each finished batch to it. ``db_files`` (one per record) are where self_consistency
+    runs the candidates."""
     voting = params.decoding == "self_consistency"
     if voting and db_files is None:
         raise ValueError("self_consistency needs each record's database file")
+    chosen: list[EngineChoice] = []
     start = time.perf_counter()
     for batch in iter_generate(
-        model, tokenizer, [r.prompt for r in records], params, seed=seed, chat_template=chat_template, skip=partial.done
-    ):
+        model, tokenizer, [r.prompt for r in records], params, seed=seed, chat_template=chat_template,
+        skip=partial.done, rank=rank, world=world, on_engine=chosen.append, progress=rank == 0,
+    ):  # fmt: skip
         indexes = sorted(batch)
         if voting:
             from sqlora.voting import vote
@@ -102,4 +140,4 @@ def predict_records(
             partial.append([voted_row(i, records[i].db_id, batch[i], v, vote_seconds) for i, v in zip(indexes, votes)])
         else:
             partial.append([prediction_row(i, records[i].db_id, batch[i]) for i in indexes])
-    return [partial.done[i] for i in range(len(records))], time.perf_counter() - start
+    return PredictRun(seconds=time.perf_counter() - start, engine=chosen[0] if chosen else None)

@@ -1,7 +1,7 @@
 """Supervised fine-tuning: LoRA, QLoRA (4-bit NF4) or full, with the loss on the SQL only.
 
 The train stage calls :func:`train`; it writes a *fine-tuned model folder* that the predict
-stage loads with :func:`sqlora.generation.load_for_inference`:
+stage loads with :func:`sqlora.infer.loading.load_for_inference`:
 
 - ``sqlora_model.json``: ``{"method": ..., "base": ...}`` — what the folder holds;
 - lora/qlora: the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``);
@@ -32,7 +32,7 @@ import torch
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json
-from sqlora.models import MODEL_INFO, compute_dtype, device, load_base_model, load_tokenizer
+from sqlora.models import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from sqlora.prompt import Record, encode_prompt, encode_response
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
@@ -101,22 +101,57 @@ def response_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> tor
     return loss / count
 
 
-def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False):
+def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False, announce: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    targets = params.target_modules
+    experts = fused_experts(model)
+    if targets == "all-linear" and experts and params.dropout:
+        # peft adapts fused MoE expert weights (3-D parameters) only without dropout: keep the dropout,
+        # adapt the linear layers (attention, shared MLPs) and leave the experts as they are.
+        output = model.get_output_embeddings()
+        targets = sorted({name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not output})
+        if announce:
+            print(
+                f"train: lora.dropout {params.dropout}: peft cannot drop out on the fused MoE experts "
+                f"({experts[0]}, ...), so LoRA adapts the {len(targets)} linear layers only; set lora.dropout: 0 "
+                "to adapt the experts too"
+            )
     config = LoraConfig(
         r=params.r,
         lora_alpha=params.alpha,
         lora_dropout=params.dropout,
-        target_modules=params.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:  # peft's message for target modules that match nothing
         raise SqloraError(f"params.yaml: 'lora.target_modules' {params.target_modules!r}: {str(exc).splitlines()[0]}") from None
+
+
+def fused_experts(model) -> list[str]:
+    """Modules holding MoE experts fused into 3-D weight tensors (transformers 5's Mixtral, Qwen3-MoE...)."""
+    return [name for name, m in model.named_modules() if any(p.ndim == 3 for p in m.parameters(recurse=False))]
+
+
+def training_weights_dtype(method: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype the base weights load in for training, ``compute`` being the matmuls' (autocast) dtype.
+
+    - full: every weight is trained: fp32 master weights, always;
+    - qlora: 4-bit weights whose matmuls run in ``compute`` (peft keeps the norms in fp32);
+    - lora: fp32 adapters (peft keeps them in fp32) on frozen base weights, which on a GPU load in the
+      compute dtype (half the memory) and on a CPU in fp32: its elementwise ops (norms, residual adds)
+      run faster in fp32 than in bf16 and keep the residual stream exact, while the matmuls still run
+      in bf16 under autocast.
+    """
+    if method == "qlora":
+        return compute
+    if method == "full" or device().type == "cpu":
+        return torch.float32
+    return compute
 
 
 def peak_memory_mb() -> dict:
@@ -223,11 +258,13 @@ def train(
     live_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
     chat_template: bool = False,
+    dtype: str = "auto",
 ) -> dict:
     """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics.
 
     With ``checkpoint_dir``, checkpoints are kept there every ``params.save_steps`` steps and a
-    previous run with the same inputs that did not finish is resumed from its last one.
+    previous run with the same inputs that did not finish is resumed from its last one. ``dtype``
+    (``model.dtype``) is the precision of the matmuls: see :func:`training_weights_dtype`.
     """
     from accelerate import PartialState
 
@@ -266,14 +303,11 @@ def train(
     if data.too_long and state.is_main_process:
         print(f"train: left out {data.too_long} of {len(records)} examples longer than {params.max_length} tokens")
 
-    model = load_base_model(base_dir, method)
-    if method in ("lora", "qlora"):
-        model = add_lora(model, lora, method, params.gradient_checkpointing)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
+    compute = resolve_dtype(dtype)
+    if compute == torch.float16 and device().type != "cuda":
+        raise SqloraError("model.dtype float16: fp16 training (with loss scaling) runs on CUDA GPUs only; use bfloat16 or float32")
     fingerprint = run_fingerprint(
-        method=method, base=folder_stamp(base_dir), lora=asdict(lora),
+        method=method, base=folder_stamp(base_dir), lora=asdict(lora), dtype=dtype_name(compute),
         train={k: v for k, v in asdict(params).items() if k not in ("launch", "logging_steps")},
         seed=seed, chat_template=chat_template, world_size=state.num_processes,
         data=hashlib.sha256(json.dumps(data.features).encode()).hexdigest(),
@@ -290,6 +324,8 @@ def train(
 
     collator = ResponseCollator(tokenizer)
     saving = Path(out_dir).with_name(f".{Path(out_dir).name}.saving")  # the model folder, until complete
+    # Before the model is loaded: under DeepSpeed ZeRO-3 the arguments set up zero.Init, which then
+    # loads each process's shard of the weights instead of a whole copy per process.
     args = TrainingArguments(
         output_dir=str(checkpoints if checkpoints is not None else saving),
         num_train_epochs=params.epochs,
@@ -309,7 +345,10 @@ def train(
         report_to=[],
         seed=seed,
         data_seed=seed,
-        bf16=compute_dtype() == torch.bfloat16,
+        # Mixed precision: the matmuls under autocast in bf16 (fp16 with loss scaling), the weights
+        # being trained kept in fp32.
+        bf16=compute == torch.bfloat16,
+        fp16=compute == torch.float16,
         # Batches of similar lengths: little compute spent on padding.
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
@@ -319,6 +358,12 @@ def train(
         use_cpu=device().type == "cpu",
         disable_tqdm=not os.isatty(2),
     )
+    weights = training_weights_dtype(method, compute)
+    model = load_base_model(base_dir, method, weights)
+    if method in ("lora", "qlora"):
+        model = add_lora(model, lora, method, params.gradient_checkpointing, announce=state.is_main_process)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     live = None
     if state.is_main_process:
         if resume:
@@ -349,6 +394,8 @@ def train(
     metrics = {
         "method": method,
         "device": device().type,
+        "dtype": dtype_name(compute),  # the matmuls' precision (autocast); trained weights are fp32
+        "weights_dtype": dtype_name(weights),  # the base weights' (frozen for lora; 4-bit storage for qlora)
         "processes": state.num_processes,
         "train_examples": len(data.features),
         "too_long_examples": data.too_long,

@@ -1,0 +1,22 @@
+"""make bench-gpu's script on the CPU: the same code path the GPU run takes (train LoRA and QLoRA, predict
+with both engines, export), on the tiny model, so the script is known to run before a GPU is lent."""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_gpu_runs_on_the_cpu(tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/bench_gpu.py"), "--device", "cpu", "--models", "tiny",
+         "--smollm2", str(tiny_model_dir), "--steps", "2", "--batch-size", "4", "--questions", "6"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    for line in ("tiny lora: 2 steps", "tiny qlora: 2 steps", "QLoRA peak memory / LoRA peak memory",
+                 "tiny predict float32 (sqlora engine)", "tiny predict float32 (transformers engine)",
+                 "identical SQL float32, our engine vs generate(): 6/6", "exported model vs base + adapter: 6/6"):  # fmt: skip
+        assert line in out, out
+    assert out.strip().endswith('{"result": "ok"}')

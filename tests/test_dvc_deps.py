@@ -1,0 +1,71 @@
+"""Every stage depends on every file of ours it runs: its script and the sqlora modules it imports,
+directly or through other modules, at the top or inside functions. A dep that misses one lets DVC
+keep stale predictions or metrics after a code change."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+SRC = REPO / "src"
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module ``sqlora.x.y`` (a package's __init__.py), None if it is not ours."""
+    if name != "sqlora" and not name.startswith("sqlora."):
+        return None
+    path = SRC.joinpath(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def imported(path: Path) -> set[str]:
+    """Every module an import statement anywhere in ``path`` names (``from a import b``: a, and a.b if a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def closure(script: Path) -> set[Path]:
+    """The script and every sqlora file it can import (packages bring their __init__.py)."""
+    seen, todo = {script}, [script]
+    while todo:
+        for name in imported(todo.pop()):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
+                path = module_file(".".join(parts[:depth]))
+                if path is not None and path.is_file() and path not in seen:
+                    seen.add(path)
+                    todo.append(path)
+    return seen
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    return any(path == REPO / dep or (REPO / dep) in path.parents for dep in deps)
+
+
+def test_every_stage_depends_on_everything_it_imports():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = REPO / stage["cmd"].split()[-1]
+        assert script.is_file(), f"{name}: its command runs {script}, which does not exist"
+        missing = sorted(str(p.relative_to(REPO)) for p in closure(script) if not covered(p, stage["deps"]))
+        assert not missing, f"stage {name} imports files outside its deps: {missing}"
+
+
+def test_the_closure_follows_imports_inside_functions(tmp_path):
+    """The check itself: a module imported only inside a function still counts."""
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from sqlora.voting import vote\n")
+    files = {p.relative_to(REPO).as_posix() for p in closure(script) if p != script}
+    assert {"src/sqlora/voting.py", "src/sqlora/evaluation.py", "src/sqlora/__init__.py"} <= files
+    assert not covered(REPO / "src/sqlora/voting.py", ["stages/predict.py", "src/sqlora/infer"])
+    assert covered(REPO / "src/sqlora/infer/fast.py", ["src/sqlora/infer"])
