@@ -3,8 +3,9 @@
 Finished batches are kept in predictions/partial/ (not a DVC output; see sqlora.prediction): a run
 that was killed skips the questions already done, and the outputs are written only when every
 question is, atomically. Runs as it is under `accelerate launch` / torchrun (predict.launch): each
-process predicts its share, the main one merges them in input order. self_consistency runs the
-candidates on each question's database (data/prepared/meta.json's database_dir).
+process predicts its share, the main one merges them in input order. self_consistency and
+execution_guided run the candidates on each question's database (data/prepared/meta.json's
+database_dir); predict.constrained checks identifiers against meta.json's tables_json.
 """
 
 import hashlib
@@ -19,7 +20,7 @@ from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import STATUSES
 from sqlora.io import folder_stamp, run_fingerprint, write_jsonl, write_text
 from sqlora.models import device, dtype_name, resolve_dtype
-from sqlora.prediction import PartialPredictions, predict_records
+from sqlora.prediction import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
 
 OUT = Path("predictions")
 PARTIAL = OUT / "partial"
@@ -35,18 +36,19 @@ def main() -> None:
     state = PartialState(cpu=device().type == "cpu")  # joins the process group under a launcher
     main_process = state.is_main_process
     records = load_records("data/prepared/dev.jsonl")
-    voting = predict.decoding == "self_consistency"
+    meta = json.loads(Path("data/prepared/meta.json").read_text())
+    voting = predict.decoding in RUNS_CANDIDATES
     if voting:
-        meta = json.loads(Path("data/prepared/meta.json").read_text())
         db_files = [database_path(meta["database_dir"], r.db_id) for r in records]
         missing = sorted({str(p) for p in db_files if not p.is_file()})
         if missing and not params.eval.skip_missing_databases:
             raise SqloraError(
-                f"predict.decoding self_consistency runs the candidates, but {missing[0]} does not exist "
+                f"predict.decoding {predict.decoding} runs the candidates, but {missing[0]} does not exist "
                 "(eval.skip_missing_databases: true keeps the first candidate of such questions, which evaluation leaves out)"
             )
         if missing and main_process:
             print(f"predict: {len(missing)} database(s) missing ({missing[0]}, ...): the first candidate of their questions is kept")
+    constraints = schema_constraints(records, meta["tables_json"]) if predict.constrained else None
     model_dir = Path(predict.model)
     if not model_dir.is_dir():
         raise SqloraError(f"params.yaml: 'predict.model' is {predict.model!r}, which is not a folder")
@@ -66,7 +68,7 @@ def main() -> None:
         partial = PartialPredictions(PARTIAL, fingerprint, rank=state.process_index, reset=False)
     run = predict_records(
         model, tokenizer, records, predict, partial, seed=params.seed, chat_template=params.prompt.chat_template,
-        db_files=db_files if voting else None, rank=state.process_index, world=state.num_processes,
+        db_files=db_files if voting else None, constraints=constraints, rank=state.process_index, world=state.num_processes,
     )
     state.wait_for_everyone()  # every process's share is in its partial file
     if not main_process:

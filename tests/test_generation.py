@@ -314,6 +314,43 @@ def test_choose_and_canonical_key():
     assert canonical_key([]) == canonical_key([])
     assert canonical_key([(1, "a"), (2, "b")]) == canonical_key([("b", 2), ("a", 1)])
     assert canonical_key([(1,), (1,)]) != canonical_key([(1,)])  # a bag: duplicates count
+    assert canonical_key([(1, True)]) == canonical_key([(1.0, 1)])  # equal numbers, as EX compares them
+    assert canonical_key([("1",)]) != canonical_key([(1,)])
+    # columns with the same values in another alignment: equal only up to a real permutation
+    assert canonical_key([(1, 2), (2, 1), (1, 1)]) == canonical_key([(2, 1), (1, 2), (1, 1)])
+    assert canonical_key([(1, 2), (2, 1)]) != canonical_key([(1, 1), (2, 2)])
+
+
+def test_canonical_key_groups_exactly_what_ex_calls_equal():
+    """Property: for random results (columns permuted, rows shuffled, values swapped for equal ones of
+    another type), two keys are equal exactly when results_match (without ordering) says so."""
+    import random
+
+    from sqlora.evaluation import results_match
+
+    rng = random.Random(0)
+    pool = [0, 1, 1.0, True, 2, 2.0, 2.5, "1", "a", None, b"a"]
+    equal_pairs = unequal_pairs = 0
+    for _ in range(3000):
+        width, height = rng.randint(1, 4), rng.randint(0, 4)
+        a = [tuple(rng.choice(pool) for _ in range(width)) for _ in range(height)]
+        if rng.random() < 0.5:  # a result EX may call equal: permuted, shuffled, equal values retyped
+            order = rng.sample(range(width), width)
+            swap = {1: [1, 1.0, True], 2: [2, 2.0], 0: [0, 0.0, False]}
+            b = [tuple(rng.choice(swap.get(v, [v])) if not isinstance(v, (str, bytes)) and v is not None else v
+                       for v in (row[i] for i in order)) for row in a]  # fmt: skip
+            rng.shuffle(b)
+            if rng.random() < 0.3 and b:  # and sometimes changed in one cell
+                row = list(b[0])
+                row[0] = rng.choice(pool)
+                b[0] = tuple(row)
+        else:
+            b = [tuple(rng.choice(pool) for _ in range(width)) for _ in range(rng.randint(0, 4))]
+        same = results_match(b, a, order_matters=False)
+        assert (canonical_key(a) == canonical_key(b)) == same, (a, b)
+        equal_pairs += same
+        unequal_pairs += not same
+    assert equal_pairs > 500 and unequal_pairs > 500
 
 
 # --- sampling ---------------------------------------------------------------------------------------

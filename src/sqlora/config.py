@@ -21,7 +21,7 @@ METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 # model.dtype: the precision train, predict, ask and export compute in (auto: chosen by the hardware).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DECODINGS = ("greedy", "beam", "sample", "self_consistency")
+DECODINGS = ("greedy", "beam", "sample", "self_consistency", "execution_guided")
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,15 @@ class PredictParams:
     model: str = "models/finetuned"
     batch_size: int = 64  # sequences generated together (self_consistency: questions x num_samples)
     max_new_tokens: int = 128
-    decoding: str = "greedy"  # greedy | beam | sample | self_consistency; sampling draws from the top-level seed
-    num_beams: int = 4  # beam
+    # greedy | beam | sample | self_consistency | execution_guided; sampling draws from the top-level seed
+    decoding: str = "greedy"
+    constrained: bool = False  # schema-constrained decoding: no identifier the question's database does not have
+    num_beams: int = 4  # beam, execution_guided (its candidates: the beams, best first)
+    require_rows: bool = False  # execution_guided: the first candidate that runs *and returns rows* wins
     temperature: float = 0.7  # sample, self_consistency
     top_p: float = 0.95  # sample, self_consistency: nucleus sampling (1.0: off)
     num_samples: int = 5  # self_consistency: sampled candidates per question, voted on by their results
-    timeout_s: float = 10.0  # self_consistency: time limit of each candidate's query
+    timeout_s: float = 10.0  # self_consistency, execution_guided: time limit of each candidate's query
     launch: str = "python"  # the predict stage's launcher, e.g. "torchrun --nproc_per_node 2": each process predicts a share
 
 

@@ -98,6 +98,24 @@ def voted_row(index: int, db_id: str, generation: Generation, vote, vote_seconds
     return row
 
 
+RUNS_CANDIDATES = ("self_consistency", "execution_guided")  # decodings that run their candidates to choose
+
+
+def schema_constraints(records: list[Record], tables_json: str | Path) -> list:
+    """Each record's SchemaNames for ``predict.constrained``, from the tables.json its prompt was made from."""
+    from sqlora.datasets import load_schemas
+    from sqlora.infer.constrained import SchemaNames
+
+    schemas = load_schemas(tables_json)
+    names: dict[str, SchemaNames] = {}
+    for record in records:
+        if record.db_id not in schemas:
+            raise SqloraError(f"predict.constrained: database {record.db_id!r} is not in {tables_json}")
+        if record.db_id not in names:
+            names[record.db_id] = SchemaNames.of(schemas[record.db_id])
+    return [names[r.db_id] for r in records]
+
+
 @dataclass(frozen=True)
 class PredictRun:
     seconds: float  # this process's generation (and voting) time
@@ -114,28 +132,35 @@ def predict_records(
     seed: int,
     chat_template: bool,
     db_files: list[Path] | None = None,
+    constraints: list | None = None,
     rank: int = 0,
     world: int = 1,
 ) -> PredictRun:
     """Predict this process's share (``rank`` of ``world``) of the records not in ``partial`` yet,
-    appending each finished batch to it. ``db_files`` (one per record) are where self_consistency
-    runs the candidates."""
-    voting = params.decoding == "self_consistency"
+    appending each finished batch to it. ``db_files`` (one per record) are where self_consistency and
+    execution_guided run the candidates; ``constraints`` (``predict.constrained``): each record's
+    :class:`sqlora.infer.constrained.SchemaNames`."""
+    voting = params.decoding in RUNS_CANDIDATES
     if voting and db_files is None:
-        raise ValueError("self_consistency needs each record's database file")
+        raise ValueError(f"{params.decoding} needs each record's database file")
     chosen: list[EngineChoice] = []
     start = time.perf_counter()
     for batch in iter_generate(
         model, tokenizer, [r.prompt for r in records], params, seed=seed, chat_template=chat_template,
         skip=partial.done, rank=rank, world=world, on_engine=chosen.append, progress=rank == 0,
+        constraints=constraints,
     ):  # fmt: skip
         indexes = sorted(batch)
         if voting:
-            from sqlora.voting import vote
+            from sqlora.voting import choose, first_running, run_candidates
 
             began = time.perf_counter()
             candidates = [[c.sql for c in batch[i].candidates] for i in indexes]
-            votes = vote(candidates, [db_files[i] for i in indexes], params.timeout_s)
+            keys = run_candidates(candidates, [db_files[i] for i in indexes], params.timeout_s)
+            if params.decoding == "self_consistency":
+                votes = [choose(k) for k in keys]
+            else:
+                votes = [first_running(k, params.require_rows) for k in keys]
             vote_seconds = round(time.perf_counter() - began, 4)
             partial.append([voted_row(i, records[i].db_id, batch[i], v, vote_seconds) for i, v in zip(indexes, votes)])
         else:

@@ -1,4 +1,5 @@
-"""Execution-guided self-consistency: run each sampled candidate, keep the answer most candidates agree on.
+"""Choosing among candidates by running them: self-consistency (the answer most sampled candidates agree
+on) and execution-guided decoding (the first beam that runs, optionally returning rows).
 
 Candidates agree when their results match the way EX compares them (``sqlora.evaluation.results_match``
 without gold ordering): the same bag of rows up to a permutation of the columns, and any two empty
@@ -10,6 +11,7 @@ this module, and they start faster without it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +38,46 @@ def result_key(db_file: str | Path, sql: str, timeout_s: float) -> str | None:
     return canonical_key(result.rows)
 
 
+MAX_ORDERINGS = 40_320  # column orderings tried for one key (8! : eight columns with the same values)
+
+
+def _value(value):
+    """A value as EX compares it (Python's ==): True is 1, 1.0 is 1; other types stay apart."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def canonical_key(rows: list[tuple]) -> str:
+    """A hash equal for two results exactly when EX calls them equal (results_match without ordering):
+    the same bag of rows up to a permutation of the columns, values compared as Python compares them.
+
+    Columns are ordered by their bag of values, which a permutation cannot change; columns with the
+    same bag can stand for each other, so among their orderings the one giving the smallest sorted
+    list of rows is taken (past MAX_ORDERINGS orderings, the first: equal results may then differ).
+    """
     if not rows:
         return _EMPTY
-    # Columns in an order fixed by their own values, so a permutation of the SELECT list gives the same
-    # form; then rows in sorted order (a bag). repr() orders mixed types (None, int, str) without errors.
-    columns = sorted(zip(*rows), key=lambda column: sorted(map(repr, column)))
-    canonical = sorted(repr(row) for row in zip(*columns))
-    return hashlib.sha256("\n".join(canonical).encode("utf-8", errors="surrogatepass")).hexdigest()
+    columns = [tuple(_value(v) for v in column) for column in zip(*rows)]
+    bag_key = {id(c): repr(sorted(map(repr, c))) for c in columns}
+    groups: dict[str, list[tuple]] = {}
+    for column in sorted(columns, key=lambda c: bag_key[id(c)]):
+        groups.setdefault(bag_key[id(column)], []).append(column)
+    orderings = [list(itertools.permutations(group)) for group in groups.values()]
+    count = 1
+    for options in orderings:
+        count *= len(options)
+    if count > MAX_ORDERINGS:
+        orderings = [options[:1] for options in orderings]
+    best = None
+    for choice in itertools.product(*orderings):
+        ordered = [column for group in choice for column in group]
+        canonical = sorted(repr(row) for row in zip(*ordered))
+        if best is None or canonical < best:
+            best = canonical
+    return hashlib.sha256("\n".join(best).encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def choose(keys: list[str | None]) -> Vote:
@@ -59,9 +93,23 @@ def choose(keys: list[str | None]) -> Vote:
     return Vote(chosen=keys.index(best), votes=sizes[best], keys=keys)
 
 
-def vote(candidates: list[list[str]], db_files: list[Path], timeout_s: float, workers: int = 2) -> list[Vote]:
-    """For each question, run its candidates on its database (read-only, time-limited, in worker
-    processes that a crash cannot take down) and choose one."""
+def first_running(keys: list[str | None], require_rows: bool = False) -> Vote:
+    """execution_guided: the first candidate that runs (with ``require_rows``: and returns rows; if none
+    does, the first that runs); when none runs, the first. ``votes``: 1 if one ran, else 0."""
+    ran = [k for k, key in enumerate(keys) if key is not None]
+    with_rows = [k for k in ran if keys[k] != _EMPTY]
+    chosen = (with_rows if require_rows and with_rows else ran)[:1]
+    return Vote(chosen=chosen[0] if chosen else 0, votes=1 if chosen else 0, keys=keys)
+
+
+def run_candidates(candidates: list[list[str]], db_files: list[Path], timeout_s: float, workers: int = 2) -> list[list[str | None]]:
+    """Each question's candidates run on its database (read-only, time-limited, in worker processes that a
+    crash cannot take down): their result keys."""
     tasks = [(db_file, sql, timeout_s) for sqls, db_file in zip(candidates, db_files) for sql in sqls]
     keys = iter(_run_tasks(result_key, tasks, workers=workers, crashed=None))
-    return [choose([next(keys) for _ in sqls]) for sqls in candidates]
+    return [[next(keys) for _ in sqls] for sqls in candidates]
+
+
+def vote(candidates: list[list[str]], db_files: list[Path], timeout_s: float, workers: int = 2) -> list[Vote]:
+    """For each question, run its candidates (:func:`run_candidates`) and choose the answer most agree on."""
+    return [choose(keys) for keys in run_candidates(candidates, db_files, timeout_s, workers)]

@@ -68,7 +68,7 @@ class Engine:
 
     name = ""
 
-    def __init__(self, model, tokenizer, params: PredictParams, seed: int):
+    def __init__(self, model, tokenizer, params: PredictParams, seed: int, constraints: list | None = None):
         self.model, self.tokenizer, self.params, self.seed = model, tokenizer, params, seed
         self.dev = model.device
         eos = model.generation_config.eos_token_id
@@ -77,6 +77,13 @@ class Engine:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.sampling = params.decoding in ("sample", "self_consistency")
         self.dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # 4-bit: the compute dtype
+        # Schema-constrained decoding: per prompt, the SchemaNames its identifiers are checked against (None: free).
+        self.constraints = constraints if constraints and any(c is not None for c in constraints) else None
+        self.checker = None
+        if self.constraints:
+            from sqlora.infer.constrained import TokenChecker
+
+            self.checker = TokenChecker(tokenizer, self.eos)
 
     # Batches that run alone (no rows joining them) pool small groups, each step of which costs nearly a full one.
     pools_small_batches = True
@@ -117,7 +124,7 @@ def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, eng
         raise SqloraError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "transformers":
         return EngineChoice("transformers", "asked for")
-    if params.decoding == "beam":
+    if params.decoding in ("beam", "execution_guided"):
         return EngineChoice("transformers", "beam search runs through transformers' generate()")
     if model not in _fast_path_checks:
         _fast_path_checks[model] = fast_path_problem(model, tokenizer)
@@ -131,14 +138,24 @@ def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, eng
     return EngineChoice("transformers", problem.reason)
 
 
-def _engine(choice: EngineChoice, model, tokenizer, params: PredictParams, seed: int) -> Engine:
+def _engine(choice: EngineChoice, model, tokenizer, params: PredictParams, seed: int, constraints: list | None) -> Engine:
     if choice.name == "sqlora":
         from sqlora.infer.fast import FastEngine
 
-        return FastEngine(model, tokenizer, params, seed)
+        return FastEngine(model, tokenizer, params, seed, constraints)
     from sqlora.infer.hf import TransformersEngine
 
-    return TransformersEngine(model, tokenizer, params, seed)
+    return TransformersEngine(model, tokenizer, params, seed, constraints)
+
+
+def candidates_per_prompt(params: PredictParams) -> int:
+    """Sequences generated per prompt: self_consistency's samples, execution_guided's beams, and the
+    beams of a constrained beam search (the first whose aliases resolve is kept); else one."""
+    if params.decoding == "self_consistency":
+        return params.num_samples
+    if params.decoding == "execution_guided" or (params.decoding == "beam" and params.constrained):
+        return params.num_beams
+    return 1
 
 
 # --- batches --------------------------------------------------------------------------------------------
@@ -236,6 +253,7 @@ def generate(
     progress: bool = True,
     chat_template: bool = False,
     engine: str = "auto",
+    constraints: list | None = None,
     **decoding,
 ) -> list[Generation]:
     """One Generation per prompt, in input order (greedy unless ``decoding`` says otherwise:
@@ -244,7 +262,8 @@ def generate(
     params = PredictParams(batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding)
     results: dict[int, Generation] = {}
     for batch in iter_generate(
-        model, tokenizer, prompts, params, seed=seed, chat_template=chat_template, progress=progress, engine=engine
+        model, tokenizer, prompts, params, seed=seed, chat_template=chat_template, progress=progress, engine=engine,
+        constraints=constraints,
     ):
         results.update(batch)
     return [results[i] for i in range(len(prompts))]
@@ -265,6 +284,7 @@ def iter_generate(
     rank: int = 0,
     world: int = 1,
     on_engine: Callable[[EngineChoice], None] | None = None,
+    constraints: list | None = None,
 ) -> Iterator[dict[int, Generation]]:
     """Generate, yielding each finished batch's {prompt index: Generation} (in the order batches finish).
 
@@ -273,16 +293,19 @@ def iter_generate(
     its ``rank``'s share (:func:`shard`). Sampling (our engine) draws from one random stream per
     question and candidate, seeded by ``seed`` and the question's index, so what a question gets does
     not depend on the other questions, on what was skipped or on the number of processes.
-    ``on_engine`` is told which engine runs, and why.
+    ``on_engine`` is told which engine runs, and why. ``constraints`` (``predict.constrained``): per
+    prompt, the :class:`sqlora.infer.constrained.SchemaNames` its identifiers are checked against.
     """
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     encoded = encode_all(model, tokenizer, prompts, params.max_new_tokens, chat_template)
-    samples = params.num_samples if params.decoding == "self_consistency" else 1
+    if params.constrained and constraints is None:
+        raise SqloraError("predict.constrained needs each prompt's schema (constraints)")
+    samples = candidates_per_prompt(params)
     longest = max((len(ids) for ids in encoded), default=0) + params.max_new_tokens
     choice = select_engine(model, tokenizer, params, longest, engine)
     if on_engine is not None:
         on_engine(choice)
-    runner = _engine(choice, model, tokenizer, params, seed)
+    runner = _engine(choice, model, tokenizer, params, seed, constraints if params.constrained else None)
     batches = plan_batches(encoded, max(1, params.batch_size // samples), pool_small=runner.pools_small_batches)
     skip = set(skip)
     todo = [b for b in shard(batches, rank, world) if not set(b.indexes) <= skip]
@@ -296,9 +319,21 @@ def iter_generate(
             for index, mine in by_question.items():
                 seconds = sum(r.seconds for r in mine)
                 generations = [runner.finish(r, batch_seconds, seconds) for r in mine]
-                out[index] = generations[0] if samples == 1 else replace(generations[0], candidates=tuple(generations))
+                if samples == 1:
+                    out[index] = generations[0]
+                elif params.decoding == "beam":  # constrained: the best beam whose aliases resolve
+                    out[index] = first_resolving(generations, constraints[index])
+                else:
+                    out[index] = replace(generations[0], candidates=tuple(generations))
             bar.update(len(batch.indexes))
             yield out
+
+
+def first_resolving(generations: list[Generation], names) -> Generation:
+    """The first generation whose SQL passes the schema check with its aliases resolved (else the first)."""
+    from sqlora.infer.constrained import sql_resolves
+
+    return next((g for g in generations if names is None or sql_resolves(names, g.sql)), generations[0])
 
 
 def runs(items: list, key) -> list[list]:

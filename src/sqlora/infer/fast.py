@@ -29,6 +29,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from sqlora.config import PredictParams
+from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.engine import Batch, Engine, Row, runs, share_time
 from sqlora.infer.sql_text import sql_complete
 
@@ -221,14 +222,15 @@ def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
 class _StreamRow(Row):
     generator: torch.Generator | None = None  # its own random stream (sampling)
     prefix: Cache | None = None  # the KV cache of its shared prefix, attended to in place
+    constraint: RowConstraint | None = None  # predict.constrained: where its SQL stands
 
 
 class FastEngine(Engine):
     name = "sqlora"
     pools_small_batches = False  # rows join running batches: small groups cost nothing extra
 
-    def __init__(self, model, tokenizer, params: PredictParams, seed: int):
-        super().__init__(model, tokenizer, params, seed)
+    def __init__(self, model, tokenizer, params: PredictParams, seed: int, constraints: list | None = None):
+        super().__init__(model, tokenizer, params, seed, constraints)
         self.original = model.config._attn_implementation
         self.layers = len(DynamicCache(config=model.config).layers)
         self.prefix_key: tuple[int, ...] | None = None
@@ -322,14 +324,31 @@ class FastEngine(Engine):
 
     def _choose(self, logits: torch.Tensor, rows: list[_StreamRow]) -> torch.Tensor:
         """Greedy: the argmax. Sampling: one uniform draw per row from the row's own random stream,
-        through the inverse CDF of :func:`sampling_distribution`."""
+        through the inverse CDF of :func:`sampling_distribution`. A constrained row takes the best
+        token its schema allows (greedy), or draws from :func:`constrained_distribution` (sampling)."""
         if not self.sampling:
-            return logits.argmax(dim=-1)
+            tokens = logits.argmax(dim=-1)
+            for k, row in enumerate(rows):
+                state = row.constraint.state if row.constraint is not None else None
+                if state is not None and not self.checker.allows(state, int(tokens[k])):
+                    best = self.checker.first_allowed(state, logits[k], 1)
+                    if best:
+                        tokens[k] = best[0]
+            return tokens
+        draws = [float(torch.rand((), generator=r.generator)) for r in rows]
         values, indexes = _nucleus(logits, self.params.temperature, self.params.top_p)
         cdf = values.cumsum(dim=-1)
-        draws = torch.tensor([float(torch.rand((), generator=r.generator)) for r in rows], device=self.dev)
-        picks = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
-        return picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
+        picks = torch.searchsorted(cdf, (torch.tensor(draws, device=self.dev) * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
+        tokens = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
+        for k, row in enumerate(rows):
+            state = row.constraint.state if row.constraint is not None else None
+            if state is not None:
+                allowed, masses = self.checker.nucleus(state, logits[k], self.params.temperature, self.params.top_p)
+                if allowed:
+                    cumulative = torch.tensor(masses).cumsum(0)
+                    pick = int(torch.searchsorted(cumulative, torch.tensor([draws[k] * float(cumulative[-1])])).clamp(max=len(allowed) - 1))
+                    tokens[k] = allowed[pick]
+        return tokens
 
     def run(self, batches: list[Batch], encoded: list[list[int]], samples: int) -> Iterator[tuple[Batch, list[Row]]]:
         """Continuous batching: up to ``batch_size`` rows generate together; as rows finish, the next
@@ -340,7 +359,10 @@ class FastEngine(Engine):
         """
         capacity = max(self.params.batch_size, samples)
         queue = [
-            _StreamRow(index=i, sample=k, batch=b, generator=self._generator(i, k) if self.sampling else None)
+            _StreamRow(
+                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.sampling else None,
+                constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
+            )
             for b in batches for i in b.indexes for k in range(samples)
         ]  # fmt: skip
         queue.reverse()  # pop() from the end: plan order
@@ -369,9 +391,12 @@ class FastEngine(Engine):
                 keep = []
                 for k, (row, token) in enumerate(zip(rows, tokens.tolist())):
                     row.tokens.append(token)
+                    text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+                    if row.constraint is not None:
+                        row.constraint.advance(text)
                     if token in self.eos:
                         row.stop = "eos"
-                    elif sql_complete(self.tokenizer.decode(row.tokens, skip_special_tokens=True)):
+                    elif sql_complete(text):
                         row.stop = "sql_end"
                     elif len(row.tokens) < self.params.max_new_tokens:
                         keep.append(k)
@@ -421,6 +446,15 @@ def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[to
     if not bool((values.sum(dim=-1) >= top_p).all()):
         values, indexes = probs.sort(dim=-1, descending=True)
     return values * ((values.cumsum(dim=-1) - values) < top_p), indexes
+
+
+def constrained_distribution(checker, state, logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The distribution constrained sampling draws from, over the whole vocabulary (one row): see
+    :meth:`sqlora.infer.constrained.TokenChecker.nucleus`."""
+    allowed, masses = checker.nucleus(state, logits.float(), temperature, top_p)
+    full = torch.zeros(logits.shape[-1])
+    full[allowed] = torch.tensor(masses)
+    return full / full.sum()
 
 
 def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

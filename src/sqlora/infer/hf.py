@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.engine import Batch, Engine, Row, share_time
 from sqlora.infer.sql_text import SqlEnd, sql_complete
 
@@ -25,9 +26,13 @@ class TransformersEngine(Engine):
         from transformers import GenerationConfig
 
         params = self.params
-        decoding = {"num_beams": params.num_beams, "length_penalty": 1.0} if params.decoding == "beam" else {}
+        decoding = {}
+        if params.decoding in ("beam", "execution_guided"):
+            decoding = {"num_beams": params.num_beams, "length_penalty": 1.0}
         if self.sampling:
-            decoding = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+            # Constrained: the processor draws the nucleus over the allowed tokens itself (top_p 1 here).
+            top_p = 1.0 if self.constraints else params.top_p
+            decoding = {"do_sample": True, "temperature": params.temperature, "top_p": top_p, "top_k": 0}
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens, num_return_sequences=samples, repetition_penalty=1.0,
             no_repeat_ngram_size=0, pad_token_id=self.pad, eos_token_id=sorted(self.eos), use_cache=True,
@@ -35,7 +40,7 @@ class TransformersEngine(Engine):
         )  # fmt: skip
 
     def run(self, batches: list[Batch], encoded: list[list[int]], samples: int) -> Iterator[tuple[Batch, list[Row]]]:
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         config = self._config(samples)
         for batch in batches:
@@ -44,9 +49,14 @@ class TransformersEngine(Engine):
             width = padded["input_ids"].shape[1]
             if self.sampling:
                 torch.manual_seed(self.seed * 1_000_003 + batch.indexes[0])
+            processors = LogitsProcessorList()
+            if self.constraints:
+                names = [self.constraints[i] for i in batch.indexes]
+                processors.append(SchemaConstraintProcessor(self, names, width))
             output = self.model.generate(
                 input_ids=padded["input_ids"].to(self.dev), attention_mask=padded["attention_mask"].to(self.dev),
                 generation_config=config, stopping_criteria=StoppingCriteriaList([SqlEnd(self.tokenizer, width)]),
+                logits_processor=processors,
             )  # fmt: skip
             rows = [
                 self._row(batch, batch.indexes[n // samples], n % samples, ids)
@@ -64,3 +74,48 @@ class TransformersEngine(Engine):
         if end < len(ids) and ids[end] in self.eos:
             return Row(index=index, sample=sample, batch=batch, tokens=ids[: end + 1], stop="eos")
         return Row(index=index, sample=sample, batch=batch, tokens=ids[:end])
+
+
+class SchemaConstraintProcessor:
+    """A logits processor for ``predict.constrained``: every row keeps only tokens its schema allows —
+    greedy its best allowed token, beam search each beam's best 2 x num_beams (what beam search can
+    pick from a beam), sampling the allowed nucleus of :meth:`TokenChecker.nucleus` (the engine runs
+    top_p 1 then, so the nucleus is not cut twice). A row whose text already breaks the schema, or
+    for which nothing is allowed, is left as it is. States are kept per generated prefix, so beams
+    that trade places keep theirs."""
+
+    def __init__(self, engine: TransformersEngine, names: list, prompt_length: int):
+        self.engine, self.names, self.prompt_length = engine, names, prompt_length
+        self.states: dict[tuple[int, ...], RowConstraint] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        engine, params = self.engine, self.engine.params
+        per_prompt = input_ids.shape[0] // len(self.names)
+        states: dict[tuple[int, ...], RowConstraint] = {}
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        for n, ids in enumerate(input_ids[:, self.prompt_length :].tolist()):
+            names = self.names[n // per_prompt]
+            if names is None:
+                keep[n] = True
+                continue
+            key = tuple(ids)
+            if key not in states:
+                parent = self.states.get(key[:-1])
+                constraint = RowConstraint(names) if parent is None else parent.copy()
+                constraint.advance(engine.tokenizer.decode(ids, skip_special_tokens=True))
+                states[key] = constraint
+            state = states[key].state
+            if state is None:
+                keep[n] = True
+                continue
+            if engine.sampling:
+                allowed, _ = engine.checker.nucleus(state, scores[n], params.temperature, params.top_p)
+            else:
+                beams = params.num_beams if params.decoding in ("beam", "execution_guided") else 0
+                allowed = engine.checker.first_allowed(state, scores[n], 2 * beams or 1)
+            if allowed:
+                keep[n, allowed] = True
+            else:
+                keep[n] = True
+        self.states = states
+        return scores.masked_fill(~keep, float("-inf"))
