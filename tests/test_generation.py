@@ -382,7 +382,7 @@ def test_sampled_tokens_follow_the_distribution():
     engine = FastEngine.__new__(FastEngine)  # only _choose and its parameters, no model
     engine.sampling, engine.params, engine.dev, engine.seed = True, PredictParams(decoding="sample", temperature=0.8, top_p=0.9), "cpu", 0
     draws = 4000
-    rows = [type("R", (), {"generator": engine._generator(i, 0)})() for i in range(draws)]
+    rows = [type("R", (), {"generator": engine._generator(i, 0), "constraint": None})() for i in range(draws)]
     tokens = engine._choose(logits.expand(draws, -1), rows)
     probs = sampling_distribution(logits, 0.8, 0.9)[0]
     counts = torch.bincount(tokens, minlength=8).float()

@@ -148,7 +148,7 @@ def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, cha
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("decoding", "nucleus", "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency"),
+        ("decoding", "nucleus", "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency, execution_guided"),
         ("top_p", 1.5, "'predict.top_p' must be in (0, 1], got 1.5"),
         ("temperature", 0, "'predict.temperature' must be > 0, got 0.0"),
         ("num_samples", 0, "'predict.num_samples' must be > 0, got 0"),
