@@ -4,6 +4,8 @@ Runs as it is under `accelerate launch` (train.launch in params.yaml) for severa
 A run killed mid-way resumes from models/checkpoints when the stage runs again.
 """
 
+from dataclasses import asdict
+
 from sqlora.config import load_params
 from sqlora.datasets import load_records
 from sqlora.errors import exit_on_error
@@ -26,6 +28,7 @@ def main() -> None:
         checkpoint_dir="models/checkpoints",
         chat_template=params.prompt.chat_template,
         dtype=params.model.dtype,
+        about={"model": params.model.name, "prompt": asdict(params.prompt)},
     )
 
 

@@ -8,9 +8,10 @@ loaded; the model's SQL is untrusted, so its failure to run is part of the answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sqlora.config import PromptParams
 from sqlora.errors import SqloraError
 from sqlora.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe, read_sqlite_schema
 
@@ -42,6 +43,29 @@ class Prepared:
     prompt: str
     prompt_tokens: int
     context: int  # the model's context length in tokens
+    chat_template: bool = False
+
+
+def trained_prompt(model_dir: str | Path, **overrides) -> PromptParams:
+    """The prompt settings ``model_dir`` was trained with (its ``sqlora_model.json``; the defaults for
+    a folder that does not record them), with the ``overrides`` that are not None."""
+    from sqlora.models import read_model_info
+
+    recorded = read_model_info(Path(model_dir)).get("prompt") or {}
+    known = {f.name for f in fields(PromptParams)}
+    settings = {k: v for k, v in recorded.items() if k in known} | {k: v for k, v in overrides.items() if v is not None}
+    return PromptParams(**settings)
+
+
+def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
+    """Materialise the base model a fine-tuned folder names (``"model"`` in its ``sqlora_model.json``)
+    when ``base_dir`` is missing: a published adapter works on a fresh clone."""
+    from sqlora.models import materialize, read_model_info
+
+    info = read_model_info(Path(model_dir))
+    if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
+        print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there")
+        materialize(info["model"], base_dir)
 
 
 def prepare(
@@ -50,39 +74,45 @@ def prepare(
     model_dir: str | Path,
     base_dir: str | Path,
     *,
-    schema_format: str = "natural",
-    sample_rows: int = 3,
-    chat_template: bool = False,
+    prompt: PromptParams | None = None,
     max_new_tokens: int = 128,
 ) -> Prepared:
-    """Check the input and build the training prompt; the tokenizer is loaded, the model is not."""
+    """Check the input and build the training prompt (``prompt``: by default as the model was
+    trained, :func:`trained_prompt`); the tokenizer is loaded, the model is not."""
     from sqlora.models import check_checkpoint_folder, load_tokenizer, read_model_info
     from sqlora.prompt import encode_prompt, render_prompt
 
     if not question.strip():
         raise SqloraError("the question is empty")
-    if schema_format not in SCHEMA_FORMATS:
-        raise SqloraError(f"schema format {schema_format!r}: expected one of {', '.join(SCHEMA_FORMATS)}")
+    if prompt is not None and prompt.schema_format not in SCHEMA_FORMATS:
+        raise SqloraError(f"schema format {prompt.schema_format!r}: expected one of {', '.join(SCHEMA_FORMATS)}")
     if max_new_tokens < 1:
         raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
     schema = read_sqlite_schema(db_path)
     if not schema.tables:
         raise SqloraError(f"{db_path}: the database has no tables")
+    prompt = prompt or trained_prompt(model_dir)
     model_dir, base_dir = Path(model_dir), Path(base_dir)
     # The model's own weights and tokenizer: the fine-tuned folder for full fine-tuning, else the base.
     weights_dir = model_dir if read_model_info(model_dir)["method"] == "full" else base_dir
     check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
     tokenizer = load_tokenizer(weights_dir)
-    prompt = render_prompt(describe(schema, schema_format, Path(db_path), sample_rows), question.strip())
-    n = len(encode_prompt(tokenizer, prompt, chat_template))
+    instruction = describe(schema, prompt.schema_format, Path(db_path), prompt.sample_rows)
+    if prompt.values:
+        from sqlora.values import ValueIndex, describe_hints
+
+        hints = describe_hints(ValueIndex.cached(db_path).match(question))
+        instruction += "\n" + hints if hints else ""
+    text = render_prompt(instruction, question.strip())
+    n = len(encode_prompt(tokenizer, text, prompt.chat_template))
     context, source = _context_length(weights_dir, tokenizer)
     if n + max_new_tokens > context:
         raise SqloraError(
             f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
             f"more than the model's context of {context} ({source}); ask with fewer --max-new-tokens"
-            + (" or --schema-format natural" if schema_format != "natural" else "")
+            + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
         )
-    return Prepared(schema=schema, prompt=prompt, prompt_tokens=n, context=context)
+    return Prepared(schema=schema, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
 
 
 def _context_length(weights_dir: Path, tokenizer) -> tuple[int, str]:
@@ -105,19 +135,18 @@ def ask(
     model_dir: str | Path = "models/finetuned",
     base_dir: str | Path = "models/base",
     *,
-    schema_format: str = "natural",
-    sample_rows: int = 3,
-    chat_template: bool = False,
+    prompt: PromptParams | None = None,
     max_new_tokens: int = 128,
     timeout_s: float = 30.0,
     dtype: str = "auto",
+    constrained: bool = False,
 ) -> Answer:
     """Generate the SQL for ``question`` on the SQLite file ``db_path`` greedily (in ``dtype``, as
-    ``model.dtype``), and run it read-only."""
-    prepared = prepare(
-        db_path, question, model_dir, base_dir, schema_format=schema_format, sample_rows=sample_rows,
-        chat_template=chat_template, max_new_tokens=max_new_tokens,
-    )
+    ``model.dtype``; with ``constrained``, only the schema's tables and columns), and run it read-only.
+    ``prompt``: by default as the model was trained; its base model is materialised when missing."""
+    ensure_base(model_dir, base_dir)
+    prepared = prepare(db_path, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
+    from sqlora.infer.constrained import SchemaNames
     from sqlora.infer.engine import generate
     from sqlora.infer.loading import load_for_inference
     from sqlora.sandbox import run_query
@@ -126,7 +155,8 @@ def ask(
     start = time.perf_counter()
     [generation] = generate(
         model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
-        progress=False, chat_template=chat_template,
+        progress=False, chat_template=prepared.chat_template, constrained=constrained,
+        constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
     )
     result = run_query(db_path, generation.sql, timeout_s=timeout_s)
     return Answer(

@@ -58,7 +58,7 @@ def _prepare(args: argparse.Namespace) -> None:
         if path and not Path(path).exists():
             raise SqloraError(f"{flag} {path!r}: no such folder or file")
     data = DataParams(dataset=args.dataset, source=args.source, schema_source=args.schema_source or "", skip_bad=args.skip_bad)
-    prompt = PromptParams(schema_format=args.schema_format, sample_rows=args.sample_rows, history_sql=args.history_sql)
+    prompt = PromptParams(schema_format=args.schema_format, sample_rows=args.sample_rows, history_sql=args.history_sql, values=args.values)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     reserve = None if args.split == "train" else args.reserve
     with tempfile.TemporaryDirectory() as work_dir:  # WikiSQL's Spider-layout conversion
@@ -106,13 +106,18 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from sqlora.ask import ask, format_table
+    from sqlora.ask import ask, ensure_base, format_table, trained_prompt
 
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
+    ensure_base(args.model, args.base)
+    prompt = trained_prompt(
+        args.model, schema_format=args.schema_format, sample_rows=args.sample_rows,
+        chat_template=args.chat_template or None, values=args.values or None,
+    )
     answer = ask(
-        args.db, args.question, args.model, args.base, schema_format=args.schema_format, sample_rows=args.sample_rows,
-        chat_template=args.chat_template, max_new_tokens=args.max_new_tokens, timeout_s=args.timeout, dtype=args.dtype,
+        args.db, args.question, args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens,
+        timeout_s=args.timeout, dtype=args.dtype, constrained=args.constrained,
     )
     print(answer.sql or f"-- no SQL in the model's output: {answer.raw[:200]!r}")
     if not answer.ok:
@@ -160,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rows", type=int, default=3, help="ddl_rows: rows shown per table")
     p.add_argument("--schema-source", help="cosql/sparc without tables.json: the Spider folder")
     p.add_argument("--history-sql", action="store_true", help="cosql/sparc: show earlier turns' gold SQL")
+    p.add_argument("--values", action="store_true", help="hint the database values each question mentions (prompt.values)")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad records instead of failing")
     p.add_argument("--tokenizer", help="model folder whose tokenizer measures lengths (enables the length budget)")
     p.add_argument("--max-length", type=int, default=512, help="length budget in tokens (with --tokenizer)")
@@ -198,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True, help="the question, in words")
     p.add_argument("--model", default="models/finetuned", help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
     p.add_argument("--base", default="models/base", help="the base model folder it was trained from")
-    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, default="natural", help="as the model was trained (prompt.schema_format)")
-    p.add_argument("--sample-rows", type=int, default=3, help="ddl_rows: rows shown per table")
-    p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the model's chat template (prompt.chat_template)")
+    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, help="default: as the model was trained (its sqlora_model.json), else natural")
+    p.add_argument("--sample-rows", type=int, help="ddl_rows: rows shown per table (default: as trained, else 3)")
+    p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the model's chat template (default: as trained)")
+    p.add_argument("--values", action="store_true", help="hint the database values the question mentions (default: as trained)")
+    p.add_argument("--constrained", action="store_true", help="only tables and columns the database has (predict.constrained)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens generated (greedy)")
     p.add_argument("--timeout", type=float, default=30.0, help="time limit of the query in seconds")
     p.add_argument("--rows", type=int, default=20, help="rows of the result shown")

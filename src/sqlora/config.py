@@ -40,6 +40,7 @@ class PromptParams:
     sample_rows: int = 3  # ddl_rows: rows shown per table
     chat_template: bool = False  # wrap the prompt in the model's chat template
     history_sql: bool = False  # CoSQL/SParC: show the gold SQL of earlier turns too
+    values: bool = False  # hint the database values the question mentions (sqlora.values)
 
 
 @dataclass(frozen=True)

@@ -376,28 +376,45 @@ def to_record(example: Example, instruction: str, history_sql: bool = False) -> 
 
 @dataclass
 class SchemaRenderer:
-    """Schema descriptions for a split, each database rendered once (reading sample rows is I/O)."""
+    """A question's instruction: its database's schema (each database rendered once, since reading
+    sample rows is I/O) and, with ``values``, the database values the question mentions
+    (:mod:`sqlora.values`; each database's index read once, and cached on disk)."""
 
     split: Split
     schema_format: str
     sample_rows: int = 3
+    values: bool = False
 
     def __post_init__(self):
         self._cache: dict[str, str] = {}
+        self._indexes: dict = {}
 
-    def __call__(self, schema: DatabaseSchema) -> str:
+    def __call__(self, schema: DatabaseSchema, question: str = "") -> str:
         whole = schema is self.split.schemas.get(schema.db_id)
         if whole and schema.db_id in self._cache:
-            return self._cache[schema.db_id]
-        text = describe(schema, self.schema_format, self.split.database_path(schema.db_id), self.sample_rows)
-        if whole:
-            self._cache[schema.db_id] = text
-        return text
+            text = self._cache[schema.db_id]
+        else:
+            text = describe(schema, self.schema_format, self.split.database_path(schema.db_id), self.sample_rows)
+            if whole:
+                self._cache[schema.db_id] = text
+        if not (self.values and question):
+            return text
+        from sqlora.values import describe_hints
+
+        hints = describe_hints(self.value_index(schema.db_id).match(question, {t.lower() for t in schema.tables}))
+        return text + "\n" + hints if hints else text
+
+    def value_index(self, db_id: str):
+        from sqlora.values import ValueIndex
+
+        if db_id not in self._indexes:
+            self._indexes[db_id] = ValueIndex.cached(self.split.database_path(db_id))
+        return self._indexes[db_id]
 
 
-def to_records(split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False) -> list[Record]:
-    render = SchemaRenderer(split, schema_format, sample_rows)
-    return [to_record(e, render(split.schemas[e.db_id]), history_sql) for e in split.examples]
+def to_records(split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False, values: bool = False) -> list[Record]:
+    render = SchemaRenderer(split, schema_format, sample_rows, values)
+    return [to_record(e, render(split.schemas[e.db_id], e.question), history_sql) for e in split.examples]
 
 
 def record_dicts(records: list[Record]) -> list[dict]:

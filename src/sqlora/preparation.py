@@ -73,7 +73,7 @@ def _shrink(example: Example, record: Record, split: Split, render: SchemaRender
     candidate, n = record, length(record)
     for table in shrink_order(schema, render_input(example))[:-1]:
         kept.remove(table)
-        candidate = replace(record, instruction=render(schema.subset(kept)))
+        candidate = replace(record, instruction=render(schema.subset(kept), example.question))
         n = length(candidate)
         if n <= room:
             return candidate, n
@@ -83,7 +83,7 @@ def _shrink(example: Example, record: Record, split: Split, render: SchemaRender
         if column in keys:
             continue
         dropped.add(column)
-        candidate = replace(record, instruction=render(schema.subset(kept, frozenset(dropped))))
+        candidate = replace(record, instruction=render(schema.subset(kept, frozenset(dropped)), example.question))
         n = length(candidate)
         if n <= room:
             break
@@ -155,8 +155,8 @@ def prepare_split(
     )
     read = len(split.examples)
     split.examples = subsample(split.examples, limit, seed, shuffle)
-    render = SchemaRenderer(split, prompt.schema_format, prompt.sample_rows)
-    records = [to_record(e, render(split.schemas[e.db_id]), prompt.history_sql) for e in split.examples]
+    render = SchemaRenderer(split, prompt.schema_format, prompt.sample_rows, prompt.values)
+    records = [to_record(e, render(split.schemas[e.db_id], e.question), prompt.history_sql) for e in split.examples]
     if tokenizer is None:
         fitted = Fitted(records=records, prompt_tokens=[], measured=False)
     else:

@@ -1,10 +1,12 @@
 """Database schemas from Spider's tables.json or a SQLite file itself, and their description for the prompt.
 
-Three formats (``prompt.schema_format``):
+Four formats (``prompt.schema_format``):
 
 - ``natural``: the schema told in words, tables, columns, primary and foreign keys (DB-GPT-Hub style);
 - ``ddl``: CREATE TABLE statements with column types, primary and foreign keys;
-- ``ddl_rows``: the same, each followed by the first N rows of the table, read from the database.
+- ``ddl_rows``: the same, each followed by the first N rows of the table, read from the database;
+- ``compact``: one line per table, ``table(column type, ...)``, keys marked in place (about half of
+  ``ddl``'s tokens, so fewer schemas shrink to fit the budget).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from sqlora.errors import SqloraError
 from sqlora.sandbox import connect_read_only
 
-SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows")
+SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ def _type_class(declared: str | None) -> str:
 def describe(schema: DatabaseSchema, schema_format: str, db_path: Path | None = None, sample_rows: int = 0) -> str:
     if schema_format == "natural":
         return describe_natural(schema)
+    if schema_format == "compact":
+        return describe_compact(schema)
     return describe_ddl(schema, db_path if schema_format == "ddl_rows" else None, sample_rows)
 
 
@@ -206,6 +210,29 @@ def describe_ddl(schema: DatabaseSchema, db_path: Path | None = None, sample_row
             statement += "\n" + _sample_rows(db_path, schema, t, sample_rows)
         statements.append(statement)
     return "\n".join(statements)
+
+
+def describe_compact(schema: DatabaseSchema) -> str:
+    """``singer(Singer_ID number primary key, Name text, Country text)``, one line per table; a foreign
+    key as ``references table(column)`` after its column, a composite key as ``primary key (a, b)``."""
+    keys_by_table = _keys_by_table(schema)
+    references = {col: ref for col, ref in schema.foreign_keys}
+    lines = []
+    for t, table in enumerate(schema.tables):
+        single = {key[0] for key in keys_by_table.get(t, []) if len(key) == 1}
+        parts = []
+        for i in schema.table_columns(t):
+            column = schema.column(i)
+            part = f"{_ident(column.name)} {_SQL_TYPES.get(column.type, 'text')}" + (" primary key" if i in single else "")
+            if i in references:
+                r = schema.column(references[i])
+                part += f" references {_ident(schema.tables[r.table])}({_ident(r.name)})"
+            parts.append(part)
+        for key in keys_by_table.get(t, []):
+            if len(key) > 1:
+                parts.append(f"primary key ({', '.join(_ident(schema.column(i).name) for i in key)})")
+        lines.append(f"{_ident(table)}({', '.join(parts)})")
+    return "\n".join(lines)
 
 
 def _sample_rows(db_path: Path, schema: DatabaseSchema, table: int, n: int) -> str:

@@ -259,8 +259,12 @@ def train(
     checkpoint_dir: str | Path | None = None,
     chat_template: bool = False,
     dtype: str = "auto",
+    about: dict | None = None,
 ) -> dict:
     """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics.
+
+    ``about`` goes into ``sqlora_model.json`` too: the base model's name and the prompt settings the
+    model was trained with, so that ``sqlora ask`` prompts it the same way, wherever the folder goes.
 
     With ``checkpoint_dir``, checkpoints are kept there every ``params.save_steps`` steps and a
     previous run with the same inputs that did not finish is resumed from its last one. ``dtype``
@@ -271,7 +275,7 @@ def train(
     # Joins the process group when started by accelerate launch / torchrun (gloo on CPU).
     state = PartialState(cpu=device().type == "cpu")
     base_dir = Path(base_dir)
-    info = {"method": method, "base": str(base_dir)}
+    info = {"method": method, "base": str(base_dir), **(about or {})}
     if method == "none":  # zero-shot: nothing to train, predict uses the base model
         metrics = {"method": method, "device": device().type, "train_examples": 0, "steps": 0}
         if state.is_main_process:
