@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test report gate baseline exps spider bench-prepare bench-train bench-predict bench-gpu official-eval bench-eval clean
+.PHONY: setup repro test report gate baseline exps spider bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,11 @@ bench-train: setup
 # same model, same Spider dev questions; identical greedy SQL and the speedups (ARGS: see --help).
 bench-predict: setup
 	python benchmarks/bench_predict.py --spider $(SPIDER) $(ARGS)
+
+# Schema-constrained decoding (predict.constrained) against free decoding: time per question, same
+# model and questions (target <= 1.3x), answers changed, SQL naming only the schema's names (ARGS: see --help).
+bench-constrained: setup
+	python benchmarks/bench_constrained.py --spider $(SPIDER) $(ARGS)
 
 # The GPU path in one run (LoRA and QLoRA steps, both engines, export; tiny model and SmolLM2-135M):
 # tokens/s, peak GPU memory, identical SQL. ARGS="--device cpu" runs the same code on the CPU.

@@ -95,7 +95,7 @@ def spider_schemas(spider_dir: Path, db_id: str):
 
 def test_spider_description_from_the_file_is_the_tables_json_one(spider_dir):
     from_json, from_file = spider_schemas(spider_dir, "car_1")
-    for schema_format in ("natural", "ddl"):
+    for schema_format in ("natural", "ddl", "compact"):
         assert describe(from_file, schema_format) == describe(from_json, schema_format)
 
 
@@ -155,6 +155,60 @@ def test_ask_runs_the_sql_and_returns_the_rows(library_db, none_model, tiny_mode
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("DELETE FROM book"))
     answer = ask(library_db, "Delete the books", none_model, tiny_model_dir)
     assert answer.error == "refused: DELETE statements are not allowed" and answer.rows is None
+
+
+def test_compact_schema_format(library_db):
+    """One line per table, types and keys in place: composite keys whole, FKs to their target column."""
+    assert describe(read_sqlite_schema(library_db), "compact").splitlines() == [
+        "Author(id number primary key, Full_Name text, born time)",
+        "book(isbn text, edition number, title text, author_id number references Author(id), price number, cover text, "
+        "in_print boolean, primary key (edition, isbn))",
+        "review(id number primary key, book_isbn text references book(isbn), book_edition number references book(edition), stars number)",
+        "copy(copy_edition number references book(edition), copy_isbn text references book(isbn))",
+    ]
+
+
+def test_ask_prompts_as_the_model_was_trained(library_db, none_model, tiny_model_dir, monkeypatch):
+    """sqlora_model.json's prompt settings are the defaults (values hints included); a flag overrides them."""
+    from sqlora.ask import trained_prompt
+    from sqlora.config import PromptParams
+
+    assert trained_prompt(none_model) == PromptParams()  # a folder that records nothing: the defaults
+    info = json.loads((none_model / MODEL_INFO).read_text())
+    info["prompt"] = {"schema_format": "compact", "values": True, "sample_rows": 3, "chat_template": False, "retired_key": 1}
+    (none_model / MODEL_INFO).write_text(json.dumps(info))
+    assert trained_prompt(none_model) == PromptParams(schema_format="compact", values=True)
+    assert trained_prompt(none_model, schema_format="ddl", values=None) == PromptParams(schema_format="ddl", values=True)
+    prepared = prepare(library_db, "Books by Ann Lee?", none_model, tiny_model_dir)
+    assert prepared.prompt.split("###Instruction:\n")[1].split("\n\n###Input")[0] == (
+        describe(read_sqlite_schema(library_db), "compact") + "\nDatabase values that the question mentions:\nAuthor.Full_Name = 'Ann Lee'"
+    )
+
+
+def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_dir, tmp_path, monkeypatch):
+    """A published adapter names its base model: ask writes it where --base points when it is missing.
+    --constrained hands the database's names to the engine."""
+    import sqlora.infer.engine
+    import sqlora.models
+
+    model = tmp_path / "published"
+    model.mkdir()
+    (model / MODEL_INFO).write_text(json.dumps({"method": "none", "base": "models/base", "model": "some-alias"}))
+    made = []
+    monkeypatch.setattr(sqlora.models, "materialize", lambda name, out: made.append(name) or shutil.copytree(tiny_model_dir, out))
+    seen = {}
+
+    def generate(*, prompts, constraints=None, constrained=False, **_):
+        seen.update(constrained=constrained, tables=sorted(constraints[0].tables) if constraints else None)
+        return [Generation(sql="SELECT 1", raw="SELECT 1", new_tokens=3, hit_max_new_tokens=False) for _ in prompts]
+
+    monkeypatch.setattr(sqlora.infer.engine, "generate", generate)
+    base = tmp_path / "base"
+    answer = ask(library_db, "How many books?", model, base, constrained=True)
+    assert made == ["some-alias"] and (base / "config.json").is_file() and answer.ok
+    assert seen == {"constrained": True, "tables": ["author", "book", "copy", "review"]}
+    ask(library_db, "How many books?", model, base)  # present now: not materialised again
+    assert made == ["some-alias"] and seen == {"constrained": False, "tables": None}
 
 
 def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_dir):

@@ -277,20 +277,20 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     from sqlora.infer.fast import FastEngine, _StreamRow, constrained_distribution
 
     model, tokenizer = random_model
-    params = PredictParams(decoding="sample", constrained=True, temperature=1.0, top_p=0.95)
+    params = PredictParams(decoding="sample", constrained=True, temperature=1.0, top_p=0.9)
     engine = FastEngine(model, tokenizer, params, seed=0, constraints=[NAMES])
     constraint = RowConstraint(NAMES)
     constraint.advance("SELECT")
     batch = Batch(number=0, indexes=[0], prefix=0)
-    rows = [_StreamRow(index=0, sample=k, batch=batch, generator=engine._generator(0, k), constraint=constraint) for k in range(4000)]
+    rows = [_StreamRow(index=0, sample=k, batch=batch, generator=engine._generator(0, k), constraint=constraint) for k in range(1500)]
     torch.manual_seed(1)
-    logits = torch.randn(len(tokenizer)) * 4
+    logits = torch.randn(len(tokenizer))  # a long tail, as a fine-tuned model has
     ids = {w: tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in [" name", " age", " singer", " FROM", " weight"]}
     for rank, token in enumerate(ids.values()):
         logits[token] = 14.0 - rank * 0.7  # a few likely tokens, one of them (weight) forbidden
-    expected = constrained_distribution(engine.checker, constraint.state, logits, 1.0, 0.95)
+    expected = constrained_distribution(engine.checker, constraint.state, logits, 1.0, 0.9)
     assert float(expected[ids[" weight"]]) == 0.0 and float(expected[ids[" name"]]) > 0.1
     drawn = engine._choose(logits.expand(len(rows), -1).clone(), rows)
     counts = torch.bincount(drawn, minlength=len(tokenizer)).float() / len(rows)
     assert set(torch.nonzero(counts).flatten().tolist()) <= set(torch.nonzero(expected).flatten().tolist())
-    assert float((counts - expected).abs().max()) < 0.03
+    assert float((counts - expected).abs().max()) < 0.05  # 4 standard deviations at 1500 draws

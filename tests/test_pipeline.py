@@ -68,6 +68,10 @@ def project(tmp_path_factory, tiny_model_dir) -> Path:
     return root
 
 
+def project_model(project: Path) -> str:
+    return yaml.safe_load((project / "params.yaml").read_text())["model"]["name"]
+
+
 def test_repro_writes_every_output(project):
     assert (project / "data/sample/database").is_dir() and (project / "data/sample/tables.json").is_file()
     assert (project / "models/base/config.json").is_file()
@@ -76,6 +80,8 @@ def test_repro_writes_every_output(project):
     assert len(train_lines) == 16 and len(dev_records) == 6
     assert set(dev_records[0]) == {"db_id", "instruction", "input", "output"}
     assert (project / "models/finetuned/adapter_model.safetensors").is_file()
+    info = json.loads((project / "models/finetuned/sqlora_model.json").read_text())  # what `sqlora ask` prompts with
+    assert info["model"] == str(project_model(project)) and info["prompt"]["schema_format"] == "natural" and info["prompt"]["values"] is False
     data = json.loads((project / "metrics/data.json").read_text())
     assert data["train"]["records"] == 16 and data["dev"]["records"] == 6 and data["dev"]["questions"] == 222
     assert sum(data["dev"]["hardness"].values()) == 6 and data["dev"]["prompt_tokens"]["max"] <= 512 - 8

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ STOPWORDS = frozenset(
     "as me my name names number count". split()
 )
 _WORD = re.compile(r"[0-9a-z]+(?:['.\-][0-9a-z]+)*")
-CACHE_DIR = Path(os.environ.get("SQLORA_CACHE", Path.home() / ".cache" / "sqlora")) / "values"
 INDEX_VERSION = 1
 
 
@@ -108,14 +106,17 @@ class ValueIndex:
         return cls(columns)
 
     @classmethod
-    def cached(cls, db_path: str | Path, cache_dir: str | Path = CACHE_DIR) -> ValueIndex:
-        """The index of ``db_path``, read from the cache when the file is unchanged (path, size, mtime)."""
+    def cached(cls, db_path: str | Path, cache_dir: str | Path | None = None) -> ValueIndex:
+        """The index of ``db_path``, read from the cache (``cache_dir``, default $SQLORA_CACHE/values)
+        when the file is unchanged (path, size, mtime)."""
+        from sqlora.io import cache_dir as default_cache_dir, write_text
+
         path = Path(db_path).resolve()
         if not path.is_file():
             raise SqloraError(f"{db_path}: no such database file")
         stat = path.stat()
         key = hashlib.sha1(f"{INDEX_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        file = Path(cache_dir) / f"{path.stem}-{key}.json"
+        file = Path(cache_dir or default_cache_dir("values")) / f"{path.stem}-{key}.json"
         if file.is_file():
             try:
                 return cls([tuple(c) for c in json.loads(file.read_text())])
@@ -123,8 +124,6 @@ class ValueIndex:
                 pass  # a damaged cache entry is rebuilt below
         index = cls.read(path)
         try:
-            from sqlora.io import write_text
-
             write_text(file, json.dumps(index.columns, ensure_ascii=False))
         except OSError:
             pass  # a read-only home: the index still works, uncached
