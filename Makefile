@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test report gate baseline exps spider bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
+.PHONY: setup repro test report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,18 @@ SPIDER_PARAMS := -S data.dataset=spider -S data.source=$(SPIDER) -S data.max_tra
 spider: setup
 	dvc exp run -n spider-$(firstword $(subst -, ,$(MODEL)))-$(METHOD) $(SPIDER_PARAMS) \
 		-S model.name=$(MODEL) -S method=$(METHOD)
+
+# A published model (models/published/<name>/: an adapter, its sqlora_model.json, the command and metrics
+# that made it) predicted and evaluated on Spider dev without training: a DVC experiment of method none
+# whose predict stage loads the published folder, with the base model and prompt settings it records.
+#   make published [PUBLISHED=spider2k-gemma3-lora] [ARGS="-S predict.constrained=true"]
+PUBLISHED ?= spider2k-gemma3-lora
+PUBLISHED_FLAGS = $(shell $(BIN)/python -c 'import json, sys; info = json.load(open(sys.argv[1])); \
+	print(" ".join(["-S model.name=" + info["model"]] + ["-S prompt.%s=%s" % (k, str(v).lower() if isinstance(v, bool) else v) for k, v in info["prompt"].items()]))' \
+	models/published/$(PUBLISHED)/sqlora_model.json)
+published: setup
+	dvc exp run -n eval-$(PUBLISHED) $(SPIDER_PARAMS) -S method=none -S predict.model=models/published/$(PUBLISHED) \
+		$(PUBLISHED_FLAGS) $(ARGS)
 
 # Benchmarks print measurements against their target; they are not tests.
 bench-prepare: setup

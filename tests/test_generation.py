@@ -9,7 +9,7 @@ from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate, plan_batches
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
-from sqlora.voting import canonical_key, choose, vote
+from sqlora.voting import canonical_key, choose, first_running, vote
 
 
 @pytest.mark.parametrize(
@@ -305,6 +305,17 @@ def test_vote_ties_and_failures(votes_db):
     results = vote([tie, none_run], [votes_db, votes_db], timeout_s=5, workers=2)
     assert (results[0].chosen, results[0].votes) == (0, 2)  # {0, 3} and {1, 2}: the group of the earliest
     assert (results[1].chosen, results[1].votes) == (0, 0) and results[1].keys == [None, None, None]
+
+
+def test_first_running():
+    """execution_guided: the first candidate that runs; with require_rows the first with rows, else the
+    first that runs; none runs: the first, with 0 votes."""
+    rows, empty = canonical_key([(1,)]), canonical_key([])
+    assert first_running([None, empty, rows]).chosen == 1
+    assert first_running([None, empty, rows], require_rows=True).chosen == 2
+    assert first_running([None, empty, None], require_rows=True).chosen == 1
+    assert first_running([None, None]).chosen == 0 and first_running([None, None]).votes == 0
+    assert first_running([rows]).votes == 1
 
 
 def test_choose_and_canonical_key():

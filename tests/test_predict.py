@@ -135,6 +135,22 @@ def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, s
         assert row["votes"] == sum(c["result"] is not None and c["result"] == winner for c in row["candidates"])
 
 
+def test_execution_guided_keeps_the_first_beam_that_runs(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
+    """Every beam is a candidate, run in the sandbox; the first that ran is the answer. Constrained too:
+    the stage reads each question's schema from meta.json's tables.json."""
+    project = make_project(
+        tmp_path / "eg", chaotic_dir, sample_dir, dev_records[:4], decoding="execution_guided", num_beams=3, constrained=True
+    )
+    run_stage(project, monkeypatch)
+    rows = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["decoding"] == "execution_guided" and len(row["candidates"]) == 3
+        ran = [k for k, c in enumerate(row["candidates"]) if c["result"] is not None]
+        assert row["chosen"] == (ran[0] if ran else 0) and row["votes"] == (1 if ran else 0)
+        assert row["sql"] == row["candidates"][row["chosen"]]["sql"]
+
+
 def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     records = [dict(dev_records[0], db_id="nowhere")]
     project = make_project(tmp_path / "nodb", chaotic_dir, sample_dir, records, decoding="self_consistency")
