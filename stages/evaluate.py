@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlora.config import load_params
 from sqlora.datasets import load_records
 from sqlora.errors import exit_on_error
-from sqlora.evaluation import Gold, default_gold_cache, evaluate, interaction_accuracy, read_pred_file
+from sqlora.evaluation import Gold, default_gold_cache, error_breakdown, evaluate, interaction_accuracy, read_pred_file
 from sqlora.io import write_json
 
 
@@ -58,6 +58,7 @@ def main() -> None:
         metrics["ves"] = {level: round(s["ves"], 2) for level, s in levels.items()}
     metrics |= {
         "count": {level: s["count"] for level, s in levels.items()},
+        "errors": error_breakdown(report.examples),  # why the wrong answers are wrong
         "skipped_missing_database": len(report.skipped_missing_database),
         "skipped_bad_gold": len(report.skipped_bad_gold),
     }

@@ -52,6 +52,14 @@ def test_bird_by_difficulty(workdir):
     )
     assert metrics["ex"] == {"simple": 1.0, "moderate": 0.0, "challenging": 0.0, "all": 0.5}
     assert metrics["count"]["challenging"] == 0 and "em" not in metrics
+    assert metrics["errors"] == {"no_such_column": 0, "no_such_table": 0, "does_not_parse": 0, "other_error": 0, "wrong_rows": 1}
+
+
+def test_error_breakdown_in_the_metrics(workdir):
+    records = [record("SELECT name FROM item")] * 5
+    preds = ["SELECT name FROM item", "SELECT nme FROM item", "SELECT name FROM items", "SELECT name FROM", "SELECT id FROM item"]
+    metrics = run_stage(workdir, "spider", records, preds)
+    assert metrics["errors"] == {"no_such_column": 1, "no_such_table": 1, "does_not_parse": 1, "other_error": 0, "wrong_rows": 1}
 
 
 def test_multiturn_interaction_accuracy(workdir):

@@ -527,3 +527,41 @@ def test_only_the_first_statement_runs_as_officially(db_dir: Path) -> None:
     assert evaluate_one(db_dir, "SELECT name FROM item", "SELECT name FROM item; DROP TABLE item").exec == 1
     assert evaluate_one(db_dir, "SELECT name FROM item", "SELECT id FROM item; SELECT name FROM item").exec == 0
     assert db.read_bytes() == before
+
+
+def test_error_breakdown_names_why_answers_are_wrong(tmp_path):
+    """The sandbox's own error texts, sorted into the breakdown metrics/eval.json reports."""
+    import sqlite3
+
+    from sqlora.evaluation import ExampleResult, error_breakdown, error_kind
+    from sqlora.sandbox import run_query
+
+    db = tmp_path / "d.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE t (a INT, b INT); CREATE TABLE u (a INT); INSERT INTO t VALUES (1, 2);")
+    cases = {
+        "SELECT nope FROM t": "no_such_column",
+        "SELECT t.nope FROM t": "no_such_column",
+        "SELECT a FROM ghost": "no_such_table",
+        "SELEC a FROM t": "does_not_parse",
+        "SELECT a FROM t WHERE": "does_not_parse",
+        "SELECT 'a FROM t": "does_not_parse",
+        "": "does_not_parse",
+        "SELECT a FROM t JOIN u": "other_error",  # ambiguous column name
+        "DELETE FROM t": "other_error",  # refused
+    }
+    examples = []
+    for sql, kind in cases.items():
+        result = run_query(db, sql)
+        assert not result.ok, sql
+        example = ExampleResult(index=0, db_id="d", hardness="easy", pred=sql, gold="", exec=0, error=result.error)
+        assert error_kind(example) == kind, (sql, result.error)
+        examples.append(example)
+    examples += [
+        ExampleResult(index=0, db_id="d", hardness="easy", pred="SELECT b FROM t", gold="", exec=0, error=None),
+        ExampleResult(index=0, db_id="d", hardness="easy", pred="SELECT a FROM t", gold="", exec=1, error=None),
+    ]
+    assert error_kind(examples[-1]) is None
+    assert error_breakdown(examples) == {
+        "no_such_column": 2, "no_such_table": 1, "does_not_parse": 4, "other_error": 2, "wrong_rows": 1,
+    }
