@@ -7,6 +7,7 @@ loaded; the model's SQL is untrusted, so its failure to run is part of the answe
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,7 +65,7 @@ def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
 
     info = read_model_info(Path(model_dir))
     if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
-        print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there")
+        print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
         materialize(info["model"], base_dir)
 
 
