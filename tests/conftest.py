@@ -77,3 +77,39 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def token_id(tokenizer, text: str) -> int:
+    """The one token ``text`` is ("<eos>": the tokenizer's EOS), for scripted models."""
+    if text == "<eos>":
+        return tokenizer.eos_token_id
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1, text
+    return ids[0]
+
+
+def save_scripted_llama(tiny_model_dir: Path, out: Path, successors: dict[int, list[int]]) -> Path:
+    """A Llama whose next token depends on the last token only (attention and MLP outputs zeroed, one
+    embedding direction per scripted token): after token ``a`` it prefers ``successors[a]`` in order."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sqlora.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.tie_word_embeddings = False
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for k, (a, ranked) in enumerate(successors.items()):
+            model.model.embed_tokens.weight[a, k] = 1.0
+            for rank, b in enumerate(ranked):
+                model.lm_head.weight[b, k] = 50.0 - 10 * rank
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

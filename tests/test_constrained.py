@@ -13,6 +13,8 @@ from sqlora.infer.loading import load_for_inference
 from sqlora.infer.constrained import SchemaNames, SqlState, TokenChecker, sql_resolves, state_of
 from sqlora.schema import Column, DatabaseSchema
 
+from conftest import save_scripted_llama, token_id
+
 SCHEMA = DatabaseSchema(
     db_id="music",
     tables=["singer", "concert", "singer_in_concert"],
@@ -185,35 +187,11 @@ PREFERENCES = {
 
 @pytest.fixture(scope="module")
 def scripted(tiny_model_dir, tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from sqlora.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    config = LlamaConfig.from_pretrained(tiny_model_dir)
-    config.tie_word_embeddings = False
-    model = LlamaForCausalLM(config)
-
-    def token(text):
-        if text == "<eos>":
-            return tokenizer.eos_token_id
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1, text
-        return ids[0]
-
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for k, (a, successors) in enumerate(PREFERENCES.items()):
-            model.model.embed_tokens.weight[token(a), k] = 1.0
-            for rank, b in enumerate(successors):
-                model.lm_head.weight[token(b), k] = 50.0 - 10 * rank
-    out = tmp_path_factory.mktemp("scripted-constrained") / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    successors = {token_id(tokenizer, a): [token_id(tokenizer, b) for b in ranked] for a, ranked in PREFERENCES.items()}
+    out = save_scripted_llama(tiny_model_dir, tmp_path_factory.mktemp("scripted-constrained") / "model", successors)
     model, tokenizer = load_for_inference(out)
     prompts = [f"Schema: {'singer has columns name, age. ' * n}Question {n}: alpha" for n in (1, 5, 2, 9, 3)]
     return model, tokenizer, prompts

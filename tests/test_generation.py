@@ -11,6 +11,8 @@ from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
 from sqlora.voting import canonical_key, choose, first_running, vote
 
+from conftest import save_scripted_llama, token_id
+
 
 @pytest.mark.parametrize(
     "raw, sql",
@@ -73,43 +75,18 @@ CHAINS = {
 
 @pytest.fixture(scope="module")
 def scripted_dir(tiny_model_dir, tmp_path_factory):
-    """A Llama whose next token depends on the last token only (attention and MLP outputs zeroed,
-    one embedding direction per chain token), saved as a plain checkpoint folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """A Llama whose next token depends on the last token only, saved as a plain checkpoint folder."""
     from sqlora.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    config = LlamaConfig.from_pretrained(tiny_model_dir)
-    config.tie_word_embeddings = False
-    model = LlamaForCausalLM(config)
-
-    def token(text):
-        if text == "<eos>":
-            return tokenizer.eos_token_id
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1, text
-        return ids[0]
-
     transitions = {}
     for trigger, chain in CHAINS.items():
-        ids = [token(trigger)] + [token(t) for t in chain]
+        ids = [token_id(tokenizer, trigger)] + [token_id(tokenizer, t) for t in chain]
         for a, b in zip(ids, ids[1:] + ids[-1:]):
             if a != tokenizer.eos_token_id:
                 assert transitions.setdefault(a, b) == b, "a token with two successors"
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for k, (a, b) in enumerate(transitions.items()):
-            model.model.embed_tokens.weight[a, k] = 1.0
-            model.lm_head.weight[b, k] = 50.0
     out = tmp_path_factory.mktemp("scripted") / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_scripted_llama(tiny_model_dir, out, {a: [b] for a, b in transitions.items()})
 
 
 SCHEMA = "Schema: " + " ".join(f"table{i} has columns a, b, c." for i in range(30))

@@ -106,11 +106,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from sqlora.ask import ask, ensure_base, format_table, trained_prompt
+    from sqlora.ask import ask, format_table, trained_prompt
 
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
-    ensure_base(args.model, args.base)
     prompt = trained_prompt(
         args.model, schema_format=args.schema_format, sample_rows=args.sample_rows,
         chat_template=args.chat_template or None, values=args.values or None,
