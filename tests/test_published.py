@@ -37,7 +37,7 @@ def test_published_folder_is_complete(folder: Path):
 def test_make_published_is_an_experiment_without_training():
     result = subprocess.run(["make", "-n", "published", "PUBLISHED=" + PUBLISHED[0].name], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    [command] = [line for line in result.stdout.splitlines() if line.startswith("dvc exp run")]
+    [command] = [line for line in result.stdout.replace("\\\n", " ").splitlines() if line.startswith("dvc exp run")]
     info = read_model_info(PUBLISHED[0])
     assert "-S method=none" in command and f"-S predict.model=models/published/{PUBLISHED[0].name}" in command
     assert f"-S model.name={info['model']}" in command and "-S data.dataset=spider" in command
