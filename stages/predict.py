@@ -18,11 +18,12 @@ from sqlora.datasets import database_path, load_records
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import STATUSES
-from sqlora.io import folder_stamp, run_fingerprint, write_jsonl, write_text
+from sqlora.io import folder_stamp, run_fingerprint, write_json, write_jsonl, write_text
 from sqlora.models import device, dtype_name, resolve_dtype
 from sqlora.prediction import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
 
 OUT = Path("predictions")
+METRICS = Path("metrics/predict.json")  # time per question, statuses, constraint releases
 PARTIAL = OUT / "partial"
 BASE = Path("models/base")  # where adapters find their base model
 
@@ -61,6 +62,7 @@ def main() -> None:
     )
     if main_process:
         partial = PartialPredictions(PARTIAL, fingerprint)
+        resumed = len(partial.done)
         if partial.done:
             print(f"predict: resuming, {len(partial.done)} of {len(records)} questions already done")
     state.wait_for_everyone()  # the main process has thrown away another run's partial files
@@ -80,12 +82,23 @@ def main() -> None:
     statuses = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     engine = f"{run.engine.name} engine ({run.engine.reason})" if run.engine else "nothing left to generate"
     processes = f", {state.num_processes} processes" if state.num_processes > 1 else ""
+    metrics = {
+        "decoding": predict.decoding, "dtype": dtype_name(resolve_dtype(params.model.dtype)),
+        "engine": run.engine.name if run.engine else None, "processes": state.num_processes,
+        "questions": len(records), "resumed_questions": resumed, "seconds": round(run.seconds, 1),
+        "seconds_per_question": round(run.seconds / max(len(records) - resumed, 1), 3), "status": statuses,
+    }  # fmt: skip
+    if predict.constrained:
+        # Answers (and, with candidates, all candidates) for which no token was admissible at some step.
+        metrics["constraint_released"] = sum(r.get("constraint") == "released" for r in rows)
+        metrics["candidates_released"] = sum(c.get("constraint") == "released" for r in rows for c in r.get("candidates", ()))
+    write_json(METRICS, metrics)
+    released = f"; constraint released for {metrics['constraint_released']}" if predict.constrained else ""
     print(
-        f"predict ({predict.decoding}, {dtype_name(resolve_dtype(params.model.dtype))}, {engine}{processes}): "
-        f"{len(records)} questions in {run.seconds:.1f} s ({run.seconds / max(len(records), 1):.2f} s/question); "
-        + ", ".join(f"{k} {v}" for k, v in statuses.items())
+        f"predict ({predict.decoding}, {metrics['dtype']}, {engine}{processes}): "
+        f"{len(records)} questions in {run.seconds:.1f} s ({metrics['seconds_per_question']:.2f} s/question); "
+        + ", ".join(f"{k} {v}" for k, v in statuses.items()) + released
     )
-
 
 if __name__ == "__main__":
     main()

@@ -206,7 +206,29 @@ def test_constrained_decoding_takes_the_best_allowed_token(scripted, decoding, e
     free = generate(model, tokenizer, prompts, **options)
     assert {g.sql for g in free} == {"SELECT weight FROM restaurants"}
     constrained = generate(model, tokenizer, prompts, constraints=[NAMES] * len(prompts), constrained=True, **options)
-    assert [(g.sql, g.stop) for g in constrained] == [("SELECT name FROM singer", "eos")] * len(prompts)
+    assert [(g.sql, g.stop, g.constraint) for g in constrained] == [("SELECT name FROM singer", "eos", "held")] * len(prompts)
+    assert {g.constraint for g in free} == {""}
+
+
+@pytest.mark.parametrize(
+    "decoding, engine, expected",
+    [
+        ("greedy", "sqlora", ("SELECT weight FROM restaurants", "released")),
+        ("greedy", "transformers", ("SELECT weight FROM restaurants", "released")),
+        ("beam", "auto", ("SELECT name FROM singer", "held")),  # the best beam that stays in the schema
+    ],
+)
+def test_no_admissible_token_releases_the_row(scripted, decoding, engine, expected, monkeypatch):
+    """A schema the model cannot write any token of (the checker admits none): the rows neither hang nor
+    fail; they go on unconstrained and are marked released. Greedy: the unconstrained SQL; beam search:
+    the next candidate, the first beam that did not need releasing."""
+    from sqlora.infer.engine import generate
+
+    model, tokenizer, prompts = scripted
+    monkeypatch.setattr(TokenChecker, "allows", lambda self, state, token: False)
+    options = dict(batch_size=4, max_new_tokens=12, progress=False, decoding=decoding, engine=engine)
+    stuck = generate(model, tokenizer, prompts, constraints=[NAMES] * len(prompts), constrained=True, **options)
+    assert [(g.sql, g.constraint) for g in stuck] == [expected] * len(prompts)
 
 
 def test_constrained_needs_the_schemas(scripted):

@@ -293,6 +293,10 @@ def test_first_running():
     assert first_running([None, empty, None], require_rows=True).chosen == 1
     assert first_running([None, None]).chosen == 0 and first_running([None, None]).votes == 0
     assert first_running([rows]).votes == 1
+    # Candidates the constraint was released for come after the others, whether they run or not.
+    assert first_running([rows, empty, rows], released=[0]).chosen == 1
+    assert first_running([rows, None], released=[0]).chosen == 0  # none of the others runs
+    assert first_running([None, None], released=[0]).chosen == 1  # none runs: the first held one
 
 
 def test_choose_and_canonical_key():

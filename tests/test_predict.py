@@ -146,9 +146,32 @@ def test_execution_guided_keeps_the_first_beam_that_runs(tmp_path, monkeypatch, 
     assert len(rows) == 4
     for row in rows:
         assert row["decoding"] == "execution_guided" and len(row["candidates"]) == 3
-        ran = [k for k, c in enumerate(row["candidates"]) if c["result"] is not None]
-        assert row["chosen"] == (ran[0] if ran else 0) and row["votes"] == (1 if ran else 0)
+        order = sorted(range(3), key=lambda k: row["candidates"][k]["constraint"] == "released")  # held ones first
+        ran = [k for k in order if row["candidates"][k]["result"] is not None]
+        assert row["chosen"] == (ran[0] if ran else order[0]) and row["votes"] == (1 if ran else 0)
         assert row["sql"] == row["candidates"][row["chosen"]]["sql"]
+    metrics = json.loads((project / "metrics/predict.json").read_text())
+    assert metrics["decoding"] == "execution_guided" and metrics["questions"] == 4 and sum(metrics["status"].values()) == 4
+    assert metrics["candidates_released"] == sum(c["constraint"] == "released" for r in rows for c in r["candidates"])
+
+
+def test_a_constraint_with_no_admissible_token_is_released_and_counted(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
+    """Bad input: a schema under which no token is admissible (here: the checker admits none). Nothing
+    hangs or fails; each row goes on unconstrained, so the answers are the unconstrained ones, marked
+    released, and metrics/predict.json and the log count them."""
+    from sqlora.infer.constrained import TokenChecker
+
+    free = make_project(tmp_path / "free", chaotic_dir, sample_dir, dev_records[:4])
+    run_stage(free, monkeypatch)
+    monkeypatch.setattr(TokenChecker, "allows", lambda self, state, token: False)
+    stuck = make_project(tmp_path / "stuck", chaotic_dir, sample_dir, dev_records[:4], constrained=True)
+    run_stage(stuck, monkeypatch)
+    rows = [json.loads(line) for line in (stuck / "predictions/dev.jsonl").read_text().splitlines()]
+    assert (stuck / "predictions/dev.sql").read_text() == (free / "predictions/dev.sql").read_text()
+    released = sum(r["constraint"] == "released" for r in rows)
+    assert released >= 1 and all(r["constraint"] in ("held", "released") for r in rows)
+    assert json.loads((stuck / "metrics/predict.json").read_text())["constraint_released"] == released
+    assert f"constraint released for {released}" in capsys.readouterr().out
 
 
 def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):

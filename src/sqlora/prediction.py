@@ -93,6 +93,7 @@ def voted_row(index: int, db_id: str, generation: Generation, vote, vote_seconds
     row.update(chosen=vote.chosen, votes=vote.votes, vote_seconds=vote_seconds)
     row["candidates"] = [
         {"sql": c.sql, "status": c.status, "result": key, "raw": c.raw, "new_tokens": c.new_tokens, "stop": c.stop}
+        | ({"constraint": c.constraint} if c.constraint else {})
         for c, key in zip(generation.candidates, vote.keys)
     ]
     return row
@@ -160,7 +161,8 @@ def predict_records(
             if params.decoding == "self_consistency":
                 votes = [choose(k) for k in keys]
             else:
-                votes = [first_running(k, params.require_rows) for k in keys]
+                released = [[n for n, c in enumerate(batch[i].candidates) if c.constraint == "released"] for i in indexes]
+                votes = [first_running(k, params.require_rows, r) for k, r in zip(keys, released)]
             vote_seconds = round(time.perf_counter() - began, 4)
             partial.append([voted_row(i, records[i].db_id, batch[i], v, vote_seconds) for i, v in zip(indexes, votes)])
         else:

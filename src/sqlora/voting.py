@@ -14,6 +14,7 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 from sqlora.evaluation import _run_tasks
 from sqlora.sandbox import run_query
@@ -93,13 +94,15 @@ def choose(keys: list[str | None]) -> Vote:
     return Vote(chosen=keys.index(best), votes=sizes[best], keys=keys)
 
 
-def first_running(keys: list[str | None], require_rows: bool = False) -> Vote:
+def first_running(keys: list[str | None], require_rows: bool = False, released: Collection[int] = ()) -> Vote:
     """execution_guided: the first candidate that runs (with ``require_rows``: and returns rows; if none
-    does, the first that runs); when none runs, the first. ``votes``: 1 if one ran, else 0."""
-    ran = [k for k, key in enumerate(keys) if key is not None]
+    does, the first that runs); when none runs, the first. Candidates in ``released`` (constrained
+    decoding found no admissible token for them) come after all others. ``votes``: 1 if one ran, else 0."""
+    order = [k for k in range(len(keys)) if k not in released] + [k for k in range(len(keys)) if k in released]
+    ran = [k for k in order if keys[k] is not None]
     with_rows = [k for k in ran if keys[k] != _EMPTY]
     chosen = (with_rows if require_rows and with_rows else ran)[:1]
-    return Vote(chosen=chosen[0] if chosen else 0, votes=1 if chosen else 0, keys=keys)
+    return Vote(chosen=chosen[0] if chosen else order[0] if order else 0, votes=1 if chosen else 0, keys=keys)
 
 
 def run_candidates(candidates: list[list[str]], db_files: list[Path], timeout_s: float, workers: int = 2) -> list[list[str | None]]:

@@ -35,6 +35,9 @@ class Generation:
     status: str = "ok"  # ok | empty | unparseable (not one SQL query)
     stop: str = "eos"  # eos | sql_end | max_new_tokens
     decoding: str = "greedy"
+    # predict.constrained: "held" (every token was one the schema allows), or "released" (at some step no
+    # token was admissible, e.g. a schema the prompt does not match: the row went on unconstrained); "": free.
+    constraint: str = ""
     # How it was made, and timings (not part of what two generations are compared on):
     tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)  # the ids of `raw` (EOS included)
     engine: str = field(default="", compare=False)  # sqlora | transformers
@@ -95,9 +98,16 @@ class Engine:
     def finish(self, row: Row, batch_seconds: float, seconds: float) -> Generation:
         raw = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         sql = extract_sql(raw)
+        constraint = ""
+        names = self.constraints[row.index] if self.constraints else None
+        if names is not None:
+            from sqlora.infer.constrained import state_of
+
+            # What the engines fed their row's state, read again: it fails only where they had to let go.
+            constraint = "held" if state_of(names, raw) is not None else "released"
         return Generation(
             sql=sql, raw=raw, new_tokens=len(row.tokens), hit_max_new_tokens=row.stop == "max_new_tokens", tokens=tuple(row.tokens),
-            status=sql_status(sql), stop=row.stop, decoding=self.params.decoding, engine=self.name, dtype=self.dtype,
+            status=sql_status(sql), stop=row.stop, decoding=self.params.decoding, constraint=constraint, engine=self.name, dtype=self.dtype,
             batch_seconds=round(batch_seconds, 4), seconds=round(seconds, 4),
         )  # fmt: skip
 
@@ -330,10 +340,12 @@ def iter_generate(
 
 
 def first_resolving(generations: list[Generation], names) -> Generation:
-    """The first generation whose SQL passes the schema check with its aliases resolved (else the first)."""
+    """The first generation the constraint held for whose SQL passes the schema check with its aliases
+    resolved; else the first it held for; else the first."""
     from sqlora.infer.constrained import sql_resolves
 
-    return next((g for g in generations if names is None or sql_resolves(names, g.sql)), generations[0])
+    held = [g for g in generations if g.constraint != "released"] or generations
+    return next((g for g in held if names is None or sql_resolves(names, g.sql)), held[0])
 
 
 def runs(items: list, key) -> list[list]:
