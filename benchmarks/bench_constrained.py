@@ -23,8 +23,8 @@ from sqlora.config import DataParams, PredictParams, PromptParams, load_params
 from sqlora.infer.constrained import sql_resolves
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
-from sqlora.prediction import schema_constraints
-from sqlora.preparation import prepare_split
+from sqlora.infer.predict import schema_constraints
+from sqlora.data.prepare import prepare_split
 
 TARGET = 1.3
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokens import TokenType as T
 
-from sqlora.datasets import database_path
+from sqlora.data.schema import database_path
 
 TARGET_RATIO = 1.0
 

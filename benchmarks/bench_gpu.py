@@ -1,7 +1,7 @@
 """The GPU path in one go: LoRA and QLoRA training steps, batched prediction and export, on a tiny random
 model and on SmolLM2-135M; prints tokens/s, peak memory (QLoRA against LoRA) and identical-SQL checks.
 
-Runs the project's own code (sqlora.training.train, sqlora.infer, sqlora.export) on the embedded sample:
+Runs the project's own code (sqlora.train.trainer.train, sqlora.infer, sqlora.model.export) on the embedded sample:
   python benchmarks/bench_gpu.py                       # on a CUDA GPU (about 3 minutes on one H200)
   python benchmarks/bench_gpu.py --device cpu          # the same code path on the CPU (what the tests run)
   make bench-gpu [ARGS="--models tiny --steps 4"]
@@ -35,18 +35,18 @@ parser.add_argument("--questions", type=int, default=64, help="sample dev questi
 parser.add_argument("--dtype", default="auto", help="model.dtype (auto: bf16 where native)")
 args = parser.parse_args()
 if args.device == "cpu":
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: sqlora.models.device() is then the CPU
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: sqlora.model.loader.device() is then the CPU
 
 import torch  # noqa: E402
 
 from sqlora.config import DataParams, LoraParams, PromptParams, TrainParams  # noqa: E402
-from sqlora.export import export_model  # noqa: E402
+from sqlora.model.export import export_model  # noqa: E402
 from sqlora.infer.engine import generate  # noqa: E402
 from sqlora.infer.loading import load_for_inference  # noqa: E402
-from sqlora.models import device, dtype_name, load_tokenizer, materialize, resolve_dtype  # noqa: E402
-from sqlora.preparation import prepare_split  # noqa: E402
-from sqlora.sample import generate_sample  # noqa: E402
-from sqlora.training import train  # noqa: E402
+from sqlora.model.loader import device, dtype_name, load_tokenizer, materialize, resolve_dtype  # noqa: E402
+from sqlora.data.prepare import prepare_split  # noqa: E402
+from sqlora.data.sample import generate_sample  # noqa: E402
+from sqlora.train.trainer import train  # noqa: E402
 
 if args.device == "cuda" and not torch.cuda.is_available():
     sys.exit("bench_gpu: no CUDA device (use --device cpu)")
@@ -72,7 +72,7 @@ def peak_memory() -> float:
     """MiB: the GPU's peak allocation since the last reset, or this process's peak RSS on the CPU."""
     if device().type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    from sqlora.training import peak_rss_mb
+    from sqlora.train.trainer import peak_rss_mb
 
     return peak_rss_mb()
 

@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.datasets import load_records
+from sqlora.data.records import load_records
 from sqlora.errors import exit_on_error
-from sqlora.evaluation import Gold, default_gold_cache, error_breakdown, evaluate, interaction_accuracy, read_pred_file
+from sqlora.evaluate.execution import Gold, default_gold_cache, evaluate, interaction_accuracy
+from sqlora.evaluate.error_kinds import error_breakdown
+from sqlora.evaluate.files import read_pred_file
 from sqlora.io import write_json
 
 

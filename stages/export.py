@@ -2,7 +2,7 @@
 
 from sqlora.config import load_params
 from sqlora.errors import exit_on_error
-from sqlora.export import export_model
+from sqlora.model.export import export_model
 
 
 @exit_on_error

@@ -2,7 +2,7 @@
 
 from sqlora.config import load_params
 from sqlora.errors import exit_on_error
-from sqlora.models import materialize
+from sqlora.model.loader import materialize
 
 
 @exit_on_error

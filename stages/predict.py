@@ -1,6 +1,6 @@
 """Generate SQL for every dev question: predictions/dev.sql (one per line) and predictions/dev.jsonl.
 
-Finished batches are kept in predictions/partial/ (not a DVC output; see sqlora.prediction): a run
+Finished batches are kept in predictions/partial/ (not a DVC output; see sqlora.infer.predict): a run
 that was killed skips the questions already done, and the outputs are written only when every
 question is, atomically. Runs as it is under `accelerate launch` / torchrun (predict.launch): each
 process predicts its share, the main one merges them in input order. self_consistency and
@@ -14,13 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.datasets import database_path, load_records
+from sqlora.data.schema import database_path
+from sqlora.data.records import load_records
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import STATUSES
 from sqlora.io import folder_stamp, run_fingerprint, write_json, write_jsonl, write_text
-from sqlora.models import device, dtype_name, resolve_dtype
-from sqlora.prediction import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
+from sqlora.model.loader import device, dtype_name, resolve_dtype
+from sqlora.infer.predict import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
 
 OUT = Path("predictions")
 METRICS = Path("metrics/predict.json")  # time per question, statuses, constraint releases

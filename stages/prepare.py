@@ -4,11 +4,11 @@ histogram data reports/plots/prompt_tokens.csv."""
 from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.datasets import record_dicts
+from sqlora.data.records import record_dicts
 from sqlora.errors import exit_on_error
 from sqlora.io import write_json, write_jsonl, write_text
-from sqlora.models import load_tokenizer
-from sqlora.preparation import prepare_split
+from sqlora.model.loader import load_tokenizer
+from sqlora.data.prepare import prepare_split
 
 OUT = Path("data/prepared")
 PROMPT_TOKENS_PLOT = "reports/plots/prompt_tokens.csv"

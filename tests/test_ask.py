@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from sqlora import cli
-from sqlora.ask import Answer, ask, format_table, prepare
+from sqlora.infer.ask import Answer, ask, format_table, prepare
 from sqlora.errors import SqloraError
-from sqlora.infer.engine import Generation
-from sqlora.models import MODEL_INFO
-from sqlora.schema import cell, describe, read_sqlite_schema
+from sqlora.infer.base import Generation
+from sqlora.model.loader import MODEL_INFO
+from sqlora.data.schema import cell, describe, read_sqlite_schema
 
 from conftest import SQLORA
 
@@ -88,7 +88,8 @@ def test_not_a_database_or_no_tables(tmp_path):
 
 
 def spider_schemas(spider_dir: Path, db_id: str):
-    from sqlora.datasets import database_path, load_schemas
+    from sqlora.data.schema import database_path
+    from sqlora.data.layouts import load_schemas
 
     return load_schemas(spider_dir / "tables.json")[db_id], read_sqlite_schema(database_path(spider_dir / "database", db_id))
 
@@ -170,7 +171,7 @@ def test_compact_schema_format(library_db):
 
 def test_ask_prompts_as_the_model_was_trained(library_db, none_model, tiny_model_dir, monkeypatch):
     """sqlora_model.json's prompt settings are the defaults (values hints included); a flag overrides them."""
-    from sqlora.ask import trained_prompt
+    from sqlora.infer.ask import trained_prompt
     from sqlora.config import PromptParams
 
     assert trained_prompt(none_model) == PromptParams()  # a folder that records nothing: the defaults
@@ -189,13 +190,13 @@ def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_d
     """A published adapter names its base model: ask writes it where --base points when it is missing.
     --constrained hands the database's names to the engine."""
     import sqlora.infer.engine
-    import sqlora.models
+    import sqlora.model.loader
 
     model = tmp_path / "published"
     model.mkdir()
     (model / MODEL_INFO).write_text(json.dumps({"method": "none", "base": "models/base", "model": "some-alias"}))
     made = []
-    monkeypatch.setattr(sqlora.models, "materialize", lambda name, out: made.append(name) or shutil.copytree(tiny_model_dir, out))
+    monkeypatch.setattr(sqlora.model.loader, "materialize", lambda name, out: made.append(name) or shutil.copytree(tiny_model_dir, out))
     seen = {}
 
     def generate(*, prompts, constraints=None, constrained=False, **_):
@@ -212,7 +213,7 @@ def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_d
 
 
 def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_dir):
-    from sqlora.prompt import Record
+    from sqlora.data.prompt import Record
 
     prepared = prepare(library_db, "  How many books? ", none_model, tiny_model_dir)
     record = Record(db_id="library", instruction=describe(read_sqlite_schema(library_db), "natural"), input="How many books?", output="")

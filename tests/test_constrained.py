@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from sqlora.datasets import load_schemas
+from sqlora.data.layouts import load_schemas
 from sqlora.infer.loading import load_for_inference
-from sqlora.infer.constrained import SchemaNames, SqlState, TokenChecker, sql_resolves, state_of
-from sqlora.schema import Column, DatabaseSchema
+from sqlora.infer.constrained import SchemaNames, TokenChecker, sql_resolves, state_of
+from sqlora.data.schema import Column, DatabaseSchema
 
 from conftest import save_scripted_llama, token_id
 
@@ -187,7 +187,7 @@ PREFERENCES = {
 
 @pytest.fixture(scope="module")
 def scripted(tiny_model_dir, tmp_path_factory):
-    from sqlora.models import load_tokenizer
+    from sqlora.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     successors = {token_id(tokenizer, a): [token_id(tokenizer, b) for b in ranked] for a, ranked in PREFERENCES.items()}
@@ -273,7 +273,7 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     follow constrained_distribution: empirical frequencies over many rows."""
     from sqlora.config import PredictParams
     from sqlora.infer.constrained import RowConstraint
-    from sqlora.infer.engine import Batch
+    from sqlora.infer.base import Batch
     from sqlora.infer.fast import FastEngine, _StreamRow, constrained_distribution
 
     model, tokenizer = random_model

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.datasets import Split, load_examples, load_records, load_schemas, subsample, to_records
+from sqlora.data.layouts import Split, load_examples, load_schemas
+from sqlora.data.records import load_records, subsample, to_records
 from sqlora.errors import SqloraError
 from sqlora.io import write_jsonl
-from sqlora.prompt import PROMPT_TEMPLATE, render_prompt
-from sqlora.schema import describe_natural
+from sqlora.data.prompt import PROMPT_TEMPLATE, render_prompt
+from sqlora.data.schema import describe_natural
 
 SCHEMA = {
     "db_id": "concerts",

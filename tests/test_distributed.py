@@ -93,7 +93,7 @@ def test_two_processes_predict_like_one(tiny_model_dir, sample_dir, tmp_path):
     from dataclasses import asdict
 
     from sqlora.config import DataParams, PromptParams
-    from sqlora.preparation import prepare_split
+    from sqlora.data.prepare import prepare_split
 
     _, fitted, _ = prepare_split("dev", DataParams(dataset="sample", source=str(sample_dir)), PromptParams(), limit=14)
     records = [asdict(r) for r in fitted.records]

@@ -61,11 +61,21 @@ def test_every_stage_depends_on_everything_it_imports():
         assert not missing, f"stage {name} imports files outside its deps: {missing}"
 
 
+def test_no_stage_depends_on_library_code_it_does_not_import():
+    """Deps follow the subpackages: a change to the evaluator does not rerun training."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        files = closure(REPO / stage["cmd"].split()[-1])
+        unused = [dep for dep in stage["deps"] if dep.startswith("src/") and not any(covered(p, [dep]) for p in files)]
+        assert not unused, f"stage {name} depends on {unused}, which it never imports"
+    assert "src/sqlora/evaluate" not in stages["train"]["deps"]
+
+
 def test_the_closure_follows_imports_inside_functions(tmp_path):
     """The check itself: a module imported only inside a function still counts."""
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from sqlora.voting import vote\n")
+    script.write_text("def main():\n    from sqlora.infer.voting import vote\n")
     files = {p.relative_to(REPO).as_posix() for p in closure(script) if p != script}
-    assert {"src/sqlora/voting.py", "src/sqlora/evaluation.py", "src/sqlora/__init__.py"} <= files
-    assert not covered(REPO / "src/sqlora/voting.py", ["stages/predict.py", "src/sqlora/infer"])
+    assert {"src/sqlora/infer/voting.py", "src/sqlora/sql/pool.py", "src/sqlora/__init__.py"} <= files
+    assert not covered(REPO / "src/sqlora/infer/voting.py", ["stages/predict.py", "src/sqlora/evaluate"])
     assert covered(REPO / "src/sqlora/infer/fast.py", ["src/sqlora/infer"])

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import sqlora.evaluation as evaluation
+import sqlora.evaluate.execution as evaluation
 from sqlora.errors import SqloraError
-from sqlora.evaluation import (
-    HARDNESS_LEVELS,
-    EvalReport,
-    ExampleResult,
-    Gold,
-    evaluate,
-    results_match,
-    spider_execution_text,
-)
+from sqlora.evaluate.execution import HARDNESS_LEVELS, EvalReport, ExampleResult, Gold, evaluate, results_match, spider_execution_text
 
 
 # --- results_match -------------------------------------------------------------------------
@@ -360,7 +352,7 @@ def test_bird_compares_sets_and_reports_by_difficulty(db_dir):
 
 
 def test_interaction_accuracy_needs_every_turn(db_dir):
-    from sqlora.evaluation import interaction_accuracy
+    from sqlora.evaluate.execution import interaction_accuracy
 
     golds = [("SELECT name FROM item", "shop")] * 4
     preds = ["SELECT name FROM item", "SELECT name FROM item", "SELECT name FROM item", "SELECT id FROM item"]
@@ -533,8 +525,9 @@ def test_error_breakdown_names_why_answers_are_wrong(tmp_path):
     """The sandbox's own error texts, sorted into the breakdown metrics/eval.json reports."""
     import sqlite3
 
-    from sqlora.evaluation import ExampleResult, error_breakdown, error_kind
-    from sqlora.sandbox import run_query
+    from sqlora.evaluate.execution import ExampleResult
+    from sqlora.evaluate.error_kinds import error_breakdown, error_kind
+    from sqlora.sql.sandbox import run_query
 
     db = tmp_path / "d.sqlite"
     with sqlite3.connect(db) as conn:

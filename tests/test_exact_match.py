@@ -1,4 +1,4 @@
-"""Tests for sqlora.exact_match: official Spider exact-set-match, example by example."""
+"""Tests for sqlora.evaluate.exact_match: official Spider exact-set-match, example by example."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.datasets import _parse_schema, load_schemas
-from sqlora.exact_match import exact_match, foreign_key_map, parse_spider_sql
-from sqlora.schema import DatabaseSchema
+from sqlora.data.layouts import _parse_schema, load_schemas
+from sqlora.evaluate.exact_match import exact_match, foreign_key_map, parse_spider_sql
+from sqlora.data.schema import DatabaseSchema
 
 # concert_singer, as in Spider's tables.json (its types left out: EM does not read them), read as
 # sqlora reads every tables.json.

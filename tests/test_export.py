@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.export import EXPORT_INFO, export_model
+from sqlora.model.export import EXPORT_INFO, export_model
 from sqlora.infer.engine import generate
-from sqlora.models import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
-from sqlora.prompt import Record, encode_prompt
+from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from sqlora.data.prompt import Record, encode_prompt
 
 from conftest import REPO, SQLORA
 

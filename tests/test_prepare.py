@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from sqlora.config import DataParams, PromptParams
-from sqlora.datasets import load_split, render_input, resolve_source, to_records
+from sqlora.data.layouts import load_split, resolve_source
+from sqlora.data.records import render_input, to_records
 from sqlora.errors import SqloraError
-from sqlora.preparation import prepare_split
-from sqlora.schema import describe_ddl
+from sqlora.data.prepare import prepare_split
+from sqlora.data.schema import describe_ddl
 
 from conftest import SHARED_DATASETS as SHARED
 
@@ -172,7 +173,7 @@ def test_ddl_and_ddl_rows(spider):
 
 
 def test_length_budget_shrinks_schema_never_drops_dev(spider, tiny_model_dir):
-    from sqlora.models import load_tokenizer
+    from sqlora.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     data = DataParams(dataset="spider", source=str(spider))
@@ -268,8 +269,8 @@ def test_real_dev_sets(dataset, count, extra):
 
 
 def test_chat_template_wraps_the_prompt_identically_everywhere(tiny_model_dir):
-    from sqlora.models import load_tokenizer
-    from sqlora.prompt import encode_prompt
+    from sqlora.model.loader import load_tokenizer
+    from sqlora.data.prompt import encode_prompt
 
     tokenizer = load_tokenizer(tiny_model_dir)
     plain = encode_prompt(tokenizer, "PROMPT")

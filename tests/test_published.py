@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sqlora.config import PromptParams
-from sqlora.models import OFFLINE_MODELS, read_model_info
+from sqlora.model.loader import OFFLINE_MODELS, read_model_info
 
 from conftest import REPO, SQLORA
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqlora import report as rp
+from sqlora.report import report as rp
 from sqlora.errors import SqloraError
 
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]

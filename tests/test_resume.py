@@ -19,8 +19,8 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from sqlora.config import LoraParams, TrainParams
-from sqlora.prompt import Record
-import sqlora.training as training
+from sqlora.data.prompt import Record
+import sqlora.train.trainer as training
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 records = [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import sqlora.sample.database
-from sqlora.sample import generate_sample
-from sqlora.sample.templates import TEMPLATES
+import sqlora.data.sample.database
+from sqlora.data.sample import generate_sample
+from sqlora.data.sample.templates import TEMPLATES
 
 KEYWORDS = ("JOIN", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "INTERSECT", "EXCEPT", "UNION", "(SELECT")
 
@@ -174,7 +174,7 @@ def test_several_phrasings_per_question_type(sample):
 
 def test_hardness_levels_are_all_well_represented(sample):
     pytest.importorskip("sqlglot")
-    from sqlora.hardness import spider_hardness
+    from sqlora.evaluate.hardness import spider_hardness
 
     folder, _ = sample
     for split in ("train", "dev"):
@@ -198,7 +198,7 @@ def test_no_template_dominates(sample):
 
 
 def _fail_on_third_database(monkeypatch):
-    real = sqlora.sample.database.write_database
+    real = sqlora.data.sample.database.write_database
     calls = []
 
     def flaky(*args, **kwargs):
@@ -207,7 +207,7 @@ def _fail_on_third_database(monkeypatch):
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sqlora.sample.database, "write_database", flaky)
+    monkeypatch.setattr(sqlora.data.sample.database, "write_database", flaky)
 
 
 def test_failed_generation_leaves_no_output(tmp_path, monkeypatch):

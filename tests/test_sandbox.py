@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.sandbox import QueryResult, run_query
+from sqlora.sql.sandbox import QueryResult, run_query
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -150,7 +150,7 @@ def test_memory_limit(db: Path) -> None:
     # The SQLite heap limit is process-wide and can only go down, so try a tiny one in a child
     # process rather than lowering it for the rest of this test session.
     code = (
-        "import sys; from sqlora.sandbox import run_query\n"
+        "import sys; from sqlora.sql.sandbox import run_query\n"
         "sql = ('WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) '\n"
         "       'SELECT length(group_concat(hex(randomblob(100)))) FROM c')\n"
         "print(run_query(sys.argv[1], sql, memory_limit_mb=16).error)\n"

@@ -8,9 +8,10 @@ from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
-from sqlora.models import MODEL_INFO, load_tokenizer
-from sqlora.prompt import Record, encode_prompt, encode_response
-from sqlora.training import IGNORE_INDEX, last_checkpoint, peak_memory_mb, peak_rss_mb, tokenize_records, train
+from sqlora.model.loader import MODEL_INFO, load_tokenizer
+from sqlora.data.prompt import Record, encode_prompt, encode_response
+from sqlora.train.batches import IGNORE_INDEX, tokenize_records
+from sqlora.train.trainer import last_checkpoint, peak_memory_mb, peak_rss_mb, train
 
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
@@ -119,7 +120,7 @@ def test_response_loss_equals_the_models_own_loss(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sqlora.training import ResponseCollator, response_loss
+    from sqlora.train.batches import ResponseCollator, response_loss
 
     tokenizer = load_tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -196,7 +197,7 @@ def test_peak_rss_is_this_process_peak():
 def test_precision_is_recorded_and_checked(tiny_model_dir, tmp_path):
     """model.dtype auto trains under bf16 autocast where the CPU has native bf16 (fp32 elsewhere), the
     base and the adapter in fp32; the metrics say which. fp16 is for CUDA GPUs only."""
-    from sqlora.models import dtype_name, resolve_dtype
+    from sqlora.model.loader import dtype_name, resolve_dtype
 
     common = dict(method="lora", base_dir=tiny_model_dir, records=RECORDS, lora=LoraParams(r=4, alpha=8), params=FAST, seed=0,
                   live_dir=tmp_path / "live")  # fmt: skip

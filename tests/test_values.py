@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.values import ValueHint, ValueIndex, describe_hints
+from sqlora.data.values import ValueHint, ValueIndex, describe_hints
 
 
 @pytest.fixture()
@@ -102,7 +102,7 @@ def test_prepared_records_carry_the_hints_in_train_and_dev(sample_dir):
     """The same rendering for both splits: a dev question that names a value gets its hint, and a
     training record's hint names a value its own gold SQL uses."""
     from sqlora.config import DataParams, PromptParams
-    from sqlora.preparation import prepare_split
+    from sqlora.data.prepare import prepare_split
 
     data = DataParams(dataset="spider", source=str(sample_dir))
     for split in ("train", "dev"):
@@ -123,7 +123,7 @@ def test_spider_dev_hints_find_the_gold_values(spider_dir):
     """On real Spider dev: most gold string literals that the question spells out are hinted."""
     import re
 
-    from sqlora.datasets import database_path
+    from sqlora.data.schema import database_path
 
     dev = json.loads((spider_dir / "dev.json").read_text())
     indexes: dict[str, ValueIndex] = {}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlglot
 
-from sqlora.datasets import load_examples, load_schemas
+from sqlora.data.layouts import load_examples, load_schemas
 from sqlora.errors import SqloraError
-from sqlora.wikisql import convert_wikisql, to_identifier, unique_names
+from sqlora.data.wikisql import convert_wikisql, to_identifier, unique_names
 
 SPLIT = "dev"
 
@@ -421,7 +421,8 @@ def test_db_that_is_not_sqlite(tmp_path):
 
 
 def test_wikisql_goes_through_the_spider_path(tmp_path):
-    from sqlora.datasets import load_split, to_records
+    from sqlora.data.layouts import load_split
+    from sqlora.data.records import to_records
 
     source = build_wikisql(tmp_path / "wikisql")
     split = load_split("wikisql", source, "dev", work_dir=tmp_path / "work")
@@ -433,7 +434,7 @@ def test_wikisql_goes_through_the_spider_path(tmp_path):
 
 
 def test_wikisql_needs_a_work_dir_and_writes_nothing_elsewhere(tmp_path, monkeypatch):
-    from sqlora.datasets import load_split
+    from sqlora.data.layouts import load_split
 
     source = build_wikisql(tmp_path / "wikisql")
     monkeypatch.chdir(tmp_path)

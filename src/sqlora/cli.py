@@ -8,18 +8,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sqlora.datasets import DATASETS
-from sqlora.evaluation import ETYPES
+from sqlora.data.layouts import DATASETS
+from sqlora.evaluate.execution import ETYPES
 from sqlora.config import DTYPES
-from sqlora.report import REPORT_FILE
-from sqlora.schema import SCHEMA_FORMATS
+from sqlora.report.report import REPORT_FILE
+from sqlora.data.schema import SCHEMA_FORMATS
 
 from sqlora.errors import SqloraError, exit_on_error
 
 
 def _gate(args: argparse.Namespace) -> None:
     from sqlora.config import load_params
-    from sqlora.gate import check, diff_table
+    from sqlora.report.gate import check, diff_table
 
     max_drop = load_params(args.params).gate.max_drop
     checks = check(max_drop, args.rev)
@@ -35,13 +35,13 @@ def _gate(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from sqlora.sample import generate_sample
+    from sqlora.data.sample import generate_sample
 
     print(generate_sample(args.out, seed=args.seed))
 
 
 def _model(args: argparse.Namespace) -> None:
-    from sqlora.models import materialize
+    from sqlora.model.loader import materialize
 
     materialize(args.name, args.out)
     print(f"{args.name} -> {args.out}")
@@ -49,10 +49,10 @@ def _model(args: argparse.Namespace) -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     from sqlora.config import DataParams, PromptParams
-    from sqlora.datasets import record_dicts
+    from sqlora.data.records import record_dicts
     from sqlora.io import write_jsonl
-    from sqlora.models import load_tokenizer
-    from sqlora.preparation import prepare_split
+    from sqlora.model.loader import load_tokenizer
+    from sqlora.data.prepare import prepare_split
 
     for flag, path in (("--source", args.source), ("--schema-source", args.schema_source)):
         if path and not Path(path).exists():
@@ -73,7 +73,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from sqlora.evaluation import default_gold_cache, evaluate, format_summary, read_gold_file, read_pred_file
+    from sqlora.evaluate.execution import default_gold_cache, evaluate
+    from sqlora.evaluate.files import format_summary, read_gold_file, read_pred_file
     from sqlora.io import write_json
 
     golds = read_gold_file(args.gold)
@@ -96,7 +97,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from sqlora.export import export_model
+    from sqlora.model.export import export_model
 
     result = export_model(args.model, args.base, args.out, dtype=args.dtype)
     print(
@@ -106,7 +107,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from sqlora.ask import ask, format_table, trained_prompt
+    from sqlora.infer.ask import ask, format_table, trained_prompt
 
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
@@ -131,7 +132,7 @@ def _ask(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from sqlora.report import runs_dir_of, write_report
+    from sqlora.report.report import runs_dir_of, write_report
 
     command = "sqlora report" + (f" --out {args.out}" if args.out != REPORT_FILE else "")
     command += f" --repo {args.repo}" if args.repo != "." else ""

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from sqlora.datasets import DATASETS
+from sqlora.data.layouts import DATASETS
 from sqlora.errors import SqloraError
-from sqlora.schema import SCHEMA_FORMATS
+from sqlora.data.schema import SCHEMA_FORMATS
 
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -40,13 +40,13 @@ class PromptParams:
     sample_rows: int = 3  # ddl_rows: rows shown per table
     chat_template: bool = False  # wrap the prompt in the model's chat template
     history_sql: bool = False  # CoSQL/SParC: show the gold SQL of earlier turns too
-    values: bool = False  # hint the database values the question mentions (sqlora.values)
+    values: bool = False  # hint the database values the question mentions (sqlora.data.values)
 
 
 @dataclass(frozen=True)
 class ModelParams:
     name: str = "smollm2-135m-instruct"
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (see sqlora.models.resolve_dtype)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (see sqlora.model.loader.resolve_dtype)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from functools import cached_property, lru_cache
 
 import torch
 
-from sqlora.schema import DatabaseSchema
+from sqlora.data.schema import DatabaseSchema
 
 # SQLite's keywords (sqlite.org/lang_keywords.html).
 KEYWORDS = frozenset("""

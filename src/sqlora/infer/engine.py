@@ -14,7 +14,7 @@ Both stop a row at EOS, at ``max_new_tokens``, or once its SQL statement is comp
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Iterator
 
 import torch
@@ -22,97 +22,8 @@ from tqdm import tqdm
 
 from sqlora.config import PredictParams
 from sqlora.errors import SqloraError
-from sqlora.infer.sql_text import extract_sql, sql_status
-from sqlora.prompt import encode_prompt
-
-
-@dataclass(frozen=True)
-class Generation:
-    sql: str  # the extracted statement, one line ("" when nothing usable came out)
-    raw: str  # what the model wrote after the prompt (up to where it stopped)
-    new_tokens: int
-    hit_max_new_tokens: bool  # cut by max_new_tokens before EOS or the end of a statement
-    status: str = "ok"  # ok | empty | unparseable (not one SQL query)
-    stop: str = "eos"  # eos | sql_end | max_new_tokens
-    decoding: str = "greedy"
-    # predict.constrained: "held" (every token was one the schema allows), or "released" (at some step no
-    # token was admissible, e.g. a schema the prompt does not match: the row went on unconstrained); "": free.
-    constraint: str = ""
-    # How it was made, and timings (not part of what two generations are compared on):
-    tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)  # the ids of `raw` (EOS included)
-    engine: str = field(default="", compare=False)  # sqlora | transformers
-    dtype: str = field(default="", compare=False)  # the precision the model computed in
-    batch_seconds: float = field(default=0.0, compare=False)  # its batch of prompts: the sum of their `seconds`
-    seconds: float = field(default=0.0, compare=False)  # its share of the forward passes it took part in
-    candidates: tuple[Generation, ...] = field(default=())  # self_consistency: the sampled candidates
-
-
-@dataclass(frozen=True)
-class Batch:
-    number: int  # position in the plan
-    indexes: list[int]  # prompts in this batch
-    prefix: int  # leading tokens all its prompts share, computed once (0: none)
-
-
-@dataclass
-class Row:
-    """One sequence being generated: a prompt's (one of its candidates, for self_consistency)."""
-
-    index: int  # the prompt's
-    sample: int  # candidate number (self_consistency), else 0
-    batch: Batch
-    tokens: list[int] = field(default_factory=list)
-    stop: str = "max_new_tokens"  # eos | sql_end | max_new_tokens
-    seconds: float = 0.0  # its share of the wall time of the forward passes it was part of
-
-
-class Engine:
-    """What both engines share: the stop tokens, the padding token, turning rows into Generations."""
-
-    name = ""
-
-    def __init__(self, model, tokenizer, params: PredictParams, seed: int, constraints: list | None = None):
-        self.model, self.tokenizer, self.params, self.seed = model, tokenizer, params, seed
-        self.dev = model.device
-        eos = model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos = {t for t in [*eos, tokenizer.eos_token_id] if t is not None}
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.sampling = params.decoding in ("sample", "self_consistency")
-        self.dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # 4-bit: the compute dtype
-        # Schema-constrained decoding: per prompt, the SchemaNames its identifiers are checked against (None: free).
-        self.constraints = constraints if constraints and any(c is not None for c in constraints) else None
-        self.checker = None
-        if self.constraints:
-            from sqlora.infer.constrained import TokenChecker
-
-            self.checker = TokenChecker(tokenizer, self.eos)
-
-    # Batches that run alone (no rows joining them) pool small groups, each step of which costs nearly a full one.
-    pools_small_batches = True
-
-    def run(self, batches: list[Batch], encoded: list[list[int]], samples: int) -> Iterator[tuple[Batch, list[Row]]]:
-        """Each batch with its finished rows (``samples`` per prompt), in the order batches finish."""
-        raise NotImplementedError
-
-    def finish(self, row: Row, batch_seconds: float, seconds: float) -> Generation:
-        raw = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        sql = extract_sql(raw)
-        constraint = ""
-        names = self.constraints[row.index] if self.constraints else None
-        if names is not None:
-            from sqlora.infer.constrained import state_of
-
-            # What the engines fed their row's state, read again: it fails only where they had to let go.
-            constraint = "held" if state_of(names, raw) is not None else "released"
-        return Generation(
-            sql=sql, raw=raw, new_tokens=len(row.tokens), hit_max_new_tokens=row.stop == "max_new_tokens", tokens=tuple(row.tokens),
-            status=sql_status(sql), stop=row.stop, decoding=self.params.decoding, constraint=constraint, engine=self.name, dtype=self.dtype,
-            batch_seconds=round(batch_seconds, 4), seconds=round(seconds, 4),
-        )  # fmt: skip
-
-
-# --- which engine -------------------------------------------------------------------------------------
+from sqlora.data.prompt import encode_prompt
+from sqlora.infer.base import Batch, Engine, Generation, Row
 
 
 @dataclass(frozen=True)
@@ -346,20 +257,3 @@ def first_resolving(generations: list[Generation], names) -> Generation:
 
     held = [g for g in generations if g.constraint != "released"] or generations
     return next((g for g in held if names is None or sql_resolves(names, g.sql)), held[0])
-
-
-def runs(items: list, key) -> list[list]:
-    """Consecutive items with equal keys, grouped."""
-    grouped: list[list] = []
-    for item in items:
-        if grouped and key(grouped[-1][-1]) == key(item):
-            grouped[-1].append(item)
-        else:
-            grouped.append([item])
-    return grouped
-
-
-def share_time(rows: list[Row], seconds: float) -> None:
-    for row in rows:
-        row.seconds += seconds / len(rows)
-

@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 
 from sqlora.config import PredictParams
 from sqlora.infer.constrained import RowConstraint
-from sqlora.infer.engine import Batch, Engine, Row, runs, share_time
+from sqlora.infer.base import Batch, Engine, Row, runs, share_time
 from sqlora.infer.sql_text import sql_complete
 
 SHARED_PREFIX_ATTENTION = "sqlora_shared_prefix"

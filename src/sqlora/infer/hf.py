@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from sqlora.infer.constrained import RowConstraint
-from sqlora.infer.engine import Batch, Engine, Row, share_time
+from sqlora.infer.base import Batch, Engine, Row, share_time
 from sqlora.infer.sql_text import SqlEnd, sql_complete
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.models import MODEL_INFO, device, load_base_model, load_tokenizer, read_model_info, resolve_dtype
+from sqlora.model.loader import MODEL_INFO, device, load_base_model, load_tokenizer, read_model_info, resolve_dtype
 
 
 def load_for_inference(model_dir: str | Path, base_dir: str | Path | None = None, dtype: str = "auto"):

@@ -85,7 +85,7 @@ def sql_status(sql: str) -> str:
         return "empty"
     from sqlglot import exp
 
-    from sqlora.hardness import parse_statement
+    from sqlora.sql.parse import parse_statement
 
     try:
         return "ok" if isinstance(parse_statement(sql), (exp.Query, exp.Values)) else "unparseable"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from sqlora.config import PredictParams
 from sqlora.errors import SqloraError
-from sqlora.infer.engine import EngineChoice, Generation, iter_generate
+from sqlora.infer.base import Generation
+from sqlora.infer.engine import EngineChoice, iter_generate
 from sqlora.io import write_text
-from sqlora.prompt import Record
+from sqlora.data.prompt import Record
 
 
 class PartialPredictions:
@@ -104,7 +105,7 @@ RUNS_CANDIDATES = ("self_consistency", "execution_guided")  # decodings that run
 
 def schema_constraints(records: list[Record], tables_json: str | Path) -> list:
     """Each record's SchemaNames for ``predict.constrained``, from the tables.json its prompt was made from."""
-    from sqlora.datasets import load_schemas
+    from sqlora.data.layouts import load_schemas
     from sqlora.infer.constrained import SchemaNames
 
     schemas = load_schemas(tables_json)
@@ -153,7 +154,7 @@ def predict_records(
     ):  # fmt: skip
         indexes = sorted(batch)
         if voting:
-            from sqlora.voting import choose, first_running, run_candidates
+            from sqlora.infer.voting import choose, first_running, run_candidates
 
             began = time.perf_counter()
             candidates = [[c.sql for c in batch[i].candidates] for i in indexes]

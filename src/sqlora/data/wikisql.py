@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlora.errors import SqloraError
-from sqlora.sandbox import connect_read_only
+from sqlora.sql.sandbox import connect_read_only
 
 AGG_OPS = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")  # lib/query.py; index 0 = no aggregate
 COND_OPS = ("=", ">", "<")  # lib/query.py also lists "OP", which no question uses
@@ -503,7 +503,7 @@ def convert_wikisql(source: str | Path, split: str, out_dir: str | Path, *, skip
     otherwise the first bad question raises SqloraError). Errors in the tables file or the ``.db``
     itself always raise.
     """
-    from sqlora.datasets import database_path
+    from sqlora.data.schema import database_path
     from sqlora.io import atomic_path, write_json
 
     files = _source_files(Path(source), split)

@@ -34,8 +34,8 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from sqlora.hardness import describe_error, parse_statement
-from sqlora.schema import DatabaseSchema
+from sqlora.sql.parse import describe_error, parse_statement
+from sqlora.data.schema import DatabaseSchema
 
 __all__ = ["exact_match", "parse_spider_sql", "foreign_key_map", "SpiderParseError"]
 
@@ -654,7 +654,7 @@ def _sql_match(pred: dict, gold: dict) -> bool:
 def exact_match(gold_sql: str, pred_sql: str, schema: DatabaseSchema) -> tuple[bool, str | None]:
     """Official Spider exact-set-match of ``pred_sql`` against ``gold_sql`` on one database.
 
-    ``schema`` is the database's tables.json entry as :func:`sqlora.datasets.load_schemas` reads it.
+    ``schema`` is the database's tables.json entry as :func:`sqlora.data.layouts.load_schemas` reads it.
     Returns ``(match, error)``; ``error`` is a one-line reason when the prediction cannot be parsed
     the official way (then match is False).
     Raises ValueError if the gold query cannot be parsed.

@@ -10,12 +10,12 @@ Spider scoring reproduces the official evaluator (taoyds/test-suite-sql-eval ``e
   columns; row order counts when the gold text contains "order by" anywhere (as the official);
 * a database folder holding several ``*.sqlite`` files (a test suite) must match on every one;
 * text that is not valid UTF-8 is decoded dropping the bad bytes, as the official does;
-* EM (``sqlora.exact_match``): the ten components all-or-nothing, values and DISTINCT ignored,
+* EM (``sqlora.evaluate.exact_match``): the ten components all-or-nothing, values and DISTINCT ignored,
   foreign-key columns unified; a prediction that does not parse scores 0.
 
 Where the official tool has a plain bug we differ, deliberately: its execution timeout never
 fires (``asyncio.wait_for`` around a coroutine that never yields), so a runaway prediction hangs
-it; here every query runs in the read-only sandbox (``sqlora.sandbox``) with a working time and
+it; here every query runs in the read-only sandbox (``sqlora.sql.sandbox``) with a working time and
 memory limit, in worker processes that a crash cannot take down. The official crashes on a gold
 query that fails and misreads an empty prediction line as the end of an interaction; here the
 former is an error naming the line (or a listed skip) and the latter an empty prediction
@@ -29,29 +29,26 @@ time) measured over repeated runs.
 from __future__ import annotations
 
 import hashlib
-import math
-import multiprocessing
 import pickle
 import re
-import statistics
-import time
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence
 
 import sqlglot
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from sqlora.datasets import database_path, load_schemas
+from sqlora.data.schema import database_path
+from sqlora.data.layouts import load_schemas
 from sqlora.errors import SqloraError
-from sqlora.hardness import hardness_or_unparsed
+from sqlora.evaluate.hardness import hardness_or_unparsed
 from sqlora.io import atomic_path, cache_dir
-from sqlora.sandbox import QueryResult, run_query
-from sqlora.schema import DatabaseSchema
+from sqlora.sql.sandbox import QueryResult, run_query
+from sqlora.data.schema import DatabaseSchema
+from sqlora.evaluate.ves import score_ves
+from sqlora.sql.pool import run_tasks
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 BIRD_DIFFICULTIES = ("simple", "moderate", "challenging")
@@ -62,9 +59,6 @@ ETYPES = ("all", "exec", "match")
 GOLD_CACHE_VERSION = 1
 
 _CRASHED = "worker process crashed while running this query"
-T = TypeVar("T")
-
-
 @dataclass(frozen=True)
 class Gold:
     sql: str
@@ -267,7 +261,7 @@ def evaluate(
     if execute:
         _score_execution(report, golds, db_dir, bird, timeout_s, workers, skip_bad_gold, gold_cache)
         if bird and ves_iterations > 0:
-            _score_ves(report, db_dir, ves_iterations, timeout_s, workers)
+            score_ves(report, db_dir, ves_iterations, timeout_s, workers)
     if match:
         _score_exact_match(report, schemas)
     levels = BIRD_DIFFICULTIES if bird else HARDNESS_LEVELS
@@ -331,7 +325,7 @@ def _score_execution(
         gold_text = text(golds[example.index].sql)
         pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
         tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
-    for example, (matched, error) in zip(kept, _run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED))):
+    for example, (matched, error) in zip(kept, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED))):
         example.exec, example.error = int(matched), error
 
 
@@ -353,7 +347,7 @@ def _run_gold_queries(
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
             pass  # not cached yet, or an unreadable entry: run it again
     todo = [key for key in keys if key not in results]
-    runs = _run_tasks(run_query, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
+    runs = run_tasks(run_query, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
                       crashed=QueryResult(rows=None, error=_CRASHED))
     for key, result in zip(todo, runs):
         results[key] = result
@@ -399,7 +393,7 @@ def _score_prediction(
 
 def _score_exact_match(report: EvalReport, schemas: dict[str, DatabaseSchema]) -> None:
     """Exact-set-match of every example; gold the official parser cannot read scores 0, with the reason."""
-    from sqlora.exact_match import exact_match
+    from sqlora.evaluate.exact_match import exact_match
 
     for example in report.examples:
         try:
@@ -407,70 +401,6 @@ def _score_exact_match(report: EvalReport, schemas: dict[str, DatabaseSchema]) -
         except ValueError as exc:
             matched, error = False, f"gold not parsable for EM: {exc}"
         example.exact, example.exact_error = int(matched), error
-
-
-def _score_ves(report: EvalReport, db_dir: Path, iterations: int, timeout_s: float, workers: int) -> None:
-    """BIRD's VES: each correct prediction earns sqrt(mean gold/pred time ratio), wrong ones 0."""
-    correct = [e for e in report.examples if e.exec]
-    tasks = [(database_path(db_dir, e.db_id), e.pred, e.gold, iterations, timeout_s) for e in correct]
-    ratios = _run_tasks(_time_ratio, tasks, workers=workers, crashed=0.0)
-    for example in report.examples:
-        example.ves = 0.0
-    for example, ratio in zip(correct, ratios):
-        example.ves = math.sqrt(ratio)
-
-
-def _time_ratio(db_file: Path, pred_sql: str, gold_sql: str, iterations: int, timeout_s: float) -> float:
-    """Mean of gold time / predicted time over ``iterations`` runs, outliers beyond 3 sigma dropped (as BIRD)."""
-    ratios = []
-    for _ in range(iterations):
-        pred_time = _timed(db_file, pred_sql, timeout_s)
-        gold_time = _timed(db_file, gold_sql, timeout_s)
-        if pred_time is None or gold_time is None:
-            return 0.0
-        ratios.append(gold_time / pred_time)
-    mean = statistics.fmean(ratios)
-    spread = statistics.pstdev(ratios)
-    kept = [r for r in ratios if mean - 3 * spread < r < mean + 3 * spread] or ratios
-    return statistics.fmean(kept)
-
-
-def _timed(db_file: Path, sql: str, timeout_s: float) -> float | None:
-    start = time.perf_counter()
-    result = run_query(db_file, sql, timeout_s=timeout_s)
-    elapsed = time.perf_counter() - start
-    return max(elapsed, 1e-9) if result.ok else None
-
-
-ERROR_KINDS = ("no_such_column", "no_such_table", "does_not_parse", "other_error", "wrong_rows")
-
-
-def error_kind(example: ExampleResult) -> str | None:
-    """Why a scored prediction is wrong (None: it is right, or it was not executed): a name the
-    database lacks (column, table), SQL SQLite cannot read, another failure (timeout, refusal,
-    ambiguous column ...), or a query that ran and returned other rows."""
-    if example.exec != 0:
-        return None
-    error = example.error or ""
-    if not error:
-        return "wrong_rows"
-    if "no such column" in error:
-        return "no_such_column"
-    if "no such table" in error:
-        return "no_such_table"
-    if any(s in error for s in ("syntax error", "incomplete input", "unrecognized token", "empty SQL", "not a query")):
-        return "does_not_parse"
-    return "other_error"
-
-
-def error_breakdown(examples: list[ExampleResult]) -> dict[str, int]:
-    """How many scored predictions fail for each of :data:`ERROR_KINDS`."""
-    counts = dict.fromkeys(ERROR_KINDS, 0)
-    for example in examples:
-        kind = error_kind(example)
-        if kind is not None:
-            counts[kind] += 1
-    return counts
 
 
 def _summarize(examples: list[ExampleResult], levels: tuple[str, ...], metrics: list[str]) -> dict[str, dict]:
@@ -487,68 +417,6 @@ def _summarize(examples: list[ExampleResult], levels: tuple[str, ...], metrics: 
     return summary
 
 
-def _run_tasks(function: Callable[..., T], tasks: list[tuple], *, workers: int, crashed: T) -> list[T]:
-    """``[function(*task) for task in tasks]``, in ``workers`` processes when workers > 1.
-
-    A task whose worker process dies gets ``crashed`` as its result; the others still run.
-    """
-    if workers <= 1:
-        return [function(*task) for task in tasks]
-
-    results: list[T | None] = [None] * len(tasks)
-    todo = list(range(len(tasks)))
-    while todo:
-        broken = _run_in_pool(function, tasks, todo, results, workers=workers)
-        if broken and _run_in_pool(run_query, [(Path(), "")], [0], [None], workers=1):
-            # Even a query that never touches SQLite lost its worker: processes die on start-up.
-            raise RuntimeError(
-                "evaluation worker processes die on start-up; a script that calls this with "
-                "workers > 1 needs an `if __name__ == '__main__':` guard (or use workers=1)"
-            )
-        # A worker died (a crash inside SQLite, or the OS killing it) and took the pool down
-        # with every unfinished task. The pool hands out tasks in submission order, so the one
-        # that killed it is among the first unfinished: run those alone, each in a fresh
-        # process, and resubmit the rest. Every round settles at least one task.
-        suspects, todo = broken[: workers + 1], broken[workers + 1 :]
-        for index in suspects:
-            if _run_in_pool(function, tasks, [index], results, workers=1):
-                results[index] = crashed
-    return results  # type: ignore[return-value]  # every slot is filled by now
-
-
-def _run_in_pool(
-    function: Callable[..., T],
-    tasks: list[tuple],
-    indexes: list[int],
-    results: list[T | None],
-    *,
-    workers: int,
-) -> list[int]:
-    """Run ``function(*tasks[i])`` for each i in ``indexes`` in a new pool, into ``results[i]``.
-
-    Returns the indexes (in order) whose task was lost because the pool broke.
-    """
-    # "spawn" gives workers a clean interpreter: forking a parent that holds threads (or big
-    # ML libraries) can deadlock, and workers need nothing from the parent's memory.
-    context = multiprocessing.get_context("spawn")
-    broken: list[int] = []
-    with ProcessPoolExecutor(max_workers=min(workers, len(indexes)), mp_context=context) as pool:
-        futures: list[tuple[int, Future | None]] = []
-        for index in indexes:
-            try:
-                futures.append((index, pool.submit(function, *tasks[index])))
-            except BrokenProcessPool:
-                futures.append((index, None))
-        for index, future in futures:
-            try:
-                if future is None:
-                    raise BrokenProcessPool
-                results[index] = future.result()
-            except BrokenProcessPool:
-                broken.append(index)
-    return broken
-
-
 def interaction_accuracy(examples: list[ExampleResult], interaction_ids: list[str | None]) -> dict:
     """CoSQL / SParC: question-level EX, and interaction-level EX (every turn of an interaction right).
 
@@ -563,51 +431,3 @@ def interaction_accuracy(examples: list[ExampleResult], interaction_ids: list[st
         "interactions": len(by_interaction),
         "interaction_ex": correct / len(by_interaction) if by_interaction else 0.0,
     }
-
-
-def read_gold_file(path: str | Path) -> list[Gold]:
-    """The official gold format: one ``SQL<TAB>db_id`` per line (blank lines are ignored)."""
-    golds = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SqloraError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise SqloraError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        sql, tab, db_id = line.strip().rpartition("\t")
-        if not tab or not sql.strip() or not db_id.strip():
-            raise SqloraError(f"{path}:{lineno}: expected 'SQL<TAB>db_id'")
-        golds.append(Gold(sql.strip(), db_id.strip(), f"{path}:{lineno}"))
-    return golds
-
-
-def read_pred_file(path: str | Path, expected: int) -> list[str]:
-    """The official prediction format: one SQL per line, in gold order.
-
-    As in the official script, anything after a tab on a line is ignored; an empty line is an
-    empty prediction (scoring 0).
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SqloraError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise SqloraError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    lines = text.removesuffix("\n").split("\n") if text else []
-    if len(lines) != expected:
-        raise SqloraError(f"{path}: {len(lines)} predictions for {expected} gold queries")
-    return [line.strip().split("\t")[0] for line in lines]
-
-
-def format_summary(summary: dict[str, dict], metrics: list[tuple[str, str]]) -> str:
-    """The familiar table of the official evaluator: a column per level, a row per metric."""
-    levels = list(summary)
-    rows = [f"{'':<20}" + "".join(f"{level:<20}" for level in levels)]
-    rows.append(f"{'count':<20}" + "".join(f"{summary[level]['count']:<20}" for level in levels))
-    for key, title in metrics:
-        rows.append(f"{'=' * 20} {title} {'=' * 20}")
-        rows.append(f"{key:<20}" + "".join(f"{summary[level].get(key, 0.0):<20.3f}" for level in levels))
-    return "\n".join(rows)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlora.errors import SqloraError
-from sqlora.sandbox import connect_read_only
+from sqlora.sql.sandbox import connect_read_only
 
 SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")
 
@@ -236,7 +236,7 @@ def describe_compact(schema: DatabaseSchema) -> str:
 
 
 def _sample_rows(db_path: Path, schema: DatabaseSchema, table: int, n: int) -> str:
-    from sqlora.sandbox import run_query
+    from sqlora.sql.sandbox import run_query
 
     names = [schema.column(i).name for i in schema.table_columns(table)]
     query = f"SELECT {', '.join(_ident(c) for c in names)} FROM {_ident(schema.tables[table])} LIMIT {n}"
@@ -279,3 +279,8 @@ def shrink_order(schema: DatabaseSchema, question: str) -> list[int]:
         return len(asked & set().union(*(_words(n) for n in names)))
 
     return sorted(range(len(schema.tables)), key=lambda t: (overlap(t), -t))
+
+
+def database_path(database_dir: str | Path, db_id: str) -> Path:
+    """Where a dataset's database folder holds the SQLite file of ``db_id`` (Spider's layout)."""
+    return Path(database_dir) / db_id / f"{db_id}.sqlite"

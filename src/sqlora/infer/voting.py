@@ -1,7 +1,7 @@
 """Choosing among candidates by running them: self-consistency (the answer most sampled candidates agree
 on) and execution-guided decoding (the first beam that runs, optionally returning rows).
 
-Candidates agree when their results match the way EX compares them (``sqlora.evaluation.results_match``
+Candidates agree when their results match the way EX compares them (``sqlora.evaluate.execution.results_match``
 without gold ordering): the same bag of rows up to a permutation of the columns, and any two empty
 results alike. Each result is reduced, in the worker that ran it, to a hash of a canonical form, so no
 rows travel back and the grouping is a dictionary lookup. No torch here: the worker processes import
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from sqlora.evaluation import _run_tasks
-from sqlora.sandbox import run_query
+from sqlora.sql.pool import run_tasks
+from sqlora.sql.sandbox import run_query
 
 _EMPTY = "empty"  # every empty result, whatever its columns: EX counts two empty results as equal
 
@@ -109,7 +109,7 @@ def run_candidates(candidates: list[list[str]], db_files: list[Path], timeout_s:
     """Each question's candidates run on its database (read-only, time-limited, in worker processes that a
     crash cannot take down): their result keys."""
     tasks = [(db_file, sql, timeout_s) for sqls, db_file in zip(candidates, db_files) for sql in sqls]
-    keys = iter(_run_tasks(result_key, tasks, workers=workers, crashed=None))
+    keys = iter(run_tasks(result_key, tasks, workers=workers, crashed=None))
     return [[next(keys) for _ in sqls] for sqls in candidates]
 
 

@@ -81,7 +81,7 @@ class ValueIndex:
 
     @classmethod
     def read(cls, db_path: str | Path) -> ValueIndex:
-        from sqlora.sandbox import connect_read_only
+        from sqlora.sql.sandbox import connect_read_only
 
         columns = []
         connection = connect_read_only(db_path)

@@ -14,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from sqlora.datasets import SCHEMA_SOURCE_LABEL, SOURCE_LABEL, Example, SchemaRenderer, Split, render_input
-from sqlora.prompt import Record, encode_prompt, encode_response
+from sqlora.data.layouts import SCHEMA_SOURCE_LABEL, SOURCE_LABEL, Example, Split
+from sqlora.data.records import SchemaRenderer, render_input
+from sqlora.data.prompt import Record, encode_prompt, encode_response
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +67,7 @@ def fit_to_budget(
 
 
 def _shrink(example: Example, record: Record, split: Split, render: SchemaRenderer, length, room: int) -> tuple[Record, int]:
-    from sqlora.schema import shrink_order
+    from sqlora.data.schema import shrink_order
 
     schema = split.schemas[example.db_id]
     kept = list(range(len(schema.tables)))
@@ -103,7 +104,7 @@ def percentiles(values: list[int]) -> dict:
 
 def split_stats(split: Split, fitted: Fitted, read: int) -> dict:
     """Counts, Spider hardness of the gold SQL, BIRD difficulty, prompt lengths, budget effects."""
-    from sqlora.hardness import hardness_or_unparsed
+    from sqlora.evaluate.hardness import hardness_or_unparsed
 
     stats = {
         "questions": read,
@@ -145,9 +146,10 @@ def prepare_split(
 ) -> tuple[Split, Fitted, dict]:
     """Read one split, render its records, fit them to the budget (with a tokenizer), describe it.
 
-    ``work_dir``, ``source_label``, ``schema_source_label``: as :func:`sqlora.datasets.load_split`.
+    ``work_dir``, ``source_label``, ``schema_source_label``: as :func:`sqlora.data.layouts.load_split`.
     """
-    from sqlora.datasets import load_split, subsample, to_record
+    from sqlora.data.layouts import load_split
+    from sqlora.data.records import subsample, to_record
 
     split = load_split(
         data.dataset, data.source, split_name, schema_source=data.schema_source or None, skip_bad=data.skip_bad,

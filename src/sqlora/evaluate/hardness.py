@@ -27,12 +27,11 @@ function works on the dict produced by Spider's ``process_sql.get_sql``; the map
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
+
+from sqlora.sql.parse import parse_statement
 
 # The official evaluator only knows these five aggregates (AGG_OPS in process_sql.py).
 _AGGREGATES = (exp.Count, exp.Max, exp.Min, exp.Sum, exp.Avg)
@@ -86,17 +85,6 @@ def hardness_level(comp1: int, comp2: int, others: int) -> str:
     return "extra"
 
 
-def parse_statement(sql: str) -> exp.Expression:
-    """The one SQLite statement of ``sql``; ValueError (one line, no SQL echoed) otherwise."""
-    try:
-        statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
-    except SqlglotError as e:
-        raise ValueError(f"cannot parse SQL ({describe_error(e)})") from None
-    if len(statements) != 1:
-        raise ValueError(f"expected one SQL statement, got {len(statements)}")
-    return statements[0]
-
-
 def _parse(sql: str) -> exp.Expression:
     first_line = " ".join(sql.split())[:200]
     try:
@@ -106,17 +94,6 @@ def _parse(sql: str) -> exp.Expression:
     if not isinstance(_unwrap(root), (exp.Select, exp.SetOperation)):
         raise ValueError(f"not a SELECT query: {first_line}")
     return root
-
-
-def describe_error(error: SqlglotError) -> str:
-    """sqlglot's error on one line, without its terminal highlighting."""
-    details = getattr(error, "errors", None)
-    if details:  # ParseError: use the first structured error, without sqlglot's highlighting
-        first = details[0]
-        text = f"{first.get('description')} at line {first.get('line')}, col {first.get('col')}"
-    else:
-        text = str(error)
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
 
 
 def _unwrap(node: exp.Expression) -> exp.Expression:

@@ -14,12 +14,11 @@ vLLM, TGI or DB-GPT serve. ``sqlora_export.json`` records where it came from.
 
 Merging happens on the CPU in fp32 (about 4 bytes of RAM per parameter), then the weights are cast
 to ``dtype`` (``model.dtype``; auto: the precision this machine predicts in, see
-:func:`sqlora.models.resolve_dtype`), so a bf16/fp16 export is rounded once.
+:func:`sqlora.model.loader.resolve_dtype`), so a bf16/fp16 export is rounded once.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from sqlora.config import DTYPES
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, write_json
-from sqlora.models import check_checkpoint_folder, read_model_info
+from sqlora.model.loader import check_checkpoint_folder, read_model_info
 
 EXPORT_INFO = "sqlora_export.json"
 
@@ -72,7 +71,7 @@ def export_model(
     import torch  # only now: bad input above fails without the seconds these imports take
     from transformers import AutoModelForCausalLM
 
-    from sqlora.models import dtype_name, load_tokenizer, resolve_dtype
+    from sqlora.model.loader import dtype_name, load_tokenizer, resolve_dtype
 
     target = dtype_name(resolve_dtype(dtype))
 

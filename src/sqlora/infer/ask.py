@@ -1,0 +1,184 @@
+"""Ask a trained model a question about your own SQLite database: the schema is read from the file,
+the prompt is exactly the training prompt, the SQL runs read-only in the sandbox.
+
+Bad input (no database, no model, a prompt the model cannot hold) stops before any model is
+loaded; the model's SQL is untrusted, so its failure to run is part of the answer, not an error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from sqlora.config import PromptParams
+from sqlora.errors import SqloraError
+from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe, read_sqlite_schema
+
+# transformers' "no limit known" model_max_length is int(1e30): anything this large is no limit.
+_NO_LIMIT = 10**9
+
+
+@dataclass(frozen=True)
+class Answer:
+    sql: str  # the extracted statement ("" when the model wrote none)
+    raw: str  # what the model wrote after the prompt
+    columns: list[str] | None  # the result's column names; None when the query failed
+    rows: list[tuple] | None  # every row of the result; None when the query failed
+    error: str | None  # one line from the sandbox: parse/execution error, refusal, timeout
+    seconds: float  # generation and execution, without loading the model
+    prompt_tokens: int
+    hit_max_new_tokens: bool  # the generation was cut: the SQL may be incomplete
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked before a model is loaded: the schema, the prompt and its length."""
+
+    schema: DatabaseSchema
+    prompt: str
+    prompt_tokens: int
+    context: int  # the model's context length in tokens
+    chat_template: bool = False
+
+
+def trained_prompt(model_dir: str | Path, **overrides) -> PromptParams:
+    """The prompt settings ``model_dir`` was trained with (its ``sqlora_model.json``; the defaults for
+    a folder that does not record them), with the ``overrides`` that are not None."""
+    from sqlora.model.loader import read_model_info
+
+    recorded = read_model_info(Path(model_dir)).get("prompt") or {}
+    known = {f.name for f in fields(PromptParams)}
+    settings = {k: v for k, v in recorded.items() if k in known} | {k: v for k, v in overrides.items() if v is not None}
+    return PromptParams(**settings)
+
+
+def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
+    """Materialise the base model a fine-tuned folder names (``"model"`` in its ``sqlora_model.json``)
+    when ``base_dir`` is missing: a published adapter works on a fresh clone."""
+    from sqlora.model.loader import materialize, read_model_info
+
+    info = read_model_info(Path(model_dir))
+    if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
+        print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
+        materialize(info["model"], base_dir)
+
+
+def prepare(
+    db_path: str | Path,
+    question: str,
+    model_dir: str | Path,
+    base_dir: str | Path,
+    *,
+    prompt: PromptParams | None = None,
+    max_new_tokens: int = 128,
+) -> Prepared:
+    """Check the input and build the training prompt (``prompt``: by default as the model was
+    trained, :func:`trained_prompt`); the tokenizer is loaded, the model is not."""
+    from sqlora.model.loader import check_checkpoint_folder, load_tokenizer, read_model_info
+    from sqlora.data.prompt import encode_prompt, render_prompt
+
+    if not question.strip():
+        raise SqloraError("the question is empty")
+    if prompt is not None and prompt.schema_format not in SCHEMA_FORMATS:
+        raise SqloraError(f"schema format {prompt.schema_format!r}: expected one of {', '.join(SCHEMA_FORMATS)}")
+    if max_new_tokens < 1:
+        raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
+    schema = read_sqlite_schema(db_path)
+    if not schema.tables:
+        raise SqloraError(f"{db_path}: the database has no tables")
+    prompt = prompt or trained_prompt(model_dir)
+    model_dir, base_dir = Path(model_dir), Path(base_dir)
+    # The model's own weights and tokenizer: the fine-tuned folder for full fine-tuning, else the base.
+    weights_dir = model_dir if read_model_info(model_dir)["method"] == "full" else base_dir
+    check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
+    tokenizer = load_tokenizer(weights_dir)
+    instruction = describe(schema, prompt.schema_format, Path(db_path), prompt.sample_rows)
+    if prompt.values:
+        from sqlora.data.values import ValueIndex, describe_hints
+
+        hints = describe_hints(ValueIndex.cached(db_path).match(question))
+        instruction += "\n" + hints if hints else ""
+    text = render_prompt(instruction, question.strip())
+    n = len(encode_prompt(tokenizer, text, prompt.chat_template))
+    context, source = _context_length(weights_dir, tokenizer)
+    if n + max_new_tokens > context:
+        raise SqloraError(
+            f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
+            f"more than the model's context of {context} ({source}); ask with fewer --max-new-tokens"
+            + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
+        )
+    return Prepared(schema=schema, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
+
+
+def _context_length(weights_dir: Path, tokenizer) -> tuple[int, str]:
+    """The fewest tokens the model or its tokenizer can hold, and where that number comes from."""
+    from transformers import AutoConfig
+
+    limits = []
+    config = AutoConfig.from_pretrained(weights_dir).get_text_config()  # multimodal configs nest it
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, f"max_position_embeddings in {weights_dir / 'config.json'}"))
+    if 0 < getattr(tokenizer, "model_max_length", 0) < _NO_LIMIT:
+        limits.append((tokenizer.model_max_length, f"the tokenizer's model_max_length in {weights_dir}"))
+    return min(limits) if limits else (_NO_LIMIT, "no limit known")
+
+
+def ask(
+    db_path: str | Path,
+    question: str,
+    model_dir: str | Path = "models/finetuned",
+    base_dir: str | Path = "models/base",
+    *,
+    prompt: PromptParams | None = None,
+    max_new_tokens: int = 128,
+    timeout_s: float = 30.0,
+    dtype: str = "auto",
+    constrained: bool = False,
+) -> Answer:
+    """Generate the SQL for ``question`` on the SQLite file ``db_path`` greedily (in ``dtype``, as
+    ``model.dtype``; with ``constrained``, only the schema's tables and columns), and run it read-only.
+    ``prompt``: by default as the model was trained; its base model is materialised when missing."""
+    ensure_base(model_dir, base_dir)
+    prepared = prepare(db_path, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
+    from sqlora.infer.constrained import SchemaNames
+    from sqlora.infer.engine import generate
+    from sqlora.infer.loading import load_for_inference
+    from sqlora.sql.sandbox import run_query
+
+    model, tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
+    start = time.perf_counter()
+    [generation] = generate(
+        model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
+        progress=False, chat_template=prepared.chat_template, constrained=constrained,
+        constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
+    )
+    result = run_query(db_path, generation.sql, timeout_s=timeout_s)
+    return Answer(
+        sql=generation.sql,
+        raw=generation.raw,
+        columns=result.columns,
+        rows=result.rows,
+        error=result.error,
+        seconds=time.perf_counter() - start,
+        prompt_tokens=prepared.prompt_tokens,
+        hit_max_new_tokens=generation.hit_max_new_tokens,
+    )
+
+
+def format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> str:
+    """A plain-text table: header, rule, rows; numbers right-aligned, long cells cut to ``max_width``."""
+    cells = [[cell(v, max_width) for v in row] for row in rows]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(columns)]
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(columns))]
+
+    def line(values: list[str]) -> str:
+        return " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells])

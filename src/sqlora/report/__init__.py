@@ -1,0 +1,1 @@
+"""Experiments as tables (reports/benchmark.md) and the CI gate on metric regressions."""
