@@ -131,6 +131,8 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
         _require(isinstance(value, int) and 1 <= value <= len(columns), f"{where}.{key}", f"column index {value!r} out of range 1..{len(columns)}")
         return value
 
+    _require(isinstance(entry["primary_keys"], list), f"{where}.primary_keys", "expected a list of column indices")
+    _require(isinstance(entry["foreign_keys"], list), f"{where}.foreign_keys", "expected a list of [column, referenced_column] pairs")
     primary_keys = []
     for k, key in enumerate(entry["primary_keys"]):
         group = key if isinstance(key, list) else [key]  # newer Spider nests composite keys
@@ -423,15 +425,32 @@ def record_dicts(records: list[Record]) -> list[dict]:
 
 
 def load_records(path: str | Path) -> list[Record]:
-    from sqlora.io import read_jsonl
+    from sqlora.io import read_jsonl_lines
 
     records = []
-    for i, raw in enumerate(read_jsonl(path), 1):
+    for lineno, raw in read_jsonl_lines(path):  # line numbers, blank lines counted
         try:
             records.append(Record(**raw))
         except TypeError:
-            raise SqloraError(f"{path}:{i}: expected keys db_id, instruction, input, output; got {sorted(raw)}") from None
+            raise SqloraError(f"{path}:{lineno}: expected keys db_id, instruction, input, output; got {sorted(raw)}") from None
     return records
+
+
+META_KEYS = ("dataset", "database_dir", "tables_json")  # what the prepare stage writes to meta.json
+
+
+def read_meta(path: str | Path = "data/prepared/meta.json") -> dict:
+    """The prepare stage's meta.json, checked: an object with the string values of ``META_KEYS``."""
+    path = Path(path)
+    meta = _read_json(path)
+    if not isinstance(meta, dict):
+        raise SqloraError(f"{path}: expected a JSON object, got {type(meta).__name__}; rerun the prepare stage")
+    for key in META_KEYS:
+        if key not in meta:
+            raise SqloraError(f"{path}: missing key '{key}'; rerun the prepare stage")
+        if not isinstance(meta[key], str):
+            raise SqloraError(f"{path}: '{key}' must be a string, got {meta[key]!r}")
+    return meta
 
 
 def subsample(items: list, limit: int, seed: int, shuffle: bool) -> list:

@@ -59,16 +59,28 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """Each non-blank line's number and JSON object; any other line is an error naming it."""
     from sqlora.errors import SqloraError
 
     records = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    with f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise SqloraError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise SqloraError(f"{path}:{lineno}: expected a JSON object, got {json.dumps(record)[:60]}")
+                records.append((lineno, record))
     return records
 
 
