@@ -6,11 +6,8 @@ set-equality EX by difficulty;
 CoSQL / SParC add question- and interaction-level accuracy.
 """
 
-import json
-from pathlib import Path
-
 from sqlora.config import load_params
-from sqlora.data.records import load_records
+from sqlora.data.records import load_records, read_meta
 from sqlora.errors import exit_on_error
 from sqlora.evaluate.execution import Gold, default_gold_cache, evaluate, interaction_accuracy
 from sqlora.evaluate.error_kinds import error_breakdown
@@ -35,7 +32,7 @@ def hardness_rows(metrics: dict) -> list[dict]:
 def main() -> None:
     params = load_params()
     records = load_records("data/prepared/dev.jsonl")
-    meta = json.loads(Path("data/prepared/meta.json").read_text())
+    meta = read_meta("data/prepared/meta.json")
     preds = read_pred_file("predictions/dev.sql", len(records))
     bird = meta["dataset"] == "bird"
     report = evaluate(

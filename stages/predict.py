@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlora.config import load_params
 from sqlora.data.schema import database_path
-from sqlora.data.records import load_records
+from sqlora.data.records import load_records, read_meta
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import STATUSES
@@ -38,7 +38,7 @@ def main() -> None:
     state = PartialState(cpu=device().type == "cpu")  # joins the process group under a launcher
     main_process = state.is_main_process
     records = load_records("data/prepared/dev.jsonl")
-    meta = json.loads(Path("data/prepared/meta.json").read_text())
+    meta = read_meta("data/prepared/meta.json")
     voting = predict.decoding in RUNS_CANDIDATES
     if voting:
         db_files = [database_path(meta["database_dir"], r.db_id) for r in records]

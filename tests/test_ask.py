@@ -212,6 +212,63 @@ def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_d
     assert made == ["some-alias"] and seen == {"constrained": False, "tables": None}
 
 
+
+def test_ask_an_export_prompts_as_its_source_was_trained(library_db, none_model, tiny_model_dir, tmp_path, monkeypatch):
+    """An export (sqlora export) is a standalone checkpoint: ask loads it as predict does, with no base,
+    and prompts it with the settings sqlora_export.json copied from the fine-tuned folder."""
+    import sqlora.infer.engine
+    from sqlora.infer.ask import trained_prompt
+    from sqlora.config import PromptParams
+    from sqlora.model.export import EXPORT_INFO, export_model
+
+    info = json.loads((none_model / MODEL_INFO).read_text())
+    (none_model / MODEL_INFO).write_text(json.dumps(info | {"prompt": {"schema_format": "compact", "values": True}}))
+    exported = tmp_path / "exported"
+    export_model(none_model, tiny_model_dir, exported, dtype="float32")
+    assert json.loads((exported / EXPORT_INFO).read_text())["prompt"] == {"schema_format": "compact", "values": True}
+    assert trained_prompt(exported) == PromptParams(schema_format="compact", values=True)
+    no_base = tmp_path / "no-base"
+    prepared = prepare(library_db, "Books by Ann Lee?", exported, no_base)
+    assert prepared.prompt.split("###Instruction:\n")[1].split("\n\n###Input")[0] == (
+        describe(read_sqlite_schema(library_db), "compact") + "\nDatabase values that the question mentions:\nAuthor.Full_Name = 'Ann Lee'"
+    )
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT count(*) FROM book"))
+    answer = ask(library_db, "How many books?", exported, no_base)
+    assert answer.ok and answer.rows == [(2,)] and not no_base.exists()
+
+
+def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A Hugging Face checkpoint folder (config.json + weights, nothing of sqlora's), as predict.model
+    takes it: the default prompt, no base folder needed (the CLI's default --base does not exist here)."""
+    import sqlora.infer.engine
+    from sqlora.infer.ask import trained_prompt
+    from sqlora.config import PromptParams
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    assert trained_prompt(plain) == PromptParams()
+    assert prepare(library_db, "How many books?", plain, tmp_path / "no-base").prompt == prepare(
+        library_db, "How many books?", plain, tmp_path / "no-base", prompt=PromptParams()).prompt
+    monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title FROM book ORDER BY title"))
+    monkeypatch.chdir(tmp_path)
+    cli.main(["ask", "--db", str(library_db), "--question", "Titles?", "--model", str(plain)])
+    assert capsys.readouterr().out.splitlines()[:4] == ["SELECT title FROM book ORDER BY title", "title", "------", "Rivers"]
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not a valid sqlora_export.json"),
+    ('{"method": "lora", "prompt": ["compact"]}', "'prompt' must be an object, got list"),
+])
+def test_ask_a_bad_export_info_is_one_line(library_db, tiny_model_dir, tmp_path, text, message):
+    exported = tmp_path / "exported"
+    shutil.copytree(tiny_model_dir, exported)
+    (exported / "sqlora_export.json").write_text(text)
+    result = run_ask("--db", str(library_db), "--question", "q", "--model", str(exported))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {exported / 'sqlora_export.json'}: {message}"), result.stderr
+
+
 def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_dir):
     from sqlora.data.prompt import Record
 

@@ -83,6 +83,9 @@ def bad_schema(**changes):
         ({k: v for k, v in SCHEMA.items() if k != "column_types"}, "tables.json[0]: missing key 'column_types'"),
         (bad_schema(column_types=["text"]), "tables.json[0].column_types: expected 7 types"),
         (bad_schema(column_names_original=[[-1, "*"], [5, "x"]], column_types=["text", "text"]), "column_names_original[1]: table index 5 out of range"),
+        (bad_schema(primary_keys=1), "tables.json[0].primary_keys: expected a list of column indices"),
+        (bad_schema(primary_keys="Singer_ID"), "tables.json[0].primary_keys: expected a list of column indices"),
+        (bad_schema(foreign_keys={"6": 1}), "tables.json[0].foreign_keys: expected a list of [column, referenced_column] pairs"),
     ],
 )
 def test_malformed_tables_json(tmp_path, schema, message):
@@ -117,9 +120,32 @@ def test_bad_examples(tmp_path, example, message):
 def test_missing_file(tmp_path):
     with pytest.raises(SqloraError, match="dev.json: file not found"):
         load_examples(tmp_path / "dev.json", {})
+    with pytest.raises(SqloraError, match="dev.jsonl: file not found"):
+        load_records(tmp_path / "dev.jsonl")
 
 
 def test_bad_jsonl_line(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"db_id": "a", "instruction": "i", "input": "q", "output": "s"}\n{oops\n')
     with pytest.raises(SqloraError, match=r"x.jsonl:2: invalid JSON"):
         load_records(tmp_path / "x.jsonl")
+
+
+RECORD = '{"db_id": "a", "instruction": "i", "input": "q", "output": "s"}\n'
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1, 2]", "expected a JSON object, got [1, 2]"),
+        ('"x"', 'expected a JSON object, got "x"'),
+        ("5", "expected a JSON object, got 5"),
+        ("null", "expected a JSON object, got null"),
+        ('{"db_id": "a"}', "expected keys db_id, instruction, input, output; got ['db_id']"),
+    ],
+)
+def test_a_record_line_that_is_not_a_record_is_named(tmp_path, line, message):
+    """The line number counts blank lines: it is the line an editor shows."""
+    (tmp_path / "x.jsonl").write_text(RECORD + "\n" + line + "\n")
+    with pytest.raises(SqloraError) as err:
+        load_records(tmp_path / "x.jsonl")
+    assert str(err.value) == f"{tmp_path / 'x.jsonl'}:3: {message}"

@@ -79,3 +79,21 @@ def test_prediction_count_mismatch_is_one_line(workdir):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: predictions/dev.sql: 2 predictions for 1 gold queries"
     assert not (workdir / "metrics/eval.json").exists()
+
+
+BAD_META = [  # data/prepared/meta.json as a stage may find it, and the one line it stops with
+    ("{\"dataset\": ", "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
+    ("[]", "data/prepared/meta.json: expected a JSON object, got list; rerun the prepare stage"),
+    ('{"dataset": "spider", "database_dir": "dbs"}', "data/prepared/meta.json: missing key 'tables_json'; rerun the prepare stage"),
+    ('{"dataset": "spider", "database_dir": 7, "tables_json": "t.json"}', "data/prepared/meta.json: 'database_dir' must be a string, got 7"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_META)
+def test_a_bad_meta_json_is_one_line(workdir, text, message):
+    (workdir / "data/prepared/dev.jsonl").write_text(json.dumps(record("SELECT 1")) + "\n")
+    (workdir / "data/prepared/meta.json").write_text(text)
+    (workdir / "predictions/dev.sql").write_text("SELECT 1\n")
+    result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    assert not (workdir / "metrics").exists()

@@ -55,7 +55,7 @@ def test_exported_folder_is_a_plain_checkpoint(lora, tiny_model_dir):
     assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= names
     assert not {"adapter_config.json", "adapter_model.safetensors", MODEL_INFO} & names
     assert json.loads((out / EXPORT_INFO).read_text()) == {
-        "method": "lora", "base": str(tiny_model_dir), "source": str(adapter_dir), "dtype": "float32"
+        "method": "lora", "base": str(tiny_model_dir), "source": str(adapter_dir), "dtype": "float32", "prompt": {},
     }
     assert not list(out.parent.glob(".exported.*"))  # the temporary folder is gone
     assert all(f.stat().st_mode & 0o044 == 0o044 for f in out.iterdir())  # readable by a server running as another user

@@ -115,3 +115,20 @@ def test_ci_runs_the_tests_and_the_gate():
     assert "make test" in script and "make gate" in script
     makefile = (REPO / "Makefile").read_text()
     assert "gate: repro\n\tsqlora gate" in makefile
+
+
+@pytest.mark.parametrize("output, message", [
+    ("WARNING: something\n{}", "output is not JSON (Expecting value at line 1 column 1)"),
+    ('["metrics/eval.json"]', "unexpected output"),
+    ('{"metrics/eval.json": {"ex.all": 0.5}}', "unexpected output"),
+])
+def test_an_unreadable_metrics_diff_is_one_line(monkeypatch, capsys, output, message):
+    """`dvc metrics diff --json` output of another shape: one error line, exit status 2."""
+    from sqlora import cli, gate as gate_module
+
+    monkeypatch.setattr(gate_module, "_dvc", lambda *args: output)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["gate", "--params", str(REPO / "params.yaml")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: `dvc metrics diff --all --json HEAD --targets metrics/eval.json`: {message}"), err

@@ -260,3 +260,17 @@ def test_self_consistency_on_a_missing_database_when_evaluation_skips_it(
     assert first["chosen"] == 0 and first["votes"] == 0 and all(c["result"] is None for c in first["candidates"])
     assert second["votes"] >= 1 or all(c["result"] is None for c in second["candidates"])
     assert not (sample_dir / "database/nowhere").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{\"dataset\": ", "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
+    ('{"dataset": "sample"}', "data/prepared/meta.json: missing key 'database_dir'; rerun the prepare stage"),
+])
+def test_a_bad_meta_json_is_one_line(tmp_path, monkeypatch, capsys, text, message, tiny_model_dir, sample_dir, dev_records):
+    project = make_project(tmp_path, tiny_model_dir, sample_dir, dev_records[:1])
+    (project / "data/prepared/meta.json").write_text(text)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        run_stage(project, monkeypatch)
+    assert exit.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (project / "predictions").exists()

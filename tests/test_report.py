@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqlora.report import report as rp
+from sqlora.report.report import report as rp
 from sqlora.errors import SqloraError
 
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]
@@ -240,6 +240,76 @@ def test_report_is_written_atomically(project, tmp_path, monkeypatch):
     monkeypatch.undo()
     # Nor any snapshot folder: the report and its runs are written together or not at all.
     assert out.read_text() == "old report\n" and [p.name for p in tmp_path.iterdir()] == ["benchmark.md"]
+
+
+
+def snapshot_repo(tmp_path, monkeypatch) -> Path:
+    """A git repository whose report and snapshots were written before, and pages linking to some of
+    them; its `dvc exp show` (stubbed) lists one run, main (aaaaaaa)."""
+    root = tmp_path / "repo"
+    runs = root / "reports/benchmark-runs"
+    runs.mkdir(parents=True)
+    run(["git", "init", "-q"], root)
+    for name in ("main-aaaaaaa", "readme-1111111", "docs-2222222", "old-3333333", "ignored-4444444", "url-5555555"):
+        (runs / f"{name}.json").write_text(f'{{"old": "{name}"}}\n')
+    (runs / "notes.txt").write_text("not a snapshot\n")
+    (root / "README.md").write_text("See [the run](reports/benchmark-runs/readme-1111111.json#files).\n")
+    (root / "docs").mkdir()
+    (root / "docs/page.md").write_text("A [run][r], [elsewhere](https://x.org/reports/benchmark-runs/url-5555555.json).\n\n"
+                                       "[r]: ../reports/benchmark-runs/docs-2222222.json\n")
+    (root / ".gitignore").write_text("build/\n")
+    (root / "build").mkdir()
+    (root / "build/copy.md").write_text("[x](../reports/benchmark-runs/ignored-4444444.json)\n")
+    # The old report links to a run the new one no longer lists.
+    (root / "reports/benchmark.md").write_text("old report: [old](benchmark-runs/old-3333333.json)\n")
+    params = {"method": "lora", "model": {"name": "m"}, "data": {"dataset": "sample", "source": "data/sample"}}
+    entries = [entry("a" * 40, "main", params, {"ex": {"all": 0.5}, "count": {"all": 2}})]
+    monkeypatch.setattr(rp, "read_experiments", lambda repo, all_commits=False: entries)
+    return root
+
+
+def test_report_keeps_the_snapshots_a_page_links_to(tmp_path, monkeypatch):
+    """Snapshots are added or replaced; one goes only when no Markdown page of the repository links
+    to it once the new report is in place (the old report's links are replaced by the new one's)."""
+    root = snapshot_repo(tmp_path, monkeypatch)
+    runs = root / "reports/benchmark-runs"
+    rp.write_report(root / "reports/benchmark.md", root)
+    assert sorted(p.name for p in runs.iterdir()) == ["docs-2222222.json", "main-aaaaaaa.json", "notes.txt",
+                                                      "readme-1111111.json"]
+    assert json.loads((runs / "main-aaaaaaa.json").read_text())["run"]["rev"] == "a" * 40  # replaced
+    assert (runs / "readme-1111111.json").read_text() == '{"old": "readme-1111111"}\n'  # kept as it was
+    assert "(benchmark-runs/main-aaaaaaa.json)" in (root / "reports/benchmark.md").read_text()
+    assert sorted(p.name for p in (root / "reports").iterdir()) == ["benchmark-runs", "benchmark.md"]
+
+
+@pytest.mark.parametrize("failing", ["new-runs", "new-report"])
+def test_a_failed_rename_leaves_the_old_report_and_snapshots(tmp_path, monkeypatch, failing):
+    """The snapshot folder is renamed in first, then the report: when either rename fails, the old
+    folder goes back and the old report stays, with nothing left beside them."""
+    root = snapshot_repo(tmp_path, monkeypatch)
+    reports = root / "reports"
+
+    def tree() -> dict[str, str]:
+        return {str(p.relative_to(reports)): p.read_text() for p in sorted(reports.rglob("*")) if p.is_file()}
+
+    before = tree()
+    rename, replace = os.rename, os.replace
+
+    def fail_on(real):
+        def move(src, dst):
+            if Path(src).name == failing:
+                raise OSError("rename failed")
+            return real(src, dst)
+        return move
+
+    monkeypatch.setattr(os, "rename", fail_on(rename))
+    monkeypatch.setattr(os, "replace", fail_on(replace))
+    with pytest.raises(OSError, match="rename failed"):
+        rp.write_report(reports / "benchmark.md", root)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    assert tree() == before
+    assert sorted(p.name for p in reports.iterdir()) == ["benchmark-runs", "benchmark.md"]
 
 
 # ---------------------------------------------------------------------------------------------

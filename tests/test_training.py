@@ -188,6 +188,39 @@ def test_last_checkpoint_skips_an_interrupted_save(tmp_path):
     assert last_checkpoint(tmp_path, "run") is None
 
 
+
+def test_resuming_forgets_the_steps_logged_after_the_checkpoint(tmp_path, monkeypatch):
+    """dvclive's plot files, before a resume from checkpoint-20: rows of later steps go, and the row
+    the killed run was writing; the rewrite is atomic (a failure half-way leaves the file as it was)."""
+    from pathlib import Path
+
+    from sqlora.train.trainer import _drop_logged_steps_after
+
+    metrics = tmp_path / "live" / "plots" / "metrics"
+    (metrics / "eval").mkdir(parents=True)
+    (metrics / "loss.tsv").write_text("step\tloss\n10\t2.5\n20\t1.5\n30\t1.0\n40\t0.5\n")
+    (metrics / "eval" / "loss.tsv").write_text("step\tloss\n20\t1.6\n30\t1.2\n3")  # cut while writing step 3x
+    (metrics / "empty.tsv").write_text("")
+    original = (metrics / "loss.tsv").read_text()
+    write = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        _drop_logged_steps_after(tmp_path / "live", 20)
+    monkeypatch.undo()
+    assert (metrics / "loss.tsv").read_text() == original and sorted(p.name for p in metrics.iterdir()) == [
+        "empty.tsv", "eval", "loss.tsv"]  # no temporary file left beside it
+
+    _drop_logged_steps_after(tmp_path / "live", 20)
+    assert (metrics / "loss.tsv").read_text() == "step\tloss\n10\t2.5\n20\t1.5\n"
+    assert (metrics / "eval" / "loss.tsv").read_text() == "step\tloss\n20\t1.6\n"
+    assert (metrics / "empty.tsv").read_text() == ""
+
+
 def test_peak_rss_is_this_process_peak():
     assert 1 < peak_rss_mb() < 1e6
     if "peak_rss_mb" in peak_memory_mb():  # no GPU

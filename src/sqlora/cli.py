@@ -202,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="ask the trained model a question about a SQLite database: its SQL and the first rows")
     p.add_argument("--db", required=True, help="the SQLite database file; its schema is read from the file")
     p.add_argument("--question", required=True, help="the question, in words")
-    p.add_argument("--model", default="models/finetuned", help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
-    p.add_argument("--base", default="models/base", help="the base model folder it was trained from")
-    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, help="default: as the model was trained (its sqlora_model.json), else natural")
+    p.add_argument("--model", default="models/finetuned", help="model folder: the train stage's (with sqlora_model.json), "
+                   "an export (sqlora export) or any Hugging Face checkpoint folder, as predict.model")
+    p.add_argument("--base", default="models/base", help="the base model folder it was trained from (for the train stage's folders)")
+    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, help="default: as the model was trained (its sqlora_model.json "
+                   "or sqlora_export.json), else natural")
     p.add_argument("--sample-rows", type=int, help="ddl_rows: rows shown per table (default: as trained, else 3)")
     p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the model's chat template (default: as trained)")
     p.add_argument("--values", action="store_true", help="hint the database values the question mentions (default: as trained)")

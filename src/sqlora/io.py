@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sqlora.errors import SqloraError
+
 
 def cache_dir(name: str) -> Path:
     """A folder for derived data kept across runs: $SQLORA_CACHE (default ~/.cache/sqlora) / name."""
@@ -58,17 +60,38 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    from sqlora.errors import SqloraError
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value; a missing file or invalid JSON is a one-line error naming the file (and line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SqloraError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
 
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """Each non-blank line's number and JSON object; any other line is an error naming it."""
     records = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise SqloraError(f"{path}: file not found") from None
+    with f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise SqloraError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise SqloraError(f"{path}:{lineno}: expected a JSON object, got {json.dumps(record)[:60]}")
+                records.append((lineno, record))
     return records
 
 

@@ -18,14 +18,13 @@ A source may also be the official ``.zip``: it is extracted once into a cache ke
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlora.errors import SqloraError
-from sqlora.data.schema import Column, DatabaseSchema
-from sqlora.data.schema import database_path
+from sqlora.data.schema import Column, DatabaseSchema, database_path
+from sqlora.io import read_json
 
 DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql")
 # How errors name the dataset folders by default: as the prepare stage gets them, from params.yaml.
@@ -77,18 +76,8 @@ class Split:
 # --- reading files ---------------------------------------------------------------------------------
 
 
-def _read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SqloraError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise SqloraError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
-
-
 def _read_list(path: Path) -> list:
-    entries = _read_json(path)
+    entries = read_json(path)
     if not isinstance(entries, list):
         raise SqloraError(f"{path}: expected a JSON list")
     return entries
@@ -125,6 +114,8 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
         _require(isinstance(value, int) and 1 <= value <= len(columns), f"{where}.{key}", f"column index {value!r} out of range 1..{len(columns)}")
         return value
 
+    _require(isinstance(entry["primary_keys"], list), f"{where}.primary_keys", "expected a list of column indices")
+    _require(isinstance(entry["foreign_keys"], list), f"{where}.foreign_keys", "expected a list of [column, referenced_column] pairs")
     primary_keys = []
     for k, key in enumerate(entry["primary_keys"]):
         group = key if isinstance(key, list) else [key]  # newer Spider nests composite keys

@@ -86,15 +86,34 @@ def record_dicts(records: list[Record]) -> list[dict]:
 
 
 def load_records(path: str | Path) -> list[Record]:
-    from sqlora.io import read_jsonl
+    from sqlora.io import read_jsonl_lines
 
     records = []
-    for i, raw in enumerate(read_jsonl(path), 1):
+    for lineno, raw in read_jsonl_lines(path):  # line numbers, blank lines counted
         try:
             records.append(Record(**raw))
         except TypeError:
-            raise SqloraError(f"{path}:{i}: expected keys db_id, instruction, input, output; got {sorted(raw)}") from None
+            raise SqloraError(f"{path}:{lineno}: expected keys db_id, instruction, input, output; got {sorted(raw)}") from None
     return records
+
+
+META_KEYS = ("dataset", "database_dir", "tables_json")  # what the prepare stage writes to meta.json
+
+
+def read_meta(path: str | Path = "data/prepared/meta.json") -> dict:
+    """The prepare stage's meta.json, checked: an object with the string values of ``META_KEYS``."""
+    from sqlora.io import read_json
+
+    path = Path(path)
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise SqloraError(f"{path}: expected a JSON object, got {type(meta).__name__}; rerun the prepare stage")
+    for key in META_KEYS:
+        if key not in meta:
+            raise SqloraError(f"{path}: missing key '{key}'; rerun the prepare stage")
+        if not isinstance(meta[key], str):
+            raise SqloraError(f"{path}: '{key}' must be a string, got {meta[key]!r}")
+    return meta
 
 
 def subsample(items: list, limit: int, seed: int, shuffle: bool) -> list:

@@ -48,21 +48,44 @@ class Prepared:
 
 
 def trained_prompt(model_dir: str | Path, **overrides) -> PromptParams:
-    """The prompt settings ``model_dir`` was trained with (its ``sqlora_model.json``; the defaults for
-    a folder that does not record them), with the ``overrides`` that are not None."""
-    from sqlora.model.loader import read_model_info
-
-    recorded = read_model_info(Path(model_dir)).get("prompt") or {}
+    """The prompt settings ``model_dir`` was trained with (:func:`recorded_prompt`; the defaults for a
+    folder that does not record them), with the ``overrides`` that are not None."""
+    recorded = recorded_prompt(Path(model_dir))
     known = {f.name for f in fields(PromptParams)}
     settings = {k: v for k, v in recorded.items() if k in known} | {k: v for k, v in overrides.items() if v is not None}
     return PromptParams(**settings)
 
 
+def recorded_prompt(model_dir: Path) -> dict:
+    """The prompt settings a model folder records: a train-stage folder in its ``sqlora_model.json``,
+    an export in its ``sqlora_export.json`` (copied from its source's); a plain checkpoint none."""
+    import json
+
+    from sqlora.model.export import EXPORT_INFO
+    from sqlora.model.loader import is_standalone, read_model_info
+
+    if not is_standalone(model_dir):
+        return read_model_info(model_dir).get("prompt") or {}
+    path = model_dir / EXPORT_INFO
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise SqloraError(f"{path}: not a valid {EXPORT_INFO} ({exc})") from None
+    prompt = info.get("prompt") if isinstance(info, dict) else None
+    if prompt is not None and not isinstance(prompt, dict):
+        raise SqloraError(f"{path}: 'prompt' must be an object, got {type(prompt).__name__}")
+    return prompt or {}
+
+
 def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
     """Materialise the base model a fine-tuned folder names (``"model"`` in its ``sqlora_model.json``)
     when ``base_dir`` is missing: a published adapter works on a fresh clone."""
-    from sqlora.model.loader import materialize, read_model_info
+    from sqlora.model.loader import is_standalone, materialize, read_model_info
 
+    if is_standalone(Path(model_dir)):  # an export or a plain checkpoint: no base to load
+        return
     info = read_model_info(Path(model_dir))
     if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
         print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
@@ -80,7 +103,7 @@ def prepare(
 ) -> Prepared:
     """Check the input and build the training prompt (``prompt``: by default as the model was
     trained, :func:`trained_prompt`); the tokenizer is loaded, the model is not."""
-    from sqlora.model.loader import check_checkpoint_folder, load_tokenizer, read_model_info
+    from sqlora.model.loader import check_checkpoint_folder, inference_folders, load_tokenizer
     from sqlora.data.prompt import encode_prompt, render_prompt
 
     if not question.strip():
@@ -94,9 +117,13 @@ def prepare(
         raise SqloraError(f"{db_path}: the database has no tables")
     prompt = prompt or trained_prompt(model_dir)
     model_dir, base_dir = Path(model_dir), Path(base_dir)
-    # The model's own weights and tokenizer: the fine-tuned folder for full fine-tuning, else the base.
-    weights_dir = model_dir if read_model_info(model_dir)["method"] == "full" else base_dir
-    check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
+    # The folders load_for_inference loads: the model's own weights and tokenizer for full fine-tuning,
+    # an export or a plain checkpoint, else the base's.
+    _, weights_dir = inference_folders(model_dir, base_dir)
+    if weights_dir == model_dir:
+        check_checkpoint_folder(weights_dir)
+    else:
+        check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
     tokenizer = load_tokenizer(weights_dir)
     instruction = describe(schema, prompt.schema_format, Path(db_path), prompt.sample_rows)
     if prompt.values:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sqlora.errors import SqloraError
-from sqlora.model.loader import MODEL_INFO, device, load_base_model, load_tokenizer, read_model_info, resolve_dtype
+from sqlora.model.loader import device, inference_folders, load_base_model, load_tokenizer, resolve_dtype
 
 
 def load_for_inference(model_dir: str | Path, base_dir: str | Path | None = None, dtype: str = "auto"):
@@ -21,13 +21,7 @@ def load_for_inference(model_dir: str | Path, base_dir: str | Path | None = None
     ``config.json`` — an export (``sqlora export``), a plain Hugging Face checkpoint — is a standalone model.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / MODEL_INFO).is_file() and (model_dir / "config.json").is_file():
-        method, weights_dir = "full", model_dir
-    else:
-        method = read_model_info(model_dir)["method"]
-        if method != "full" and base_dir is None:
-            raise SqloraError(f"{model_dir}: method {method!r} needs its base model folder")
-        weights_dir = model_dir if method == "full" else Path(base_dir)
+    method, weights_dir = inference_folders(model_dir, base_dir)
     compute = resolve_dtype(dtype)
     try:
         tokenizer = load_tokenizer(weights_dir)

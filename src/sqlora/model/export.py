@@ -89,9 +89,11 @@ def export_model(
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)  # transformers 5 writes safetensors only (tied weights stored once)
         tokenizer.save_pretrained(tmp)
+        # The prompt settings it was trained with: `sqlora ask` prompts an export as it prompted the source.
         write_json(
             tmp / EXPORT_INFO,
-            {"method": method, "base": str(base_dir), "source": str(finetuned_dir), "dtype": target},
+            {"method": method, "base": str(base_dir), "source": str(finetuned_dir), "dtype": target,
+             "prompt": info.get("prompt") or {}},
         )
         for file in tmp.iterdir():  # safetensors writes 0600: a server running as another user could not read it
             file.chmod(0o644)

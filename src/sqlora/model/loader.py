@@ -240,6 +240,24 @@ def check_qlora_support() -> None:
         ) from None
 
 
+def is_standalone(model_dir: Path) -> bool:
+    """A checkpoint folder that is not the train stage's (an export, a plain Hugging Face checkpoint):
+    config.json and weights, no ``sqlora_model.json``; it loads as a full model."""
+    return not (model_dir / MODEL_INFO).is_file() and (model_dir / "config.json").is_file()
+
+
+def inference_folders(model_dir: str | Path, base_dir: str | Path | None = None) -> tuple[str, Path]:
+    """How a model folder generates: its method ("full" for a standalone checkpoint) and the folder
+    whose weights and tokenizer load first (the base, for an adapter or the base alone)."""
+    model_dir = Path(model_dir)
+    if is_standalone(model_dir):
+        return "full", model_dir
+    method = read_model_info(model_dir)["method"]
+    if method != "full" and base_dir is None:
+        raise SqloraError(f"{model_dir}: method {method!r} needs its base model folder")
+    return method, model_dir if method == "full" else Path(base_dir)
+
+
 def read_model_info(finetuned_dir: Path) -> dict:
     """The train stage's ``sqlora_model.json``, checked: a known method, and the files it needs."""
     if not finetuned_dir.is_dir():

@@ -52,14 +52,27 @@ def _dvc(*args: str) -> str:
 
 def metric_values(rev: str) -> tuple[dict[str, float], dict[str, float]]:
     """(committed at ``rev``, in the workspace) values of every metric in metrics/eval.json."""
-    diff = json.loads(_dvc("metrics", "diff", "--all", "--json", rev, "--targets", METRICS_FILE) or "{}")
+    args = ("metrics", "diff", "--all", "--json", rev, "--targets", METRICS_FILE)
     old, new = {}, {}
-    for metric, change in diff.get(METRICS_FILE, {}).items():
+    for metric, change in _changes(_dvc(*args), f"`dvc {' '.join(args)}`").items():
         if isinstance(change.get("old"), (int, float)):
             old[metric] = float(change["old"])
         if isinstance(change.get("new"), (int, float)):
             new[metric] = float(change["new"])
     return old, new
+
+
+def _changes(output: str, command: str) -> dict[str, dict]:
+    """metrics/eval.json's ``{metric: {"old": ..., "new": ...}}`` from `dvc metrics diff --json`;
+    output of another shape (another DVC version, a warning on stdout) is one error, not a traceback."""
+    try:
+        diff = json.loads(output or "{}")
+    except json.JSONDecodeError as exc:
+        raise SqloraError(f"{command}: output is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    changes = diff.get(METRICS_FILE, {}) if isinstance(diff, dict) else diff
+    if not isinstance(changes, dict) or not all(isinstance(c, dict) for c in changes.values()):
+        raise SqloraError(f"{command}: unexpected output, expected {{\"{METRICS_FILE}\": {{metric: {{\"old\": ..., \"new\": ...}}}}}}")
+    return changes
 
 
 GUARDED = ("ex.all", "em.all")  # BIRD has no EM: a metric the baseline lacks is not guarded

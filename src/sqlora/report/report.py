@@ -25,14 +25,17 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sqlora.errors import SqloraError
 
@@ -746,18 +749,91 @@ def write_report(
     now: datetime | None = None,
 ) -> Report:
     """Read the experiments of ``repo``; write the Markdown report to ``out`` and a snapshot of each
-    run (:meth:`Row.snapshot`) into :func:`runs_dir_of` ``out``, all or nothing."""
-    from sqlora.io import atomic_path, write_json, write_text
+    run (:meth:`Row.snapshot`) into :func:`runs_dir_of` ``out``, both or neither.
 
+    Snapshots are added or replaced; one is removed only when no Markdown file links to it once the
+    report is written (the report itself, or any other ``.md`` of ``repo``: the README, docs, other
+    reports), so a report of HEAD alone keeps the snapshots other pages still point to."""
     git = git_state(repo)
     report = build_report(repo, all_commits=all_commits, git=git)
-    runs_dir = runs_dir_of(out)
-    with atomic_path(runs_dir) as tmp:
-        tmp.mkdir()
-        for row in report.rows:
-            stem = row.source.file_stem()
-            if stem is not None:
-                write_json(tmp / f"{stem}.json", row.snapshot())
-        write_text(out, render(report, command=command, now=now, git=git, all_commits=all_commits,
-                               runs_dir=runs_dir.name))
+    out, runs_dir = Path(out), runs_dir_of(out)
+    text = render(report, command=command, now=now, git=git, all_commits=all_commits, runs_dir=runs_dir.name)
+    snapshots = {f"{stem}.json": row.snapshot() for row in report.rows if (stem := row.source.file_stem())}
+    # The old report's links do not count: the new one replaces them.
+    pages = {out: text, **{md: None for md in markdown_files(repo) if md.resolve() != out.resolve()}}
+    _replace_pair(out, text, runs_dir, snapshots, keep=linked_files(runs_dir, pages, Path(repo)))
     return report
+
+
+def markdown_files(repo: str | os.PathLike) -> list[Path]:
+    """The ``.md`` files of ``repo`` that git tracks or would (not ignored ones: a venv's docs are not
+    pages of the project); without git, its README.md and the Markdown under docs/ and reports/."""
+    repo = Path(repo)
+    try:
+        result = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.md"],
+                                cwd=repo, capture_output=True, text=True)
+    except OSError:
+        result = None
+    if result is not None and result.returncode == 0:
+        return sorted({repo / name for name in result.stdout.split("\0") if name and (repo / name).is_file()})
+    found = [repo / "README.md"] if (repo / "README.md").is_file() else []
+    return found + sorted(p for folder in ("docs", "reports") for p in (repo / folder).rglob("*.md") if p.is_file())
+
+
+# Inline links and images `[text](target "title")`, and reference definitions `[id]: target`.
+_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)|^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE)
+
+
+def linked_files(folder: Path, pages: dict[Path, str | None], root: Path) -> set[str]:
+    """The names of the files in ``folder`` that the Markdown ``pages`` link to (path -> text, None:
+    read the file); relative links resolve from the page's folder, ``/...`` from ``root`` (as GitHub
+    renders them)."""
+    folder, root = folder.resolve(), root.resolve()
+    names = set()
+    for page, text in pages.items():
+        if text is None:
+            try:
+                text = page.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+        for match in _LINK.finditer(text):
+            target = unquote((match.group(1) or match.group(2)).split("#")[0].split("?")[0])
+            if not target or ":" in target.split("/")[0]:  # an anchor, a URL, mailto:
+                continue
+            base = root if target.startswith("/") else page.resolve().parent
+            path = Path(os.path.normpath(base / target.lstrip("/")))
+            if path.parent == folder:
+                names.add(path.name)
+    return names
+
+
+def _replace_pair(out: Path, text: str, runs_dir: Path, snapshots: dict[str, Any], keep: set[str]) -> None:
+    """Put the report and its snapshot folder in place together: both are built in a temporary folder
+    beside them, then renamed in; a failure before or during the renames leaves the old pair as it was.
+    The new folder holds the old one's files but the snapshots (``*.json``) outside ``keep``, then
+    ``snapshots`` (added or replaced)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    new_runs, new_out, old_runs = work / "new-runs", work / "new-report", work / "old-runs"
+    try:
+        if runs_dir.is_dir():
+            shutil.copytree(runs_dir, new_runs, ignore=lambda folder, names: [
+                n for n in names if Path(folder) == runs_dir and n.endswith(".json") and n not in keep])
+        else:
+            new_runs.mkdir()
+        for name, snapshot in snapshots.items():
+            (new_runs / name).write_text(json.dumps(snapshot, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        new_out.write_text(text, encoding="utf-8")
+        if runs_dir.exists():
+            os.rename(runs_dir, old_runs)
+        try:
+            os.rename(new_runs, runs_dir)
+            os.replace(new_out, out)
+        except BaseException:
+            if not new_runs.exists() and runs_dir.exists():  # ours is in place: take it back out
+                os.rename(runs_dir, new_runs)
+            if old_runs.exists():
+                os.rename(old_runs, runs_dir)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,7 @@ import torch
 
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
-from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json
+from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json, write_text
 from sqlora.model.loader import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from sqlora.data.prompt import Record
 from sqlora.train.batches import ResponseCollator, response_loss, tokenize_records
@@ -156,10 +156,21 @@ def step_logger(live, collator: ResponseCollator, world_size: int):
 
 
 def _drop_logged_steps_after(live_dir: Path, step: int) -> None:
-    """Before resuming from the checkpoint at ``step``: forget what the killed run logged later."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        header, *rows = tsv.read_text().splitlines()
-        tsv.write_text("\n".join([header] + [r for r in rows if int(r.split("\t")[0]) <= step]) + "\n")
+    """Before resuming from the checkpoint at ``step``: forget what the killed run logged later, and
+    a row it was killed while writing (fewer fields than the header). Rewritten atomically: a kill
+    now must not cut the plots the resumed run appends to."""
+    # Listed first: each atomic write makes and removes a temporary folder inside the tree walked.
+    for tsv in sorted((live_dir / "plots" / "metrics").rglob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        header, rows = lines[0], lines[1:]
+        write_text(tsv, "\n".join([header] + [r for r in rows if _logged_at_or_before(r, header, step)]) + "\n")
+
+
+def _logged_at_or_before(row: str, header: str, step: int) -> bool:
+    fields = row.split("\t")
+    return len(fields) == len(header.split("\t")) and fields[0].isdigit() and int(fields[0]) <= step
 
 
 def last_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
@@ -256,7 +267,7 @@ def train(
     if checkpoints is not None and state.is_main_process and resume is None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints, or none: start afresh
         checkpoints.mkdir(parents=True)
-        (checkpoints / "fingerprint.txt").write_text(fingerprint + "\n")
+        write_text(checkpoints / "fingerprint.txt", fingerprint + "\n")  # whole or absent: what resuming trusts
     state.wait_for_everyone()
     if resume and state.is_main_process:
         print(f"train: resuming from {resume}")
