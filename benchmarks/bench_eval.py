@@ -192,11 +192,33 @@ def p_whitespace_case(sql, toks, rng, db):  # keywords and aggregates in one cas
     return out
 
 
+def p_or_condition(sql, toks, rng, db):  # "OR x = y" after an ON or WHERE condition (skipped there after a column value)
+    comparison = r"\b(ON|WHERE)\s+([\w.]+)\s*(?:>=|<=|!=|=|>|<)\s*([\w.]+|'[^']*'|\"[^\"]*\")"
+    m = rng.choice(list(re.finditer(comparison, sql, re.IGNORECASE)) or [None])
+    return splice(sql, m.end(), m.end(), f" OR {m[2]} = {rng.choice([m[2], m[3], '1'])}") if m else None
+
+
+def p_clause_order(sql, toks, rng, db):  # a query's WHERE / GROUP BY / HAVING / ORDER BY moved behind its last clause
+    d, clauses = depths(toks), (T.WHERE, T.GROUP_BY, T.HAVING, T.ORDER_BY, T.LIMIT)
+    blocks = []  # per SELECT (nested ones too): its clauses' token indexes, and where the query ends
+    for s in (k for k, t in enumerate(toks) if t.token_type == T.SELECT):
+        end = next((k for k in range(s + 1, len(toks)) if d[k] < d[s] or (d[k] == d[s] and toks[k].token_type in (T.UNION, T.INTERSECT, T.EXCEPT))), len(toks))
+        starts = [k for k in range(s, end) if d[k] == d[s] and toks[k].token_type in clauses]
+        blocks += [(starts, end)] if len(starts) > 1 else []
+    if not blocks:
+        return None
+    starts, end = rng.choice(blocks)
+    i = rng.randrange(len(starts) - 1)
+    a, b, stop = toks[starts[i]].start, toks[starts[i + 1]].start, toks[end].start if end < len(toks) else len(sql)
+    return f"{sql[:a]}{sql[b:stop].rstrip()} {sql[a:b].strip()} {sql[stop:]}".rstrip()
+
+
 PERTURBATIONS = {
     "unchanged": lambda sql, toks, rng, db: sql, "other_gold": p_other_gold, "drop_order": p_drop_order, "add_order": p_add_order,
     "toggle_distinct": p_toggle_distinct, "reorder_select": p_reorder_select, "change_literal": p_change_literal,
     "swap_join": p_swap_join, "wrong_column": p_wrong_column, "value_placeholder": p_value_placeholder,
     "spaced_operator": p_spaced_operator, "change_limit": p_change_limit, "whitespace_case": p_whitespace_case,
+    "or_condition": p_or_condition, "clause_order": p_clause_order,
     "truncate": lambda sql, toks, rng, db: sql[:toks[rng.randrange(1, len(toks))].start].rstrip() if len(toks) > 2 else None,
     "trailing_semicolon": lambda sql, toks, rng, db: sql + " ;",
     "two_statements": lambda sql, toks, rng, db: f"{sql.rstrip(';')}; {p_other_gold(sql, toks, rng, db) or 'SELECT 1'}",

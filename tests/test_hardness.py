@@ -57,6 +57,23 @@ def test_case_and_whitespace_do_not_matter() -> None:
     assert spider_hardness("select  name ,  age\nfrom singer where age  >  20 ;") == "medium"
 
 
+# Counted on what the official parser reads (checked against its eval_hardness): a column value
+# skips what follows it up to the next AND, and a clause out of order ends the query.
+@pytest.mark.parametrize(
+    ("sql", "level"),
+    [
+        ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id OR T1.singer_id = T2.concert_id", "easy"),
+        ("SELECT name FROM singer WHERE country = name OR age > 1", "easy"),
+        ("SELECT name FROM singer WHERE age = 1 OR country = name", "medium"),
+        ("SELECT name FROM singer WHERE country = name OR singer_id IN (SELECT singer_id FROM singer_in_concert)", "easy"),
+        ("SELECT name FROM singer ORDER BY age WHERE age > 1 AND country = 'x'", "easy"),
+        ("SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1 GROUP BY country", "medium"),
+    ],
+)
+def test_levels_of_what_the_official_reads(sql: str, level: str) -> None:
+    assert spider_hardness(sql) == level
+
+
 @pytest.mark.parametrize("sql", ["", "SELECT FROM WHERE (", "SELECT a FROM t WHERE", "DROP TABLE t", "SELECT 1; SELECT 2"])
 def test_unparseable_sql_raises_value_error(sql: str) -> None:
     with pytest.raises(ValueError) as info:

@@ -17,6 +17,12 @@ rebuilt and compared as the official code does:
   (INTERSECT/UNION/EXCEPT compared recursively), keywords; then the multiset of FROM tables.
   JOIN ... ON conditions are not compared (only their OR/NOT/IN/LIKE keywords count).
 
+What is parsed is the part of the text the official parser reads (``sqlora.evaluate.official_reading``):
+a condition value that is a column swallows what follows it up to the next AND, so
+``ON a = b OR a = c`` is ``ON a = b`` (and no OR keyword); a clause out of the parser's fixed order
+(FROM, WHERE, GROUP BY, HAVING, ORDER BY, LIMIT, then INTERSECT/UNION/EXCEPT) ends the query, so
+``... ORDER BY x GROUP BY y`` is ``... ORDER BY x`` (inside parentheses it fails instead).
+
 A prediction that the official parser would reject scores 0 (it is replaced there by an empty
 query). The official parser is a simple token scanner, so many valid SQL constructs are rejected:
 column aliases, table aliases without AS, LEFT/INNER/CROSS/comma joins, ``<>``, ``IS NULL``,
@@ -34,8 +40,10 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from sqlora.sql.parse import describe_error, parse_statement
+
 from sqlora.data.schema import DatabaseSchema
+from sqlora.evaluate.official_reading import official_reading
+from sqlora.sql.parse import describe_error, parse_statement
 
 __all__ = ["exact_match", "parse_spider_sql", "foreign_key_map", "SpiderParseError"]
 
@@ -132,6 +140,8 @@ def _check_tokens(sql: str) -> list:
             raise _fail(f"operator {tok.text} is not supported")
     if spans != pairs:
         raise _fail("quoted strings containing quotes are not supported")
+    if tokens and tokens[-1].token_type == TokenType.ALIAS:
+        raise _fail("AS at the end of the text")  # official scan_alias reads the token after every AS
     return tokens
 
 
@@ -143,15 +153,16 @@ class _Parser:
     table_unit: ('table_unit', table_id) or ('sql', sql).
     """
 
-    def __init__(self, schema: _Schema, scopes: list[tuple[exp.Expression, list]]):
+    def __init__(self, schema: _Schema, root: exp.Expression, tokens: list, unread: list):
         self.schema = schema
-        self.aliases = self._scan_aliases(scopes)
+        self.aliases = self._scan_aliases(root, tokens, unread)
 
     # Official: one alias map for the whole text, built from every "X AS Y"; the last wins.
-    def _scan_aliases(self, scopes: list[tuple[exp.Expression, list]]) -> dict[str, str]:
-        found: list[tuple[int, int, str, str]] = []
-        for order, (root, tokens) in enumerate(scopes):
-            found += self._aliases_in(root, tokens, order)
+    def _scan_aliases(self, root: exp.Expression, tokens: list, unread: list) -> dict[str, str]:
+        found = self._aliases_in(root, tokens)
+        # Text read past without parsing (after the query, later statements): its tokens alone.
+        found += [(1, k, unread[k + 1].text.lower(), unread[k - 1].text.lower())
+                  for k in range(1, len(unread) - 1) if unread[k].token_type == TokenType.ALIAS]
         mapping: dict[str, str] = {}
         for _, _, alias, table in sorted(found):
             mapping[alias] = table
@@ -161,7 +172,7 @@ class _Parser:
             mapping[table] = table
         return mapping
 
-    def _aliases_in(self, root: exp.Expression, tokens: list, order: int) -> list[tuple[int, int, str, str]]:
+    def _aliases_in(self, root: exp.Expression, tokens: list) -> list[tuple[int, int, str, str]]:
         alias_tokens = {tok.start: i for i, tok in enumerate(tokens)}
         found: list[tuple[int, int, str, str]] = []
         for node in root.find_all(exp.Table, exp.Subquery):
@@ -175,7 +186,7 @@ class _Parser:
                 raise _fail(f"alias {ident.name} without AS is not supported")
             if isinstance(node, exp.Subquery):
                 raise _fail("aliased FROM subqueries are not supported")
-            found.append((order, start, ident.name.lower(), self._table_name(node)))
+            found.append((0, start, ident.name.lower(), self._table_name(node)))
         return found
 
     @staticmethod
@@ -431,14 +442,8 @@ class _Parser:
         if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier) and node.this.quoted:
             return ("str", node.name)  # official: a double-quoted token is a string value
         if isinstance(node, exp.Column):
+            # What followed a column value (b + 1, OR ...) is already gone: official_reading.
             return (0, self.column(node, tables), False)
-        if isinstance(node, tuple(_UNIT_IDS)):
-            # Official: a value starting with a column reads that column and skips the rest.
-            leftmost = node
-            while isinstance(leftmost, tuple(_UNIT_IDS)):
-                leftmost = leftmost.this
-            if isinstance(leftmost, exp.Column) and not leftmost.this.quoted:
-                return (0, self.column(leftmost, tables), False)
         raise _fail(f"unsupported value: {node.sql(dialect='sqlite')[:80]}")
 
 
@@ -476,19 +481,16 @@ def parse_spider_sql(sql: str, schema: DatabaseSchema) -> dict:
     # The official tokenizer turns "> =", "< =", "! =" into one operator (outside quoted values).
     sql = _SPACED_COMPARISON.sub(lambda m: m.group(1) or m.group(2) + "=", sql)
     tokens = _check_tokens(sql)
-    # The official parses the first statement only, but takes "X AS Y" aliases from the whole text.
-    cut = next((t.start for t in tokens if t.token_type == TokenType.SEMICOLON), len(sql))
+    # The official parses (part of) the first statement only, but takes "X AS Y" aliases from the
+    # whole text.
+    cut = next((i for i, t in enumerate(tokens) if t.token_type == TokenType.SEMICOLON), len(tokens))
+    first = sql[: tokens[cut].start] if cut < len(tokens) else sql
     try:
-        root = parse_statement(sql[:cut])
+        query, query_tokens, unread = official_reading(first, tokens[:cut])
+        root = parse_statement(query)
     except ValueError as e:
         raise _fail(str(e)) from None
-    scopes = [(root, [t for t in tokens if t.start < cut])]
-    rest = sql[cut + 1 :]
-    try:
-        scopes += [(statement, _check_tokens(rest)) for statement in sqlglot.parse(rest, read="sqlite") if statement is not None]
-    except (SqlglotError, SpiderParseError):
-        pass  # later statements too broken to read aliases from: the first one's are all there is
-    parser = _Parser(_Schema(schema), scopes)
+    parser = _Parser(_Schema(schema), root, query_tokens, unread + tokens[cut:])
     return parser.query(root)
 
 

@@ -10,6 +10,9 @@ function works on the dict produced by Spider's ``process_sql.get_sql``; the map
 * A "condition" is a flat chain ``cond AND cond OR cond ...``: its leaves are the predicates
   (the official ``cond_unit``s) and its connectives are the AND/OR tokens. ON conditions of all
   JOINs form one chain (the official ``from['conds']``), as do WHERE and HAVING.
+* The query is the part of the text the official parser reads (:func:`official_reading`): a
+  column used as a condition value swallows what follows it up to the next AND (so
+  ``ON a = b OR a = c`` has one predicate and no OR), and a clause out of order ends the query.
 * A nested query is counted where the official ``get_nestedSQL`` finds one: as an operand of a
   predicate in ON/WHERE/HAVING (``x IN (SELECT ...)``, ``x > (SELECT ...)``), plus one for a
   set operation. Subqueries used as a FROM source are *not* nested queries there; they only
@@ -31,7 +34,8 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from sqlora.sql.parse import parse_statement
+from sqlora.evaluate.official_reading import official_reading
+from sqlora.sql.parse import parse_statement, tokenize
 
 # The official evaluator only knows these five aggregates (AGG_OPS in process_sql.py).
 _AGGREGATES = (exp.Count, exp.Max, exp.Min, exp.Sum, exp.Avg)
@@ -88,7 +92,7 @@ def hardness_level(comp1: int, comp2: int, others: int) -> str:
 def _parse(sql: str) -> exp.Expression:
     first_line = " ".join(sql.split())[:200]
     try:
-        root = parse_statement(sql)
+        root = parse_statement(official_reading(sql, tokenize(sql))[0])
     except ValueError as e:
         raise ValueError(f"{e} for hardness: {first_line}") from None
     if not isinstance(_unwrap(root), (exp.Select, exp.SetOperation)):

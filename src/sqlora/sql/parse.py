@@ -28,3 +28,11 @@ def describe_error(error: SqlglotError) -> str:
     else:
         text = str(error)
     return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
+def tokenize(sql: str) -> list:
+    """sqlglot's SQLite tokens of ``sql``; ValueError (one line) where it cannot tokenize."""
+    try:
+        return sqlglot.Dialect.get_or_raise("sqlite").tokenize(sql)
+    except SqlglotError as e:
+        raise ValueError(f"cannot parse SQL ({describe_error(e)})") from None
