@@ -107,7 +107,7 @@ def test_unknown_baseline_is_one_line_and_exit_2(repo):
     result = gate(repo, "--rev", "no-such-rev")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: `dvc metrics diff --all --json no-such-rev --targets metrics/eval.json` failed")
+    assert line == "error: `dvc metrics diff --all --json no-such-rev --targets metrics/eval.json` in .: unknown Git revision 'no-such-rev'"
 
 
 def test_ci_runs_the_tests_and_the_gate():
@@ -124,9 +124,10 @@ def test_ci_runs_the_tests_and_the_gate():
 ])
 def test_an_unreadable_metrics_diff_is_one_line(monkeypatch, capsys, output, message):
     """`dvc metrics diff --json` output of another shape: one error line, exit status 2."""
-    from sqlora import cli, gate as gate_module
+    from sqlora import cli
+    from sqlora.report import gate as gate_module
 
-    monkeypatch.setattr(gate_module, "_dvc", lambda *args: output)
+    monkeypatch.setattr(gate_module, "run_dvc", lambda *args, **kw: output)
     with pytest.raises(SystemExit) as exit:
         cli.main(["gate", "--params", str(REPO / "params.yaml")])
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqlora.report.report import report as rp
+from sqlora.report import report as rp, runs, tables
 from sqlora.errors import SqloraError
 
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]
@@ -319,7 +320,7 @@ HEAD = "a" * 40
 
 
 def make_row(name="run", kind="experiment", method="lora", model="m", dataset="spider", source="data/spider",
-             ex=None, em=None, count=None, train=None, changed=(), timestamp="2026-01-01T00:00:00", **eval_extra) -> rp.Row:
+             ex=None, em=None, count=None, train=None, changed=(), timestamp="2026-01-01T00:00:00", **eval_extra) -> runs.Row:
     scores = {}
     if ex is not None:
         scores["ex"] = ex
@@ -327,19 +328,19 @@ def make_row(name="run", kind="experiment", method="lora", model="m", dataset="s
         scores["em"] = em
     params = {"method": method, "model.name": model, "data.dataset": dataset, "data.source": source}
     rev = "" if kind == "workspace" else hashlib.sha1(name.encode()).hexdigest()
-    return rp.Row(
-        source=rp.Source(name, kind, rev if kind != "commit" else HEAD, HEAD, timestamp),
+    return runs.Row(
+        source=runs.Source(name, kind, rev if kind != "commit" else HEAD, HEAD, timestamp),
         params=params,
         changed=tuple(changed),
-        eval=rp.EvalMetrics(scores=scores, count=count or {}, **eval_extra),
+        eval=runs.EvalMetrics(scores=scores, count=count or {}, **eval_extra),
         train=train,
     )
 
 
 def test_percent_and_missing_values():
-    assert rp.percent(0.4099) == "41.0" and rp.percent(0.72727) == "72.7" and rp.percent(1) == "100.0"
-    assert rp.percent(None) == rp.percent("0.5") == rp.percent(float("nan")) == rp.percent(True) == "—"
-    assert rp.percent(41.234, factor=1) == "41.2"  # VES: already on 0-100
+    assert tables.percent(0.4099) == "41.0" and tables.percent(0.72727) == "72.7" and tables.percent(1) == "100.0"
+    assert tables.percent(None) == tables.percent("0.5") == tables.percent(float("nan")) == tables.percent(True) == "—"
+    assert tables.percent(41.234, factor=1) == "41.2"  # VES: already on 0-100
 
 
 def test_score_table_counts_missing_levels_and_sources():
@@ -348,7 +349,7 @@ def test_score_table_counts_missing_levels_and_sources():
                  changed=[("train.learning_rate", 0.0005)])
     b = make_row("base", method="none", ex={"easy": 0.0, "all": 0.0}, count=counts, changed=[("method", "none")])
     c = make_row("main", kind="commit", ex={"easy": 1.0, "medium": 1.0, "hard": 1.0, "extra": 1.0, "all": 1.0}, count=counts)
-    lines = rp.score_table(rp.order_rows([a, b, c]), "ex")
+    lines = tables.score_table(tables.order_rows([a, b, c]), "ex")
     short = a.source.rev[:7]
     assert lines == [
         "| model + method | easy (2) | medium (3) | hard (1) | extra (1) | all (7) | run | params |",
@@ -361,7 +362,7 @@ def test_score_table_counts_missing_levels_and_sources():
     ]
     # Different dev sets in one table: no count in the header, a column per row instead.
     d = make_row("small", ex={"easy": 1.0, "all": 1.0}, count={"easy": 1, "all": 1})
-    lines = rp.score_table([a, d], "ex")
+    lines = tables.score_table([a, d], "ex")
     assert lines[0] == "| model + method | easy | medium | hard | extra | all | questions (easy/medium/hard/extra/all) | run | params |"
     assert lines[3].startswith("| `m` + LoRA | 100.0 | — | — | — | **100.0** | 1/—/—/—/1 | [`small`")
 
@@ -369,9 +370,9 @@ def test_score_table_counts_missing_levels_and_sources():
 def test_bird_levels_order_and_ves_scale():
     row = make_row(dataset="bird", ex={"all": 0.5, "challenging": 0.25, "simple": 0.75, "moderate": 0.5},
                    count={"simple": 4, "moderate": 2, "challenging": 4, "all": 10})
-    assert rp.levels_of([row], "ex") == ["simple", "moderate", "challenging", "all"]
-    ves = rp.Row(row.source, row.params, (), rp.EvalMetrics({"ex": {"all": 0.5}, "ves": {"all": 48.76}}, {"all": 10}))
-    text = rp.render(rp.Report(rows=[ves]), now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
+    assert tables.levels_of([row], "ex") == ["simple", "moderate", "challenging", "all"]
+    ves = runs.Row(row.source, row.params, (), runs.EvalMetrics({"ex": {"all": 0.5}, "ves": {"all": 48.76}}, {"all": 10}))
+    text = tables.render(runs.Report(rows=[ves]), now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
     assert "### Valid efficiency score (VES, BIRD)" in text and "| **48.8** |" in text
     assert "No EM in the metrics/eval.json of these runs (BIRD publishes EX only)." in text
 
@@ -381,39 +382,44 @@ def test_set_flags_as_dvc_takes_them():
                             ("train.launch", "torchrun --nproc_per_node 2"), ("data.schema_source", "")])
     assert row.describe_params() == (
         "`-S 'lora.target_modules=[q_proj, v_proj]'` `-S prompt.chat_template=true` "
-        "`-S 'train.launch=torchrun --nproc_per_node 2'` `-S \"data.schema_source=''\"`"
+        "`-S 'train.launch=torchrun --nproc_per_node 2'` `-S 'data.schema_source='\"'\"''\"'\"''`"
     )
+    # What a shell hands dvc: each flag one word, its value in YAML that reads back as the param.
+    words = shlex.split(" ".join(row.flags()))
+    assert words == ["lora.target_modules=[q_proj, v_proj]", "prompt.chat_template=true",
+                     "train.launch=torchrun --nproc_per_node 2", "data.schema_source=''"]
+    assert [yaml.safe_load(w.split("=", 1)[1]) for w in words] == [["q_proj", "v_proj"], True, "torchrun --nproc_per_node 2", ""]
     assert make_row(kind="workspace", changed=[("method", "qlora")]).describe_params() == "uncommitted: `method=qlora`"
     assert make_row(kind="commit", changed=[("lora.r", 8)]).describe_params() == "vs HEAD: `lora.r=8`"
-    assert rp.markdown_table(["a|b"], [["x|y"]])[2] == "| x\\|y |"
+    assert tables.markdown_table(["a|b"], [["x|y"]])[2] == "| x\\|y |"
 
 
 def test_training_table_memory_time_and_missing_train():
-    train_gpu = rp.TrainMetrics("qlora", "cuda", 1234.56, 987.0, 6144.0, "GPU", resumed_from_step=20)
+    train_gpu = runs.TrainMetrics("qlora", "cuda", 1234.56, 987.0, 6144.0, "GPU", resumed_from_step=20)
     rows = [
         make_row("l", ex={"all": 0.41}, em={"all": 0.4}, train=None),
         make_row("q", method="qlora", ex={"all": 0.342}, em={"all": 0.3}, train=train_gpu),
         make_row("base", method="none", ex={"all": 0.05}, train=None),  # trains nothing: not listed
     ]
-    lines = rp.training_table(rp.order_rows(rows))
+    lines = tables.training_table(tables.order_rows(rows))
     assert len(lines) == 4
     assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | [`l`")
     assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | [`q`")
-    assert rp.training_table(rows[2:]) == []
+    assert tables.training_table(rows[2:]) == []
 
 
 def test_train_metrics_from_json_prefers_gpu_memory():
-    gpu = rp.TrainMetrics.from_json({"device": "cuda", "peak_gpu_allocated_mb": 100.0, "peak_gpu_reserved_mb": 200.0,
+    gpu = runs.TrainMetrics.from_json({"device": "cuda", "peak_gpu_allocated_mb": 100.0, "peak_gpu_reserved_mb": 200.0,
                                      "peak_rss_mb": 5000.0})
     assert (gpu.peak_memory_mb, gpu.peak_memory_kind) == (100.0, "GPU")
-    none = rp.TrainMetrics.from_json({"method": "none", "device": "cpu", "steps": 0})
-    assert none.wall_time_s is None and none.peak_memory_mb is None and rp.memory_gib(none) == "—"
+    none = runs.TrainMetrics.from_json({"method": "none", "device": "cpu", "steps": 0})
+    assert none.wall_time_s is None and none.peak_memory_mb is None and tables.memory_gib(none) == "—"
 
 
 def test_train_time_of_a_resumed_training_counts_every_run():
     resumed = {"wall_time_s": 600.0, "total_wall_time_s": 9000.0, "resumed_from_step": 700}
-    assert rp.TrainMetrics.from_json(resumed).wall_time_s == 9000.0
-    assert rp.TrainMetrics.from_json({"wall_time_s": 600.0}).wall_time_s == 600.0  # written before the total existed
+    assert runs.TrainMetrics.from_json(resumed).wall_time_s == 9000.0
+    assert runs.TrainMetrics.from_json({"wall_time_s": 600.0}).wall_time_s == 600.0  # written before the total existed
 
 
 def entry(rev, name, params, eval_data=None, train_data=None, experiments=None, timestamp="2026-01-01T00:00:00"):
@@ -446,7 +452,7 @@ def test_collect_from_exp_show_json():
         {**entry("workspace", None, base_params, ev), "experiments": None},
         entry("a" * 40, "main", base_params, ev, experiments=experiments),
     ]
-    report = rp.collect(entries)
+    report = runs.collect(entries)
     assert [(r.source.kind, r.source.name, r.changed) for r in report.rows] == [
         ("commit", "main", ()), ("experiment", "q", (("method", "qlora"),))
     ]
@@ -458,14 +464,14 @@ def test_collect_from_exp_show_json():
     q_row = report.rows[1]
     assert q_row.eval.scores == {"ex": {"all": 0.25}} and q_row.eval.count == {"all": 2}
     with pytest.raises(SqloraError, match="no experiments"):
-        rp.collect([])
+        runs.collect([])
 
 
 def test_render_header_and_footer():
     row = make_row("main", kind="commit", ex={"all": 0.5}, count={"all": 2})
-    text = rp.render(rp.Report(rows=[row], left_out=[rp.LeftOut(rp.Source("x", "experiment", "e" * 40, HEAD), "experiment failed")]),
+    text = tables.render(runs.Report(rows=[row], left_out=[runs.LeftOut(runs.Source("x", "experiment", "e" * 40, HEAD), "experiment failed")]),
                      command="sqlora report", now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc),
-                     git=rp.GitState(HEAD, "main", dirty=True))
+                     git=runs.GitState(HEAD, "main", dirty=True))
     assert text.startswith(
         "# Benchmark report\n\nMade by `sqlora report` on 2026-01-02 03:04 UTC in the repository at commit `aaaaaaa` "
         "(branch `main`), with uncommitted changes."
@@ -486,7 +492,7 @@ def test_render_header_and_footer():
 def test_not_a_dvc_repository(tmp_path):
     result = run(SQLORA + ["report", "--out", str(tmp_path / "b.md")], tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: dvc exp show in .: you are not inside of a DVC repository")
+    assert result.stderr.startswith("error: `dvc exp show --json` in .: you are not inside of a DVC repository")
     assert not (tmp_path / "b.md").exists()
 
 
@@ -505,13 +511,15 @@ def test_repository_without_commits_or_metrics(tmp_path):
 
 
 def test_dvc_not_installed(monkeypatch, tmp_path):
-    monkeypatch.setattr(rp.sys, "executable", str(tmp_path / "python"))
-    monkeypatch.setattr(rp.shutil, "which", lambda name: None)
-    monkeypatch.setattr(rp.importlib.util, "find_spec", lambda name: None)
+    from sqlora.report import dvc as dvc_module
+
+    monkeypatch.setattr(dvc_module.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(dvc_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(dvc_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SqloraError, match=r"^dvc is not installed \(run `make setup`, or pip install dvc\)$"):
-        rp.read_experiments(tmp_path)
+        runs.read_experiments(tmp_path)
 
 
 def test_missing_repo_folder(tmp_path):
     with pytest.raises(SqloraError, match="no such folder"):
-        rp.read_experiments(tmp_path / "nowhere")
+        runs.read_experiments(tmp_path / "nowhere")

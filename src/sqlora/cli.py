@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlora.data.layouts import DATASETS
 from sqlora.evaluate.execution import ETYPES
 from sqlora.config import DTYPES
-from sqlora.report.report import REPORT_FILE
+from sqlora.report.runs import REPORT_FILE
 from sqlora.data.schema import SCHEMA_FORMATS
 
 from sqlora.errors import SqloraError, exit_on_error
@@ -132,7 +132,8 @@ def _ask(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from sqlora.report.report import runs_dir_of, write_report
+    from sqlora.report.report import write_report
+    from sqlora.report.runs import runs_dir_of
 
     command = "sqlora report" + (f" --out {args.out}" if args.out != REPORT_FILE else "")
     command += f" --repo {args.repo}" if args.repo != "." else ""

@@ -9,10 +9,10 @@ fall more than `gate.max_drop` below it. Raising the baseline is a commit of the
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 
 from sqlora.errors import SqloraError
+from sqlora.report.dvc import run_dvc
 
 METRICS_FILE = "metrics/eval.json"
 
@@ -39,22 +39,11 @@ class Check:
         )
 
 
-def _dvc(*args: str) -> str:
-    try:
-        result = subprocess.run(["dvc", *args], capture_output=True, text=True)
-    except FileNotFoundError:
-        raise SqloraError("dvc is not installed (run `make setup`, then activate .venv)") from None
-    if result.returncode != 0:
-        message = " ".join((result.stderr or result.stdout).split())[:300]
-        raise SqloraError(f"`dvc {' '.join(args)}` failed: {message}")
-    return result.stdout
-
-
 def metric_values(rev: str) -> tuple[dict[str, float], dict[str, float]]:
     """(committed at ``rev``, in the workspace) values of every metric in metrics/eval.json."""
     args = ("metrics", "diff", "--all", "--json", rev, "--targets", METRICS_FILE)
     old, new = {}, {}
-    for metric, change in _changes(_dvc(*args), f"`dvc {' '.join(args)}`").items():
+    for metric, change in _changes(run_dvc(*args), f"`dvc {' '.join(args)}`").items():
         if isinstance(change.get("old"), (int, float)):
             old[metric] = float(change["old"])
         if isinstance(change.get("new"), (int, float)):
@@ -87,4 +76,4 @@ def check(max_drop: float, rev: str = "HEAD") -> list[Check]:
 
 def diff_table(rev: str) -> str:
     """`dvc metrics diff` of metrics/eval.json as DVC prints it (changed or not), for the CI log."""
-    return _dvc("metrics", "diff", "--all", "--md", rev, "--targets", METRICS_FILE)
+    return run_dvc("metrics", "diff", "--all", "--md", rev, "--targets", METRICS_FILE)
