@@ -154,6 +154,23 @@ def test_first_allowed_follows_the_model_order():
     assert checker.first_allowed(state_of(NAMES, "SELECT name FROM sing"), scores, 1) == []  # sing must go on
 
 
+def test_first_allowed_for_beams_looks_only_among_the_most_probable():
+    """A beam search's several tokens come from the SAMPLED most probable (a bounded cost per beam and
+    step); when none of those is allowed, the best allowed token anywhere."""
+    tokenizer = _Tokenizer(PIECES)
+    eos = len(tokenizer.pieces)
+    checker = TokenChecker(tokenizer, {eos})
+    checker.SAMPLED = 2
+    ids = {p: tokenizer.pieces.index(p) for p in PIECES}
+    scores = torch.zeros(eos + 1)
+    for rank, piece in enumerate([" year", " nam", " concert_name", " name"]):
+        scores[ids[piece]] = 10.0 - rank
+    assert checker.first_allowed(state_of(NAMES, "SELECT"), scores, 3) == [ids[" year"], ids[" nam"]]
+    state = state_of(NAMES, "SELECT name FROM")  # a table only: none of the two most probable
+    scores[ids[" singers"]], scores[ids[" singer"]] = 1.0, 0.5
+    assert checker.first_allowed(state, scores, 3) == [ids[" singer"]]
+
+
 def test_constrained_nucleus_is_the_nucleus_over_allowed_tokens():
     tokenizer = _Tokenizer(PIECES)
     eos = len(tokenizer.pieces)

@@ -381,21 +381,25 @@ class TokenChecker:
         return not piece or state.copy().feed(piece)
 
     def first_allowed(self, state: SqlState, scores: torch.Tensor, count: int) -> list[int]:
-        """The ``count`` best tokens (by ``scores``, one row) the state allows, best first (fewer if the
-        vocabulary has fewer)."""
+        """The ``count`` best tokens (by ``scores``, one row) the state allows, best first: for one, among
+        the FIRST most probable; for a beam search's several, among the SAMPLED most probable (fewer
+        when fewer are there: looking further costs a pass over the vocabulary per beam and step, for
+        tokens beam search would not keep). When none is there, the best allowed token anywhere, or
+        none at all: a dead end, which the engines release."""
+        window = self.FIRST if count == 1 else self.SAMPLED
+        top = scores.topk(min(window, scores.shape[-1])).indices.tolist()
         found: list[int] = []
-        top = scores.topk(min(self.FIRST, scores.shape[-1])).indices.tolist()
         for token in top:
             if self.allows(state, token):
                 found.append(token)
                 if len(found) == count:
-                    return found
+                    break
+        if found:
+            return found
         for token in scores.argsort(descending=True).tolist()[len(top) :]:
             if self.allows(state, token):
-                found.append(token)
-                if len(found) == count:
-                    break
-        return found
+                return [token]
+        return []
 
     def nucleus(self, state: SqlState, logits: torch.Tensor, temperature: float, top_p: float) -> tuple[list[int], list[float]]:
         """Sampling: the tokens to draw from and their (unnormalised) masses, one row. Among the
