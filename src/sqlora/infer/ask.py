@@ -16,9 +16,6 @@ from sqlora.config import PromptParams
 from sqlora.errors import SqloraError
 from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe, read_sqlite_schema
 
-# transformers' "no limit known" model_max_length is int(1e30): anything this large is no limit.
-_NO_LIMIT = 10**9
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -103,7 +100,7 @@ def prepare(
 ) -> Prepared:
     """Check the input and build the training prompt (``prompt``: by default as the model was
     trained, :func:`trained_prompt`); the tokenizer is loaded, the model is not."""
-    from sqlora.model.loader import check_checkpoint_folder, inference_folders, load_tokenizer
+    from sqlora.model.loader import check_checkpoint_folder, context_limit, inference_folders, load_tokenizer
     from sqlora.data.prompt import encode_prompt, render_prompt
 
     if not question.strip():
@@ -133,7 +130,9 @@ def prepare(
         instruction += "\n" + hints if hints else ""
     text = render_prompt(instruction, question.strip())
     n = len(encode_prompt(tokenizer, text, prompt.chat_template))
-    context, source = _context_length(weights_dir, tokenizer)
+    from transformers import AutoConfig
+
+    context, source = context_limit(AutoConfig.from_pretrained(weights_dir), tokenizer, weights_dir)
     if n + max_new_tokens > context:
         raise SqloraError(
             f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
@@ -141,20 +140,6 @@ def prepare(
             + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
         )
     return Prepared(schema=schema, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
-
-
-def _context_length(weights_dir: Path, tokenizer) -> tuple[int, str]:
-    """The fewest tokens the model or its tokenizer can hold, and where that number comes from."""
-    from transformers import AutoConfig
-
-    limits = []
-    config = AutoConfig.from_pretrained(weights_dir).get_text_config()  # multimodal configs nest it
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append((positions, f"max_position_embeddings in {weights_dir / 'config.json'}"))
-    if 0 < getattr(tokenizer, "model_max_length", 0) < _NO_LIMIT:
-        limits.append((tokenizer.model_max_length, f"the tokenizer's model_max_length in {weights_dir}"))
-    return min(limits) if limits else (_NO_LIMIT, "no limit known")
 
 
 def ask(

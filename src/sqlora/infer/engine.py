@@ -24,6 +24,7 @@ from sqlora.config import PredictParams
 from sqlora.errors import SqloraError
 from sqlora.data.prompt import encode_prompt
 from sqlora.infer.base import Batch, Engine, Generation, Row
+from sqlora.model.loader import context_limit
 
 
 @dataclass(frozen=True)
@@ -141,21 +142,10 @@ def shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
 # --- generation -----------------------------------------------------------------------------------------
 
 
-def context_limit(model, tokenizer) -> tuple[int, str]:
-    """Tokens the model can attend to, and where that number comes from."""
-    limits = []
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(config, "max_position_embeddings", None):
-        limits.append((int(config.max_position_embeddings), "max_position_embeddings"))
-    if 0 < (getattr(tokenizer, "model_max_length", 0) or 0) < 10**9:  # "no limit" is a huge sentinel
-        limits.append((int(tokenizer.model_max_length), "the tokenizer's model_max_length"))
-    return min(limits) if limits else (10**9, "no limit known")
-
-
 def encode_all(model, tokenizer, prompts: list[str], max_new_tokens: int, chat_template: bool) -> list[list[int]]:
     """Token ids of every prompt; a prompt that leaves no room for ``max_new_tokens`` is an error naming it."""
     encoded = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
-    limit, source = context_limit(model, tokenizer)
+    limit, source = context_limit(model.config, tokenizer)
     for index, ids in enumerate(encoded):
         if len(ids) + max_new_tokens > limit:
             raise SqloraError(

@@ -281,3 +281,19 @@ def read_model_info(finetuned_dir: Path) -> dict:
     if method == "full" and not (finetuned_dir / "config.json").is_file():
         raise SqloraError(f"{finetuned_dir}: method 'full' but no config.json (the fine-tuned checkpoint is missing)")
     return info
+
+
+NO_LIMIT = 10**9  # transformers' "no limit known" model_max_length is int(1e30): anything this large is none
+
+
+def context_limit(config, tokenizer, folder: Path | None = None) -> tuple[int, str]:
+    """The fewest tokens the model (its ``config``) or its ``tokenizer`` can hold, and where that number
+    comes from (in ``folder``, when given)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config  # multimodal configs nest it
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, "max_position_embeddings" + (f" in {folder / 'config.json'}" if folder else "")))
+    if 0 < (getattr(tokenizer, "model_max_length", 0) or 0) < NO_LIMIT:
+        limits.append((int(tokenizer.model_max_length), "the tokenizer's model_max_length" + (f" in {folder}" if folder else "")))
+    return min(limits) if limits else (NO_LIMIT, "no limit known")
