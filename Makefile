@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
+.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ repro: setup
 
 test: setup
 	python -m pytest -q
+
+# The quick loop for contributors (about 2 minutes): no training, no pipeline, no real Spider, no GPU.
+test-fast: setup
+	python -m pytest -q -m "not slow and not needs_spider and not gpu"
 
 # CI gate (.ci/run): rebuild the pipeline (on a fresh clone: every stage, about 9 minutes on 2 CPU
 # cores), then fail if EX or EM fell more than gate.max_drop below the committed metrics.

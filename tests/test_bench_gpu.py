@@ -4,6 +4,9 @@ with both engines, export), on the tiny model, so the script is known to run bef
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from conftest import REPO
 
 
@@ -20,3 +23,16 @@ def test_bench_gpu_runs_on_the_cpu(tiny_model_dir):
                  "identical SQL float32, our engine vs generate(): 6/6", "exported model vs base + adapter: 6/6"):  # fmt: skip
         assert line in out, out
     assert out.strip().endswith('{"result": "ok"}')
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_gpu_runs_on_a_gpu(tiny_model_dir):
+    """The same script on CUDA (where a GPU is lent: `make test` runs it; `make bench-gpu` measures)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/bench_gpu.py"), "--device", "cuda", "--models", "tiny",
+         "--smollm2", str(tiny_model_dir), "--steps", "2", "--batch-size", "4", "--questions", "6"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "identical SQL" in result.stdout and result.stdout.strip().endswith('{"result": "ok"}')

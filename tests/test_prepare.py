@@ -234,6 +234,7 @@ def foreign_key_sentences(entry: dict) -> list[str]:
 
 
 @needs_shared
+@pytest.mark.needs_spider
 def test_real_spider_dev_tells_every_foreign_key():
     split = load_split("spider", SHARED / "spider", "dev")
     records = to_records(split)
@@ -252,6 +253,7 @@ def test_real_spider_dev_tells_every_foreign_key():
 
 
 @needs_shared
+@pytest.mark.needs_spider
 @pytest.mark.parametrize(
     "dataset, count, extra",
     [("bird", 1534, {}), ("cosql", 1007, {"schema_source": str(SHARED / "spider")}), ("sparc", 1203, {"schema_source": str(SHARED / "spider")})],

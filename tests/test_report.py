@@ -523,3 +523,23 @@ def test_dvc_not_installed(monkeypatch, tmp_path):
 def test_missing_repo_folder(tmp_path):
     with pytest.raises(SqloraError, match="no such folder"):
         runs.read_experiments(tmp_path / "nowhere")
+
+
+def test_report_embeds_the_plots_as_svg(project, tmp_path, monkeypatch):
+    """The plots dvc.yaml defines, across the report's runs, drawn to SVG beside the report and shown
+    in it; an SVG of a plot no longer drawn is removed."""
+    asked = []
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": "EX by run",
+            "data": {"values": [{"run": "a", "ex": 40}, {"run": "b", "ex": 42}]},
+            "mark": "bar", "encoding": {"x": {"field": "ex", "type": "quantitative"}, "y": {"field": "run", "type": "nominal"}}}
+    monkeypatch.setattr(rp, "plot_specs", lambda revisions, repo: asked.append(revisions) or {"EX by run": spec})
+    out = tmp_path / "reports/benchmark.md"
+    (tmp_path / "reports/benchmark-plots").mkdir(parents=True)
+    (tmp_path / "reports/benchmark-plots/gone.svg").write_text("<svg/>")
+    report = rp.write_report(out, project["root"])
+    text = out.read_text()
+    assert "## Plots" in text and "![EX by run](benchmark-plots/ex-by-run.svg)" in text
+    svg = (tmp_path / "reports/benchmark-plots/ex-by-run.svg").read_text()
+    assert svg.startswith("<svg") and ">run<" in svg
+    assert not (tmp_path / "reports/benchmark-plots/gone.svg").exists()
+    assert asked == [list(dict.fromkeys(r.source.rev for r in report.rows if r.source.rev))] and asked[0]

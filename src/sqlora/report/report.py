@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sqlora.errors import SqloraError
+from sqlora.report.plots import plot_specs, write_plots
 from sqlora.report.runs import EVAL_FILE, GitState, Report, collect, git_state, read_experiments, runs_dir_of
 from sqlora.report.tables import render
 
@@ -65,11 +66,39 @@ def write_report(
     report = build_report(repo, all_commits=all_commits, git=git)
     out, runs_dir = Path(out), runs_dir_of(out)
     text = render(report, command=command, now=now, git=git, all_commits=all_commits, runs_dir=runs_dir.name)
+    text += plots_section(write_report_plots(report, repo, plots_dir_of(out)), out)
     snapshots = {f"{stem}.json": row.snapshot() for row in report.rows if (stem := row.source.file_stem())}
     # The old report's links do not count: the new one replaces them.
     pages = {out: text, **{md: None for md in markdown_files(repo) if md.resolve() != out.resolve()}}
     _replace_pair(out, text, runs_dir, snapshots, keep=linked_files(runs_dir, pages, Path(repo)))
     return report
+
+
+def plots_dir_of(out: str | os.PathLike) -> Path:
+    """Where the report's plots go: ``reports/benchmark.md`` -> ``reports/benchmark-plots/``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-plots")
+
+
+def write_report_plots(report: Report, repo: str | os.PathLike, plots_dir: Path) -> dict[str, Path]:
+    """dvc.yaml's plots across the report's runs (and the workspace), as SVG files in ``plots_dir``;
+    SVGs of plots no longer drawn are removed."""
+    revisions = list(dict.fromkeys(row.source.rev for row in report.rows if row.source.rev))
+    paths = write_plots(plot_specs(revisions, repo=repo), plots_dir)
+    for old in plots_dir.glob("*.svg") if plots_dir.is_dir() else ():
+        if old not in paths.values():
+            old.unlink()
+    return paths
+
+
+def plots_section(paths: dict[str, Path], out: Path) -> str:
+    """The Markdown that shows the plots, linked relative to the report."""
+    if not paths:
+        return ""
+    lines = ["", "## Plots", "", "dvc.yaml's plots across the runs above (rendered offline by vl-convert from `dvc plots diff --json`).", ""]
+    for title, path in paths.items():
+        lines += [f"### {title}", "", f"![{title}]({os.path.relpath(path, out.parent)})", ""]
+    return "\n".join(lines)
 
 
 def markdown_files(repo: str | os.PathLike) -> list[Path]:
