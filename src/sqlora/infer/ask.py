@@ -185,12 +185,11 @@ def ask(
 
 
 def format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> str:
-    """A plain-text table: header, rule, rows; numbers right-aligned, long cells cut to ``max_width``."""
-    cells = [[cell(v, max_width) for v in row] for row in rows]
-    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(columns)]
+    """A plain-text table (tabulate's presto format): header, rule, rows; numbers right-aligned, long
+    cells cut to ``max_width``, NULL for None."""
+    from tabulate import tabulate
+
     numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(columns))]
-
-    def line(values: list[str]) -> str:
-        return " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    return "\n".join([line(columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells])
+    cells = [[cell(v, max_width) for v in row] for row in rows]
+    align = ["right" if n else "left" for n in numeric] if columns else None
+    return tabulate(cells, headers=columns, tablefmt="presto", colalign=align, disable_numparse=True)

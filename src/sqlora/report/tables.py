@@ -24,9 +24,11 @@ def cell(text: str) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return lines
+    """A GitHub Markdown table (tabulate), cells as written: pipes escaped, no number reformatting."""
+    from tabulate import tabulate
+
+    body = [[cell(c) for c in row] for row in rows]
+    return tabulate(body, headers=[cell(h) for h in header], tablefmt="github", disable_numparse=True).splitlines()
 
 
 def levels_of(rows: list[Row], score: str) -> list[str]:
