@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -550,4 +551,14 @@ def test_report_embeds_the_plots_as_svg(project, tmp_path, monkeypatch):
     svg = (tmp_path / "reports/benchmark-plots/ex-by-run.svg").read_text()
     assert svg.startswith("<svg") and ">run<" in svg
     assert not (tmp_path / "reports/benchmark-plots/gone.svg").exists()
-    assert asked == [list(dict.fromkeys(r.source.rev for r in report.rows if r.source.rev))] and asked[0]
+    names = [r.source.name if r.source.kind == "experiment" else r.source.short for r in report.rows if r.source.rev]
+    assert asked == [list(dict.fromkeys(names))] and "qlora-run" in asked[0]
+
+
+def test_a_published_model_run_is_labelled_by_its_folder():
+    """`make published` runs train nothing (method none) but predict with a trained folder: not zero-shot."""
+    row = make_row(method="none")
+    assert row.label() == "`m`, base (zero-shot)"
+    published = replace(row, params={**row.params, "predict.model": "models/published/x"})
+    assert published.label() == "`m` + `models/published/x`"
+    assert replace(row, params={**row.params, "predict.model": "models/finetuned"}).label() == "`m`, base (zero-shot)"

@@ -83,7 +83,9 @@ def plots_dir_of(out: str | os.PathLike) -> Path:
 def write_report_plots(report: Report, repo: str | os.PathLike, plots_dir: Path) -> dict[str, Path]:
     """dvc.yaml's plots across the report's runs (and the workspace), as SVG files in ``plots_dir``;
     SVGs of plots no longer drawn are removed."""
-    revisions = list(dict.fromkeys(row.source.rev for row in report.rows if row.source.rev))
+    # Experiments by name (the plots' legend shows it), commits by their short sha.
+    revisions = list(dict.fromkeys(row.source.name if row.source.kind == "experiment" else row.source.short
+                                   for row in report.rows if row.source.rev))
     paths = write_plots(plot_specs(revisions, repo=repo), plots_dir)
     for old in plots_dir.glob("*.svg") if plots_dir.is_dir() else ():
         if old not in paths.values():

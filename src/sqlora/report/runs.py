@@ -21,6 +21,8 @@ TRAIN_FILE = "metrics/train.json"
 PARAMS_FILE = "params.yaml"
 REPORT_FILE = "reports/benchmark.md"  # `sqlora report`'s default --out
 
+# Where predict.model points when the run predicts with what it trained (or exported) itself.
+TRAINED_DIRS = ("models/finetuned", "models/exported")
 METHOD_LABELS = {"none": "base (zero-shot)", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}
 METHOD_ORDER = ("none", "lora", "qlora", "full")
 TRAINED = METHOD_ORDER[1:]
@@ -161,6 +163,9 @@ class Row:
         return str(self.params.get("data.source", "?"))
 
     def label(self) -> str:
+        model_dir = str(self.params.get("predict.model", TRAINED_DIRS[0]))
+        if self.method == "none" and model_dir not in TRAINED_DIRS:  # `make published`: a trained folder, no training
+            return f"`{self.model}` + `{model_dir}`"
         method = METHOD_LABELS.get(self.method, f"method {self.method}")
         joiner = ", " if self.method == "none" else " + "
         return f"`{self.model}`{joiner}{method}"
