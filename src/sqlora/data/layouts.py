@@ -19,61 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlora.errors import SqloraError
-from sqlora.data.schema import Column, DatabaseSchema, database_path
+from sqlora.data.schema import Column, DatabaseSchema
 from sqlora.io import read_json
+from sqlora.data.split import Example, Problems, Split
 
-DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql")
+DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql", "custom")
 # How errors name the dataset folders by default: as the prepare stage gets them, from params.yaml.
 SOURCE_LABEL = "params.yaml: 'data.source'"
 SCHEMA_SOURCE_LABEL = "params.yaml: 'data.schema_source'"
-
-
-@dataclass(frozen=True)
-class Example:
-    db_id: str
-    question: str
-    query: str
-    evidence: str = ""  # BIRD: the external-knowledge hint
-    difficulty: str = ""  # BIRD: simple / moderate / challenging
-    interaction_id: str = ""  # CoSQL / SParC
-    turn: int = 0  # CoSQL / SParC: 0-based position in the interaction
-    history: tuple[tuple[str, str], ...] = ()  # CoSQL / SParC: earlier (question, gold SQL) of the interaction
-
-
-class Problems:
-    """Bad records: the first one stops the run, or, with ``skip_bad``, each is counted and skipped."""
-
-    def __init__(self, skip_bad: bool = False):
-        self.skip_bad = skip_bad
-        self.messages: list[str] = []
-
-    def bad(self, where: str, message: str) -> None:
-        self.skip(f"{where}: {message}")
-
-    def skip(self, message: str) -> None:
-        if not self.skip_bad:
-            raise SqloraError(message)
-        self.messages.append(message)
-
-
-@dataclass
-class Split:
-    dataset: str
-    schemas: dict[str, DatabaseSchema]
-    examples: list[Example]
-    database_dir: Path  # holds <db_id>/<db_id>.sqlite
-    tables_json: Path  # the schemas' file, which exact-set-match reads
-    problems: list[str] = field(default_factory=list)  # bad records skipped
-
-    def database_path(self, db_id: str) -> Path:
-        return database_path(self.database_dir, db_id)
-
-
-# --- reading files ---------------------------------------------------------------------------------
 
 
 def _read_list(path: Path) -> list:
@@ -316,8 +272,8 @@ def load_split(
     """
     if dataset not in DATASETS:
         raise SqloraError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
-    if dataset == "wikisql" and work_dir is None:
-        raise TypeError("load_split(): dataset 'wikisql' needs work_dir, the folder its Spider-layout conversion is written to")
+    if dataset in ("wikisql", "custom") and work_dir is None:
+        raise TypeError(f"load_split(): dataset {dataset!r} needs work_dir, the folder its Spider-layout view is written to")
     source_dir = resolve_source(source, source_label)
     problems = Problems(skip_bad)
     if dataset in ("sample", "spider"):
@@ -328,6 +284,10 @@ def load_split(
         return _bird(source_dir, split, problems)
     if dataset in ("cosql", "sparc"):
         return _multiturn(dataset, source_dir, split, problems, resolve_source(schema_source, schema_source_label) if schema_source else None)
+    if dataset == "custom":
+        from sqlora.data.custom import load_custom
+
+        return load_custom(source_dir, split, problems, Path(work_dir))
     return _wikisql(source_dir, split, problems, Path(work_dir))
 
 

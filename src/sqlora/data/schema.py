@@ -284,3 +284,18 @@ def shrink_order(schema: DatabaseSchema, question: str) -> list[int]:
 def database_path(database_dir: str | Path, db_id: str) -> Path:
     """Where a dataset's database folder holds the SQLite file of ``db_id`` (Spider's layout)."""
     return Path(database_dir) / db_id / f"{db_id}.sqlite"
+
+
+def spider_entry(schema: DatabaseSchema) -> dict:
+    """``schema`` as a Spider ``tables.json`` entry (what :func:`sqlora.data.layouts.load_schemas` reads back)."""
+    natural = schema.table_natural or [t.lower().replace("_", " ") for t in schema.tables]
+    return {
+        "db_id": schema.db_id,
+        "table_names": natural,
+        "table_names_original": list(schema.tables),
+        "column_names": [[-1, "*"]] + [[c.table, c.natural or c.name.lower().replace("_", " ")] for c in schema.columns],
+        "column_names_original": [[-1, "*"]] + [[c.table, c.name] for c in schema.columns],
+        "column_types": ["text"] + [c.type for c in schema.columns],
+        "primary_keys": [key[0] if len(key) == 1 else list(key) for key in schema.primary_keys],
+        "foreign_keys": [list(pair) for pair in schema.foreign_keys],
+    }
