@@ -127,3 +127,15 @@ def save_scripted_llama(tiny_model_dir: Path, out: Path, successors: dict[int, l
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def fail_writes_halfway(monkeypatch) -> None:
+    """From now on every ``Path.write_text`` writes half its text, then raises OSError("disk full"):
+    a crash in the middle of a write (``monkeypatch.undo()`` ends it)."""
+    write = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)

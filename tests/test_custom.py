@@ -116,8 +116,8 @@ def test_a_failing_gold_query_names_file_and_line(folder, tmp_path):
 
 @pytest.mark.parametrize("record, message", [
     ({"question": "x", "sql": "SELECT 1", "db_id": "nowhere"}, "db_id 'nowhere' has no database"),
-    ({"question": "", "sql": "SELECT 1", "db_id": "shop"}, "missing or empty question"),
-    ({"question": "x", "db_id": "shop"}, "missing or empty sql"),
+    ({"question": "", "sql": "SELECT 1", "db_id": "shop"}, "missing or empty 'question'"),
+    ({"question": "x", "db_id": "shop"}, "missing or empty 'sql'"),
 ])
 def test_bad_records_are_one_line(folder, tmp_path, record, message):
     (folder / "dev.csv").unlink()

@@ -22,7 +22,8 @@ import yaml
 from sqlora.report import report as rp, runs, tables
 from sqlora.errors import SqloraError
 
-SQLORA = [str(Path(sys.executable).parent / "sqlora")]
+from conftest import SQLORA, fail_writes_halfway
+
 
 # Writes metrics/eval.json and metrics/train.json as the real evaluate and train stages shape them.
 STAGE = textwrap.dedent(
@@ -238,13 +239,7 @@ def test_report_is_written_atomically(project, tmp_path, monkeypatch):
     """A write that fails half-way leaves the old report as it was and no temporary file beside it."""
     out = tmp_path / "benchmark.md"
     out.write_text("old report\n")
-    write = Path.write_text
-
-    def half_then_fail(self, text, *args, **kwargs):
-        write(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    fail_writes_halfway(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         rp.write_report(out, project["root"])
     monkeypatch.undo()

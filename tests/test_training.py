@@ -13,6 +13,8 @@ from sqlora.data.prompt import Record, encode_prompt, encode_response
 from sqlora.train.batches import IGNORE_INDEX, tokenize_records
 from sqlora.train.trainer import last_checkpoint, peak_memory_mb, peak_rss_mb, train
 
+from conftest import fail_writes_halfway
+
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
     for i in range(8)
@@ -192,8 +194,6 @@ def test_last_checkpoint_skips_an_interrupted_save(tmp_path):
 def test_resuming_forgets_the_steps_logged_after_the_checkpoint(tmp_path, monkeypatch):
     """dvclive's plot files, before a resume from checkpoint-20: rows of later steps go, and the row
     the killed run was writing; the rewrite is atomic (a failure half-way leaves the file as it was)."""
-    from pathlib import Path
-
     from sqlora.train.trainer import _drop_logged_steps_after
 
     metrics = tmp_path / "live" / "plots" / "metrics"
@@ -202,13 +202,7 @@ def test_resuming_forgets_the_steps_logged_after_the_checkpoint(tmp_path, monkey
     (metrics / "eval" / "loss.tsv").write_text("step\tloss\n20\t1.6\n30\t1.2\n3")  # cut while writing step 3x
     (metrics / "empty.tsv").write_text("")
     original = (metrics / "loss.tsv").read_text()
-    write = Path.write_text
-
-    def half_then_fail(self, text, *args, **kwargs):
-        write(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    fail_writes_halfway(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         _drop_logged_steps_after(tmp_path / "live", 20)
     monkeypatch.undo()

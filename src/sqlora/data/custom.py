@@ -22,10 +22,10 @@ import random
 import sys
 from pathlib import Path
 
-from sqlora.data.split import Example, Problems, Split
+from sqlora.data.split import Example, Problems, Split, required_field
 from sqlora.data.schema import database_path, read_sqlite_schema, spider_entry
 from sqlora.errors import SqloraError
-from sqlora.io import atomic_path, write_json
+from sqlora.io import atomic_path, read_jsonl_lines, write_json
 from sqlora.sql.sandbox import run_query
 
 SPLIT_SEED = 42
@@ -62,18 +62,16 @@ def read_questions(path: Path) -> list[tuple[str, dict]]:
             if missing:
                 raise SqloraError(f"{path}:1: the header lacks {', '.join(missing)} (expected columns {', '.join(FIELDS)})")
             return [(f"{path}:{reader.line_num}", row) for row in reader]
-    from sqlora.io import read_jsonl_lines
-
     return [(f"{path}:{line}", record) for line, record in read_jsonl_lines(path)]
 
 
 def _example(where: str, record: dict, databases: dict[str, Path], problems: Problems) -> Example | None:
-    values = {k: record.get(k) for k in FIELDS}
-    bad = [k for k, v in values.items() if not isinstance(v, str) or not v.strip()]
-    if bad:
-        problems.bad(where, f"missing or empty {', '.join(bad)} (each record needs {', '.join(FIELDS)})")
-        return None
-    db_id = values["db_id"].strip()
+    values = {}
+    for key in FIELDS:
+        values[key] = required_field(record, key, where, problems)
+        if values[key] is None:
+            return None
+    db_id = values["db_id"]
     if db_id not in databases:
         problems.bad(where, f"db_id {db_id!r} has no database in the folder (have: {', '.join(sorted(databases)[:5])})")
         return None
@@ -81,7 +79,7 @@ def _example(where: str, record: dict, databases: dict[str, Path], problems: Pro
     if not result.ok:
         problems.bad(where, f"the gold query fails on {db_id}: {result.error}")
         return None
-    return Example(db_id=db_id, question=values["question"].strip(), query=" ".join(values["sql"].split()))
+    return Example(db_id=db_id, question=values["question"], query=" ".join(values["sql"].split()))
 
 
 def held_out(examples: list[Example]) -> tuple[set[int], str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlora.errors import SqloraError
 from sqlora.data.schema import Column, DatabaseSchema
 from sqlora.io import read_json
-from sqlora.data.split import Example, Problems, Split
+from sqlora.data.split import Example, Problems, Split, required_field
 
 DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql", "custom")
 # How errors name the dataset folders by default: as the prepare stage gets them, from params.yaml.
@@ -107,14 +107,6 @@ def load_schemas(tables_json: str | Path, problems: Problems | None = None) -> d
     return schemas
 
 
-def _field(entry: dict, key: str, where: str, problems: Problems) -> str | None:
-    value = entry.get(key)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    problems.bad(where, f"missing or empty '{key}'")
-    return None
-
-
 def _known_db(db_id, schemas: dict, where: str, problems: Problems) -> bool:
     if db_id in schemas:
         return True
@@ -132,9 +124,9 @@ def load_examples(path: str | Path, schemas: dict[str, DatabaseSchema], problems
         if not isinstance(entry, dict):
             problems.bad(where, "expected an object")
             continue
-        db_id = _field(entry, "db_id", where, problems)
-        question = db_id and _field(entry, "question", where, problems)
-        query = question and _field(entry, sql_key, where, problems)
+        db_id = required_field(entry, "db_id", where, problems)
+        question = db_id and required_field(entry, "question", where, problems)
+        query = question and required_field(entry, sql_key, where, problems)
         if query and _known_db(db_id, schemas, where, problems):
             examples.append(
                 Example(
@@ -165,8 +157,8 @@ def load_interactions(path: Path, schemas: dict[str, DatabaseSchema], problems: 
             if not isinstance(step, dict):
                 problems.bad(turn_where, "expected an object")
                 continue
-            question = _field(step, "utterance", turn_where, problems)
-            query = question and _field(step, "query", turn_where, problems)
+            question = required_field(step, "utterance", turn_where, problems)
+            query = question and required_field(step, "query", turn_where, problems)
             if not query:
                 continue
             examples.append(Example(db_id=db_id, question=question, query=query, interaction_id=str(i), turn=turn, history=tuple(history)))

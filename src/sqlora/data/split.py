@@ -51,3 +51,12 @@ class Split:
 
 
 # --- reading files ---------------------------------------------------------------------------------
+
+
+def required_field(entry: dict, key: str, where: str, problems: Problems) -> str | None:
+    """``entry[key]`` stripped, when it is non-empty text; else a bad record (None when it is skipped)."""
+    value = entry.get(key)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    problems.bad(where, f"missing or empty '{key}'")
+    return None
