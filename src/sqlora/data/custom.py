@@ -16,7 +16,6 @@ are several, else a fifth of the questions.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import sys
@@ -26,11 +25,13 @@ from sqlora.data.split import Example, Problems, Split, required_field
 from sqlora.data.schema import database_path, read_sqlite_schema, spider_entry
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, read_jsonl_lines, write_json
-from sqlora.sql.sandbox import run_query
+from sqlora.sql.pool import run_tasks
+from sqlora.sql.sandbox import QueryResult, run_query
 
 SPLIT_SEED = 42
 DEV_FRACTION = 0.2
 FIELDS = ("question", "sql", "db_id")
+GOLD_WORKERS = 2  # processes running the gold queries
 
 
 def find_databases(source: Path) -> dict[str, Path]:
@@ -65,21 +66,31 @@ def read_questions(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path}:{line}", record) for line, record in read_jsonl_lines(path)]
 
 
-def _example(where: str, record: dict, databases: dict[str, Path], problems: Problems) -> Example | None:
-    values = {}
-    for key in FIELDS:
-        values[key] = required_field(record, key, where, problems)
-        if values[key] is None:
-            return None
-    db_id = values["db_id"]
-    if db_id not in databases:
-        problems.bad(where, f"db_id {db_id!r} has no database in the folder (have: {', '.join(sorted(databases)[:5])})")
-        return None
-    result = run_query(databases[db_id], values["sql"])
-    if not result.ok:
-        problems.bad(where, f"the gold query fails on {db_id}: {result.error}")
-        return None
-    return Example(db_id=db_id, question=values["question"], query=" ".join(values["sql"].split()))
+def checked_examples(path: Path, databases: dict[str, Path], problems: Problems) -> list[Example]:
+    """The questions of ``path`` whose fields are there, whose database exists and whose gold query runs
+    (read-only, in worker processes a crash cannot take down, as evaluation runs gold queries)."""
+    candidates: list[tuple[str, Example]] = []
+    for where, record in read_questions(path):
+        values = {}
+        for key in FIELDS:  # the first missing one names the record's problem (one skip per record)
+            values[key] = required_field(record, key, where, problems)
+            if values[key] is None:
+                break
+        if None in values.values():
+            continue
+        if values["db_id"] not in databases:
+            problems.bad(where, f"db_id {values['db_id']!r} has no database in the folder (have: {', '.join(sorted(databases)[:5])})")
+            continue
+        candidates.append((where, Example(db_id=values["db_id"], question=values["question"], query=values["sql"])))
+    tasks = [(databases[e.db_id], e.query) for _, e in candidates]
+    results = run_tasks(run_query, tasks, workers=GOLD_WORKERS, crashed=QueryResult(rows=None, error="its worker process crashed"))
+    examples = []
+    for (where, example), result in zip(candidates, results):
+        if result.ok:
+            examples.append(example)
+        else:
+            problems.bad(where, f"the gold query fails on {example.db_id}: {result.error}")
+    return examples
 
 
 def held_out(examples: list[Example]) -> tuple[set[int], str]:
@@ -96,30 +107,26 @@ def held_out(examples: list[Example]) -> tuple[set[int], str]:
 def load_custom(source: Path, split: str, problems: Problems, work_dir: Path) -> Split:
     databases = find_databases(source)
 
-    def read(path: Path) -> list[Example]:
-        return [e for where, record in read_questions(path) if (e := _example(where, record, databases, problems))]
-
     train, dev = questions_file(source, "train"), questions_file(source, "dev")
     if dev is not None or (split == "train" and train is None):
         path = dev if split == "dev" else train
         if path is None:
             raise SqloraError(f"{source}: no {split}.jsonl or {split}.csv")
-        examples = read(path)
+        examples = checked_examples(path, databases, problems)
     else:  # no dev file: dev is held out of the train file, train is the rest
         if train is None:
             raise SqloraError(f"{source}: no dev.jsonl or dev.csv, and no train.jsonl or train.csv to hold dev out of")
-        examples = read(train)
+        examples = checked_examples(train, databases, problems)
         held, how = held_out(examples)
         examples = [e for i, e in enumerate(examples) if (i in held) == (split == "dev")]
         print(f"{source}: no dev file; dev holds out {how} of {train.name} (seed {SPLIT_SEED})", file=sys.stderr)
     out = work_dir / f"custom-{split}"
-    used = sorted(databases)
+    db_ids = sorted(databases)
     with atomic_path(out) as tmp:
-        schemas = {db_id: read_sqlite_schema(databases[db_id], db_id) for db_id in used}
-        write_json(tmp / "tables.json", [spider_entry(schemas[db_id]) for db_id in used])
-        for db_id in used:  # the Spider layout the evaluator and the sandbox read: links, not copies
+        schemas = {db_id: read_sqlite_schema(databases[db_id], db_id) for db_id in db_ids}
+        write_json(tmp / "tables.json", [spider_entry(schemas[db_id]) for db_id in db_ids])
+        for db_id in db_ids:  # the Spider layout the evaluator and the sandbox read: links, not copies
             link = database_path(tmp / "database", db_id)
             link.parent.mkdir(parents=True)
             os.symlink(databases[db_id].resolve(), link)
-        (tmp / f"{split}.json").write_text(json.dumps([{"db_id": e.db_id, "question": e.question, "query": e.query} for e in examples], indent=1))
     return Split("custom", schemas, examples, out / "database", out / "tables.json", problems.messages)
