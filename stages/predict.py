@@ -101,5 +101,6 @@ def main() -> None:
         + ", ".join(f"{k} {v}" for k, v in statuses.items()) + released
     )
 
+
 if __name__ == "__main__":
     main()
