@@ -38,7 +38,7 @@ def main() -> None:
     report = evaluate(
         [Gold(r.output, r.db_id, f"data/prepared/dev.jsonl:{line}") for line, r in enumerate(records, 1)],
         preds,
-        meta["database_dir"],
+        params.eval.database or meta["database_dir"],  # the dataset's SQLite files, or the same databases on another engine
         etype="exec" if bird else "all",  # BIRD publishes EX (and VES), no EM
         tables_json=meta["tables_json"],
         difficulties=[r.difficulty or "" for r in records] if bird else None,

@@ -139,3 +139,13 @@ def fail_writes_halfway(monkeypatch) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(Path, "write_text", half_then_fail)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (tests/engines.py); skips where no binaries exist."""
+    from engines import PostgresCluster
+
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.stop()

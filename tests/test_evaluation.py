@@ -411,13 +411,13 @@ def test_a_test_suite_folder_must_match_on_every_database(db_dir: Path) -> None:
 
 def test_gold_results_are_cached_across_runs(db_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real_run_query = evaluation.run_query
+    real_run_query = evaluation.run_sql
 
     def counting_run_query(db_path, sql, timeout_s=30.0):
         calls.append(sql)
         return real_run_query(db_path, sql, timeout_s=timeout_s)
 
-    monkeypatch.setattr(evaluation, "run_query", counting_run_query)  # in-process with workers=1
+    monkeypatch.setattr(evaluation, "run_sql", counting_run_query)  # in-process with workers=1
     golds, preds = mixed_examples()
     gold_sqls = {sql for sql, _ in golds}
     cache = tmp_path / "gold-cache"

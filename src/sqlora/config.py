@@ -99,6 +99,9 @@ class EvalParams:
     skip_missing_databases: bool = False
     skip_bad_gold: bool = False  # list and leave out questions whose gold query fails, instead of stopping
     ves_iterations: int = 0  # BIRD: timed runs per correct prediction for VES (BIRD's own uses 100); 0: off
+    # Where gold and predictions run: "" = the dataset's SQLite files; or a template with {db_id}, e.g.
+    # postgresql://user@host/{db_id} or duck/{db_id}.duckdb (docs/evaluation.md).
+    database: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlora.errors import SqloraError
+from sqlora.sql.engines import SQLITE_HEADER, Database
 from sqlora.sql.sandbox import connect_read_only
 
 SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")
@@ -38,6 +39,10 @@ class DatabaseSchema:
     primary_keys: list[tuple[int, ...]]  # one tuple per table key; a composite key has several columns
     foreign_keys: list[tuple[int, int]]  # (column, referenced column), Spider column indexes
     table_natural: list[str] | None = None  # Spider's natural table names
+
+    def names(self) -> set[str]:
+        """Every table and column name: what :func:`sqlora.sql.engines.to_dialect` spells as the catalog does."""
+        return {*self.tables, *(c.name for c in self.columns)}
 
     def column(self, spider_index: int) -> Column:
         return self.columns[spider_index - 1]
@@ -61,7 +66,6 @@ class DatabaseSchema:
         )
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 def read_sqlite_schema(db_path: str | Path, db_id: str | None = None) -> DatabaseSchema:
@@ -105,7 +109,7 @@ def _read_schema(conn: sqlite3.Connection, db_id: str) -> DatabaseSchema:
     for t, table in enumerate(tables):
         key = []
         for name, declared, pk in conn.execute("SELECT name, type, pk FROM pragma_table_info(?) ORDER BY cid", (table,)):
-            columns.append(Column(table=t, name=name, type=_type_class(declared), natural=name.lower().replace("_", " ")))
+            columns.append(Column(table=t, name=name, type=type_class(declared), natural=name.lower().replace("_", " ")))
             index[(t, name.lower())] = len(columns)
             if pk:  # pk is the column's 1-based position in the key
                 key.append((pk, len(columns)))
@@ -138,7 +142,7 @@ def _read_schema(conn: sqlite3.Connection, db_id: str) -> DatabaseSchema:
     )
 
 
-def _type_class(declared: str | None) -> str:
+def type_class(declared: str | None) -> str:
     """Spider's type class of a declared column type, by the rules Spider's tables.json was made with."""
     t = (declared or "").lower()
     if not t or any(w in t for w in ("char", "text", "var")):
@@ -150,7 +154,7 @@ def _type_class(declared: str | None) -> str:
     return "boolean" if "boolean" in t else "others"
 
 
-def describe(schema: DatabaseSchema, schema_format: str, db_path: Path | None = None, sample_rows: int = 0) -> str:
+def describe(schema: DatabaseSchema, schema_format: str, db_path: Path | Database | None = None, sample_rows: int = 0) -> str:
     if schema_format == "natural":
         return describe_natural(schema)
     if schema_format == "compact":
@@ -190,7 +194,7 @@ def _ident(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
 
 
-def describe_ddl(schema: DatabaseSchema, db_path: Path | None = None, sample_rows: int = 0) -> str:
+def describe_ddl(schema: DatabaseSchema, db_path: Path | Database | None = None, sample_rows: int = 0) -> str:
     """CREATE TABLE statements with types and keys; with ``db_path`` and ``sample_rows``, each is
     followed by its first rows (the "CREATE TABLE + SELECT N" prompt of Rajkumar et al., 2022)."""
     keys_by_table = _keys_by_table(schema)
@@ -235,12 +239,15 @@ def describe_compact(schema: DatabaseSchema) -> str:
     return "\n".join(lines)
 
 
-def _sample_rows(db_path: Path, schema: DatabaseSchema, table: int, n: int) -> str:
+def _sample_rows(db: Path | Database, schema: DatabaseSchema, table: int, n: int) -> str:
     from sqlora.sql.sandbox import run_query
 
     names = [schema.column(i).name for i in schema.table_columns(table)]
     query = f"SELECT {', '.join(_ident(c) for c in names)} FROM {_ident(schema.tables[table])} LIMIT {n}"
-    result = run_query(db_path, query, timeout_s=10.0)
+    if isinstance(db, Database):  # quoted as SQLite quotes; transpiled for DuckDB and PostgreSQL
+        result = db.run(query, timeout_s=10.0, names=schema.names())
+    else:
+        result = run_query(db, query, timeout_s=10.0)
     rows = result.rows or []
     # Long cell values (BLOBs, essays) would crowd out the schema: cut each to 40 characters.
     body = "\n".join(" | ".join(cell(v) for v in row) for row in rows)

@@ -45,7 +45,8 @@ from sqlora.data.layouts import load_schemas
 from sqlora.errors import SqloraError
 from sqlora.evaluate.hardness import hardness_or_unparsed
 from sqlora.io import atomic_path, cache_dir
-from sqlora.sql.sandbox import QueryResult, run_query
+from sqlora.sql.engines import Database, open_database, run_sql, with_names
+from sqlora.sql.sandbox import QueryResult
 from sqlora.data.schema import DatabaseSchema
 from sqlora.evaluate.ves import score_ves
 from sqlora.sql.pool import run_tasks
@@ -215,7 +216,9 @@ def evaluate(
     skip_bad_gold: bool = False,
     gold_cache: str | Path | None = None,
 ) -> EvalReport:
-    """Score each prediction against its gold query on ``db_dir/<db_id>/<db_id>.sqlite``.
+    """Score each prediction against its gold query on ``db_dir/<db_id>/<db_id>.sqlite``, or, where
+    ``db_dir`` holds ``{db_id}`` (``postgresql://user@host/{db_id}``, ``duck/{db_id}.duckdb``), on the
+    database it names: gold and prediction run on the same engine, the prediction transpiled from SQLite.
 
     ``etype``: "exec" (EX), "match" (EM, needs ``tables_json``; nothing is executed) or "all".
     ``difficulties`` (BIRD: one label per example) switches to BIRD's scoring, reported by those
@@ -235,18 +238,24 @@ def evaluate(
     execute = etype in ("all", "exec")
     match = etype in ("all", "match") and not bird  # BIRD publishes no EM
     schemas = _load_schemas(tables_json, golds) if match else {}
+    template = str(db_dir) if "{db_id}" in str(db_dir) else None
+    if template is not None and bird and ves_iterations > 0:
+        raise SqloraError(f"{template}: VES times queries on the SQLite files only; evaluate with ves_iterations 0 there")
     db_dir = Path(db_dir)
 
     report = EvalReport(summary={}, examples=[])
     scored: list[int] = []
+    targets: dict[str, list[Path | Database] | str] = {}  # db_id -> its databases, or why there is none
     for index, gold in enumerate(golds):
-        if not execute or database_path(db_dir, gold.db_id).is_file():
+        if execute and gold.db_id not in targets:
+            targets[gold.db_id] = _databases(db_dir, template, gold.db_id)
+        if not execute or not isinstance(targets[gold.db_id], str):
             scored.append(index)
         elif skip_missing_databases:
             report.skipped_missing_database.append(index)
         else:
             raise SqloraError(
-                f"{gold.where}: no database for db_id {gold.db_id!r}: expected {database_path(db_dir, gold.db_id)} "
+                f"{gold.where}: no database for db_id {gold.db_id!r}: {targets[gold.db_id]} "
                 "(to score the other questions: --skip-missing-databases, or eval.skip_missing_databases: true)"
             )
 
@@ -259,7 +268,7 @@ def evaluate(
         )
 
     if execute:
-        _score_execution(report, golds, db_dir, bird, timeout_s, workers, skip_bad_gold, gold_cache)
+        _score_execution(report, golds, targets, bird, timeout_s, workers, skip_bad_gold, gold_cache)
         if bird and ves_iterations > 0:
             score_ves(report, db_dir, ves_iterations, timeout_s, workers)
     if match:
@@ -285,7 +294,7 @@ def _load_schemas(tables_json: str | Path | None, golds: list[Gold]) -> dict[str
 def _score_execution(
     report: EvalReport,
     golds: list[Gold],
-    db_dir: Path,
+    targets: dict[str, list[Path | Database]],
     bird: bool,
     timeout_s: float,
     workers: int,
@@ -295,7 +304,7 @@ def _score_execution(
     """Run every gold query (once per distinct text and file, cached) and score every prediction."""
     text = (lambda sql: sql) if bird else spider_execution_text
     examples = report.examples
-    files = {e.db_id: _database_files(db_dir, e.db_id) for e in examples}
+    files = {e.db_id: targets[e.db_id] for e in examples}
     gold_keys = list(dict.fromkeys((path, text(golds[e.index].sql)) for e in examples for path in files[e.db_id]))
     gold_results = _run_gold_queries(gold_keys, timeout_s, workers, gold_cache)
 
@@ -303,7 +312,7 @@ def _score_execution(
     for example in examples:
         gold = golds[example.index]
         failure = next(
-            (f"{path.name}: {gold_results[(path, text(gold.sql))].error}" for path in files[example.db_id]
+            (f"{path.name if isinstance(path, Path) else path}: {gold_results[(path, text(gold.sql))].error}" for path in files[example.db_id]
              if not gold_results[(path, text(gold.sql))].ok),
             None,
         )
@@ -329,25 +338,38 @@ def _score_execution(
         example.exec, example.error = int(matched), error
 
 
-def _database_files(db_dir: Path, db_id: str) -> list[Path]:
-    """The database and, in a test-suite layout, every other ``*.sqlite`` file beside it."""
+def _databases(db_dir: Path, template: str | None, db_id: str) -> list[Path | Database] | str:
+    """The SQLite file of ``db_id`` and, in a test-suite layout, every other ``*.sqlite`` file beside
+    it; or the one database ``template`` names (its schema's names read, to spell them as its catalog
+    does). A string saying what is missing when there is none."""
+    if template is not None:
+        from sqlora.data.catalog import read_schema
+
+        try:
+            database = open_database(template.replace("{db_id}", db_id))
+            return [with_names(database, read_schema(database).names())]
+        except SqloraError as exc:
+            return str(exc)
     main = database_path(db_dir, db_id)
+    if not main.is_file():
+        return f"expected {main}"
     return [main] + sorted(p for p in main.parent.glob("*.sqlite") if p != main)
 
 
 def _run_gold_queries(
-    keys: list[tuple[Path, str]], timeout_s: float, workers: int, folder: str | Path | None
-) -> dict[tuple[Path, str], QueryResult]:
+    keys: list[tuple[Path | Database, str]], timeout_s: float, workers: int, folder: str | Path | None
+) -> dict[tuple[Path | Database, str], QueryResult]:
     """Gold results, read from the cache where it has them, the rest run (and cached)."""
     results: dict[tuple[Path, str], QueryResult] = {}
-    paths = {key: _gold_cache_path(Path(folder), *key) for key in keys} if folder is not None else {}
+    # Only SQLite files are cached: a server's database can change without a file's size or mtime telling.
+    paths = {key: _gold_cache_path(Path(folder), *key) for key in keys if isinstance(key[0], Path)} if folder is not None else {}
     for key, path in paths.items():
         try:
             results[key] = pickle.loads(path.read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
             pass  # not cached yet, or an unreadable entry: run it again
     todo = [key for key in keys if key not in results]
-    runs = run_tasks(run_query, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
+    runs = run_tasks(run_sql, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
                       crashed=QueryResult(rows=None, error=_CRASHED))
     for key, result in zip(todo, runs):
         results[key] = result
@@ -372,11 +394,11 @@ def default_gold_cache() -> Path:
 
 
 def _score_prediction(
-    pairs: list[tuple[Path, QueryResult]], pred_sql: str, order_matters: bool, timeout_s: float, as_sets: bool
+    pairs: list[tuple[Path | Database, QueryResult]], pred_sql: str, order_matters: bool, timeout_s: float, as_sets: bool
 ) -> tuple[bool, str | None]:
-    """Run the prediction on each database file and compare with the gold result there."""
+    """Run the prediction on each database and compare with the gold result there."""
     for db_file, gold in pairs:
-        pred = run_query(db_file, pred_sql, timeout_s=timeout_s)
+        pred = run_sql(db_file, pred_sql, timeout_s=timeout_s)
         if not pred.ok:
             return False, pred.error
         try:

@@ -1,5 +1,6 @@
-"""Ask a trained model a question about your own SQLite database: the schema is read from the file,
-the prompt is exactly the training prompt, the SQL runs read-only in the sandbox.
+"""Ask a trained model a question about your own database (a SQLite or DuckDB file, a PostgreSQL URL):
+the schema is read from its catalog, the prompt is exactly the training prompt, the SQL (transpiled
+from the SQLite the model writes to the engine's dialect) runs read-only in the sandbox.
 
 Bad input (no database, no model, a prompt the model cannot hold) stops before any model is
 loaded; the model's SQL is untrusted, so its failure to run is part of the answer, not an error.
@@ -14,12 +15,14 @@ from pathlib import Path
 
 from sqlora.config import PromptParams
 from sqlora.errors import SqloraError
-from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe, read_sqlite_schema
+from sqlora.data.catalog import read_schema
+from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe
+from sqlora.sql.engines import Database, open_database
 
 
 @dataclass(frozen=True)
 class Answer:
-    sql: str  # the extracted statement ("" when the model wrote none)
+    sql: str  # the extracted statement ("" when the model wrote none), in SQLite's dialect as trained
     raw: str  # what the model wrote after the prompt
     columns: list[str] | None  # the result's column names; None when the query failed
     rows: list[tuple] | None  # every row of the result; None when the query failed
@@ -27,6 +30,7 @@ class Answer:
     seconds: float  # generation and execution, without loading the model
     prompt_tokens: int
     hit_max_new_tokens: bool  # the generation was cut: the SQL may be incomplete
+    native_sql: str | None = None  # what ran on a DuckDB or PostgreSQL database (transpiled); None on SQLite
 
     @property
     def ok(self) -> bool:
@@ -38,6 +42,7 @@ class Prepared:
     """Everything checked before a model is loaded: the schema, the prompt and its length."""
 
     schema: DatabaseSchema
+    database: Database
     prompt: str
     prompt_tokens: int
     context: int  # the model's context length in tokens
@@ -90,7 +95,7 @@ def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
 
 
 def prepare(
-    db_path: str | Path,
+    db: str | Path | Database,
     question: str,
     model_dir: str | Path,
     base_dir: str | Path,
@@ -109,9 +114,8 @@ def prepare(
         raise SqloraError(f"schema format {prompt.schema_format!r}: expected one of {', '.join(SCHEMA_FORMATS)}")
     if max_new_tokens < 1:
         raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
-    schema = read_sqlite_schema(db_path)
-    if not schema.tables:
-        raise SqloraError(f"{db_path}: the database has no tables")
+    database = db if isinstance(db, Database) else open_database(db)
+    schema = read_schema(database)  # SqloraError when it has no tables
     prompt = prompt or trained_prompt(model_dir)
     model_dir, base_dir = Path(model_dir), Path(base_dir)
     # The folders load_for_inference loads: the model's own weights and tokenizer for full fine-tuning,
@@ -122,11 +126,13 @@ def prepare(
     else:
         check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
     tokenizer = load_tokenizer(weights_dir)
-    instruction = describe(schema, prompt.schema_format, Path(db_path), prompt.sample_rows)
+    instruction = describe(schema, prompt.schema_format, database, prompt.sample_rows)
     if prompt.values:
         from sqlora.data.values import ValueIndex, describe_hints
 
-        hints = describe_hints(ValueIndex.cached(db_path).match(question))
+        if database.engine != "sqlite":
+            raise SqloraError(f"{database}: value hints (prompt.values) read SQLite files only; ask with --no-values")
+        hints = describe_hints(ValueIndex.cached(database.location).match(question))
         instruction += "\n" + hints if hints else ""
     text = render_prompt(instruction, question.strip())
     n = len(encode_prompt(tokenizer, text, prompt.chat_template))
@@ -139,11 +145,11 @@ def prepare(
             f"more than the model's context of {context} ({source}); ask with fewer --max-new-tokens"
             + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
         )
-    return Prepared(schema=schema, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
+    return Prepared(schema=schema, database=database, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
 
 
 def ask(
-    db_path: str | Path,
+    db: str | Path | Database,
     question: str,
     model_dir: str | Path = "models/finetuned",
     base_dir: str | Path = "models/base",
@@ -154,15 +160,14 @@ def ask(
     dtype: str = "auto",
     constrained: bool = False,
 ) -> Answer:
-    """Generate the SQL for ``question`` on the SQLite file ``db_path`` greedily (in ``dtype``, as
+    """Generate the SQL for ``question`` on the database ``db`` (a path, URL or Database) greedily (in ``dtype``, as
     ``model.dtype``; with ``constrained``, only the schema's tables and columns), and run it read-only.
     ``prompt``: by default as the model was trained; its base model is materialised when missing."""
     ensure_base(model_dir, base_dir)
-    prepared = prepare(db_path, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
+    prepared = prepare(db, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
     from sqlora.infer.constrained import SchemaNames
     from sqlora.infer.engine import generate
     from sqlora.infer.loading import load_for_inference
-    from sqlora.sql.sandbox import run_query
 
     model, tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
     start = time.perf_counter()
@@ -171,7 +176,8 @@ def ask(
         progress=False, chat_template=prepared.chat_template, constrained=constrained,
         constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
     )
-    result = run_query(db_path, generation.sql, timeout_s=timeout_s)
+    database = prepared.database
+    result = database.run(generation.sql, timeout_s=timeout_s, names=prepared.schema.names())
     return Answer(
         sql=generation.sql,
         raw=generation.raw,
@@ -181,7 +187,18 @@ def ask(
         seconds=time.perf_counter() - start,
         prompt_tokens=prepared.prompt_tokens,
         hit_max_new_tokens=generation.hit_max_new_tokens,
+        native_sql=None if database.engine == "sqlite" else to_dialect_or_none(generation.sql, database, prepared.schema),
     )
+
+
+def to_dialect_or_none(sql: str, database: Database, schema: DatabaseSchema) -> str | None:
+    """``sql`` as it runs on ``database``; None when sqlglot cannot read it (the run's error says why)."""
+    from sqlora.sql.engines import to_dialect
+
+    try:
+        return to_dialect(sql, database.dialect, schema.names())
+    except ValueError:
+        return None
 
 
 def format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> str:

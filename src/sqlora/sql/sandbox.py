@@ -94,14 +94,14 @@ def run_query(
     max_rows: int = 100_000,
 ) -> QueryResult:
     """Execute ``sql`` read-only on the SQLite file ``db_path``; never raises for bad SQL."""
-    refusal = _check_text(sql)
+    refusal = check_text(sql)
     if refusal is not None:
         return QueryResult(rows=None, error=refusal)
 
     try:
         conn = _connect(Path(db_path), memory_limit_mb)
     except Exception as e:  # noqa: BLE001 - any failure to open is reported, not raised
-        return QueryResult(rows=None, error=_one_line(f"parse/execution error: cannot open database: {e}"))
+        return QueryResult(rows=None, error=one_line(f"parse/execution error: cannot open database: {e}"))
 
     denied: list[str] = []
 
@@ -120,17 +120,17 @@ def run_query(
         cursor = conn.execute(sql)
         if cursor.description is None:
             return QueryResult(rows=None, error="parse/execution error: statement returned no result set")
-        return _fetch(cursor, max_rows, memory_limit_mb)
+        return fetch_capped(cursor, max_rows, memory_limit_mb)
     except Exception as e:  # noqa: BLE001 - untrusted SQL: every failure becomes a result
         if watchdog.expired:
             return QueryResult(rows=None, error=f"timeout after {float(timeout_s)}s")
         if denied:
-            return QueryResult(rows=None, error=_one_line(f"refused: not allowed: {denied[0]}"))
+            return QueryResult(rows=None, error=one_line(f"refused: not allowed: {denied[0]}"))
         if isinstance(e, sqlite3.ProgrammingError) and "one statement" in str(e):
             return QueryResult(rows=None, error="refused: only one SQL statement is allowed")
         if isinstance(e, MemoryError):
             return QueryResult(rows=None, error=f"memory limit: query needed more than {memory_limit_mb} MB")
-        return QueryResult(rows=None, error=_one_line(f"parse/execution error: {e}"))
+        return QueryResult(rows=None, error=one_line(f"parse/execution error: {e}"))
     finally:
         watchdog.stop_and_close()
 
@@ -175,7 +175,7 @@ class _Watchdog:
             self._conn.close()
 
 
-def _check_text(sql: str) -> str | None:
+def check_text(sql: str) -> str | None:
     """Cheap checks on the SQL text before it reaches SQLite; returns an error or None."""
     rest = sql[_LEADING_NOISE.match(sql).end():]
     if not rest.strip(" \t\r\n;"):
@@ -185,7 +185,7 @@ def _check_text(sql: str) -> str | None:
     if first_word in _NON_QUERY_STATEMENTS:
         return f"refused: {first_word} statements are not allowed"
     if first_word not in ("SELECT", "WITH", "VALUES"):
-        return _one_line(f"parse/execution error: not a query: {rest[:40]!r}")
+        return one_line(f"parse/execution error: not a query: {rest[:40]!r}")
     return None
 
 
@@ -218,7 +218,7 @@ def _connect(db_path: Path, memory_limit_mb: int) -> sqlite3.Connection:
     return conn
 
 
-def _fetch(cursor: sqlite3.Cursor, max_rows: int, memory_limit_mb: int) -> QueryResult:
+def fetch_capped(cursor, max_rows: int, memory_limit_mb: int) -> QueryResult:
     """Fetch rows in batches, stopping as soon as the result exceeds the row or size caps."""
     rows: list[tuple] = []
     budget = memory_limit_mb * 1024 * 1024
@@ -240,5 +240,5 @@ def _approx_size(value: object) -> int:
     return 32
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split())
