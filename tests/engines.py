@@ -112,8 +112,9 @@ def _create_statements(conn: sqlite3.Connection, type_of) -> list[tuple[str, str
 
 
 def _foreign_keys(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, str]]:
+    """In declaration order: SQLite lists the last-declared first."""
     return [(source, target, to) for _, target, source, to in conn.execute(
-        'SELECT seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id, seq', (table,)) if to]
+        'SELECT seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id DESC, seq', (table,)) if to]
 
 
 def copy_to_postgres(sqlite_path: Path, url: str) -> None:

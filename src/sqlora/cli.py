@@ -97,6 +97,28 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from sqlora.infer.ask import ensure_base
+
+    if args.format == "hf" and args.quant is not None:
+        raise SqloraError("--quant applies to --format gguf only; an hf export's precision is --dtype")
+    if args.format == "gguf" and args.dtype != "auto":
+        raise SqloraError("--dtype applies to --format hf only; a GGUF export's precision is --quant")
+    if args.format == "gguf":
+        from sqlora.model.gguf import check_architecture, check_request, export_gguf
+        from sqlora.model.loader import is_standalone, read_model_info
+
+        check_request(Path(args.out), args.quant or "f16")
+        model = Path(args.model)
+        if not is_standalone(model) and read_model_info(model)["method"] == "full":
+            check_architecture(model / "config.json")  # refused before a base is materialised for nothing
+    ensure_base(args.model, args.base)  # a published adapter on a fresh clone: its base is materialised first
+    if args.format == "gguf":
+        result = export_gguf(args.model, args.base, args.out, quant=args.quant or "f16")
+        print(
+            f"export: {result.architecture} -> {result.path} ({result.quant}, {result.bytes / 2**20:.1f} MiB, "
+            f"{result.tensors} tensors, {result.seconds:.1f} s) and {result.modelfile}"
+        )
+        return
     from sqlora.model.export import export_model
 
     result = export_model(args.model, args.base, args.out, dtype=args.dtype)
@@ -120,6 +142,8 @@ def _ask(args: argparse.Namespace) -> None:
         timeout_s=args.timeout, dtype=args.dtype, constrained=args.constrained,
     )
     print(answer.sql or f"-- no SQL in the model's output: {answer.raw[:200]!r}")
+    if answer.native_sql is not None:
+        print(f"-- as run: {answer.native_sql}")
     if not answer.ok:
         cut = f" (the generation stopped at --max-new-tokens {args.max_new_tokens})" if answer.hit_max_new_tokens else ""
         print(f"failed: {answer.error}{cut}")
@@ -129,6 +153,31 @@ def _ask(args: argparse.Namespace) -> None:
     n = len(answer.rows)
     shown = f", first {args.rows} shown" if 0 < args.rows < n else ""
     print(f"({n} row{'' if n == 1 else 's'}{shown}, {answer.seconds:.1f} s)")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    from sqlora.infer.ask import Assistant, trained_prompt
+    from sqlora.serve.app import ServeLimits, create_app, open_databases
+
+    if args.max_rows < 0 or args.timeout <= 0 or args.request_timeout <= 0:
+        raise SqloraError("--max-rows must be 0 or more, --timeout and --request-timeout more than 0")
+    databases = open_databases(args.db)  # bad input first: before the seconds a model takes to load
+    prompt = trained_prompt(
+        args.model, schema_format=args.schema_format, sample_rows=args.sample_rows,
+        chat_template=args.chat_template or None, values=args.values or None,
+    )
+    assistant = Assistant(args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                          constrained=args.constrained)
+    limits = ServeLimits(max_rows=args.max_rows, timeout_s=args.timeout, request_timeout_s=args.request_timeout)
+    token = args.token or os.environ.get("SQLORA_TOKEN") or None
+    app = create_app(assistant, databases, model_name=args.name, token=token, limits=limits)
+    print(f"serve: {args.model} over {', '.join(databases)} on http://{args.host}:{args.port}/"
+          + (" (bearer token required)" if token else ""), file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -176,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score predictions in the official Spider file formats: EX and EM by hardness")
     p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
     p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
-    p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
+    p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite, or a template with "
+                   "{db_id}: postgresql://user@host/{db_id} or duck/{db_id}.duckdb (gold and predictions run there)")
     p.add_argument("--table", help="tables.json, for exact-set-match (EM)")
     p.add_argument("--etype", choices=ETYPES, default="all",
                    help="all: EX and EM; exec: EX only; match: EM only (nothing is executed)")
@@ -188,11 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gold-cache", action="store_true", help="run every gold query instead of reusing cached results")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint")
+    p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint or a GGUF")
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
-    p.add_argument("--base", required=True, help="the base model folder it was trained from")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="weights' dtype; auto: bf16 where the hardware runs it natively, else fp16 on GPUs, fp32 on CPUs")
+    p.add_argument("--base", required=True, help="the base model folder it was trained from (materialised when missing)")
+    p.add_argument("--out", required=True, help="output folder (hf) or FILE.gguf (gguf; FILE.Modelfile is written next to it)")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf: a Hugging Face checkpoint folder; "
+                   "gguf: one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile")
+    p.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"], help="gguf: the weights' format (default f16; "
+                   "q4_k_m needs llama-cpp-python)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="hf: weights' dtype; auto: bf16 where the hardware runs it natively, else fp16 on GPUs, fp32 on CPUs")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("gate", help="CI gate: fail when EX or EM fell below the committed metrics (dvc metrics diff)")
@@ -200,9 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="where gate.max_drop is read (default: params.yaml)")
     p.set_defaults(func=_gate)
 
-    p = sub.add_parser("ask", help="ask the trained model a question about a SQLite database: its SQL and the first rows")
-    p.add_argument("--db", required=True, help="the SQLite database file; its schema is read from the file")
+    p = sub.add_parser("ask", help="ask the trained model a question about a database: its SQL and the first rows")
+    p.add_argument("--db", required=True, help="a SQLite or DuckDB file, or a postgresql://user@host/db[?schema=S] URL; "
+                   "its schema is read from the engine's catalog")
     p.add_argument("--question", required=True, help="the question, in words")
+    p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
+    _model_arguments(p)
+    p.set_defaults(func=_ask)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web page: the model over one or more databases")
+    p.add_argument("--db", required=True, action="append", help="a SQLite or DuckDB file or a postgresql:// URL, addressed "
+                   "by its name (the file's stem, the URL's database); repeat for more")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface; then set --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every /v1 request (default: $SQLORA_TOKEN, else none)")
+    p.add_argument("--name", default="sqlora", help="the model's id in /v1/models (NAME/<database> picks a database)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows returned per answer")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="time limit of a whole request in seconds")
+    _model_arguments(p)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("report", help="the benchmark report: EX/EM tables and training cost from the DVC experiments' metrics")
+    p.add_argument("--out", default=REPORT_FILE, help="the Markdown file written")
+    p.add_argument("--repo", default=".", help="the git + DVC repository whose experiments are read")
+    p.add_argument("--all-commits", action="store_true", help="every commit and its experiments, not only HEAD's")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and decoding options ask and serve share."""
     p.add_argument("--model", default="models/finetuned", help="model folder: the train stage's (with sqlora_model.json), "
                    "an export (sqlora export) or any Hugging Face checkpoint folder, as predict.model")
     p.add_argument("--base", default="models/base", help="the base model folder it was trained from (for the train stage's folders)")
@@ -214,16 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constrained", action="store_true", help="only tables and columns the database has (predict.constrained)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens generated (greedy)")
     p.add_argument("--timeout", type=float, default=30.0, help="time limit of the query in seconds")
-    p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="the precision it computes in (model.dtype); auto: bf16 where native")
-    p.set_defaults(func=_ask)
-
-    p = sub.add_parser("report", help="the benchmark report: EX/EM tables and training cost from the DVC experiments' metrics")
-    p.add_argument("--out", default=REPORT_FILE, help="the Markdown file written")
-    p.add_argument("--repo", default=".", help="the git + DVC repository whose experiments are read")
-    p.add_argument("--all-commits", action="store_true", help="every commit and its experiments, not only HEAD's")
-    p.set_defaults(func=_report)
-    return parser
 
 
 @exit_on_error

@@ -2,7 +2,8 @@
 tables.json tells it (so prompts, constrained decoding and EM treat every engine alike).
 
 SQLite: :func:`sqlora.data.schema.read_sqlite_schema`. DuckDB: ``duckdb_tables()``,
-``duckdb_columns()`` and ``duckdb_constraints()`` of the ``main`` schema. PostgreSQL: ``pg_class``,
+``duckdb_columns()`` and ``duckdb_constraints()`` of the ``main`` schema, tables by name (DuckDB
+keeps no creation order). PostgreSQL: ``pg_class``,
 ``pg_attribute`` and ``pg_constraint`` of the database's chosen schema (``public`` by default);
 tables, views and materialised views in creation (oid) order, primary and foreign keys in key order.
 """
@@ -39,6 +40,11 @@ def _assemble(db_id: str, tables: list[str], columns: dict[str, list[tuple[str, 
         for name, declared in columns.get(table, []):
             flat.append(Column(table=t, name=name, type=type_class(declared), natural=name.lower().replace("_", " ")))
             index[(table, name)] = len(flat)
+    position = {table: t for t, table in enumerate(tables)}
+    # In table order as SQLite lists them; a table's foreign keys last-declared first, as SQLite's
+    # pragma_foreign_key_list (and so Spider's tables.json) has them.
+    keys = sorted(keys, key=lambda k: position.get(k[0], len(tables)))
+    references = sorted(reversed(references), key=lambda r: position.get(r[0], len(tables)))
     primary_keys = [tuple(index[(table, c)] for c in cols) for table, cols in keys
                     if cols and all((table, c) in index for c in cols)]
     foreign_keys: list[tuple[int, int]] = []
@@ -59,9 +65,11 @@ def _read_duckdb(db: Database) -> DatabaseSchema:
     except duckdb.Error as exc:
         raise SqloraError(f"{db}: cannot open ({' '.join(str(exc).split())})") from None
     try:
+        # By name: DuckDB keeps no creation order (a foreign key re-creates the table it references).
         tables = [name for (name,) in conn.execute(
             "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal AND NOT temporary "
-            "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal AND NOT temporary"
+            "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal "
+            "AND NOT temporary ORDER BY 1"
         ).fetchall()]
         columns: dict[str, list[tuple[str, str]]] = {}
         for table, name, declared in conn.execute(

@@ -9,7 +9,9 @@ loaded; the model's SQL is untrusted, so its failure to run is part of the answe
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -31,6 +33,8 @@ class Answer:
     prompt_tokens: int
     hit_max_new_tokens: bool  # the generation was cut: the SQL may be incomplete
     native_sql: str | None = None  # what ran on a DuckDB or PostgreSQL database (transpiled); None on SQLite
+    generate_seconds: float = 0.0  # of ``seconds``, the generation's
+    new_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -105,11 +109,9 @@ def prepare(
 ) -> Prepared:
     """Check the input and build the training prompt (``prompt``: by default as the model was
     trained, :func:`trained_prompt`); the tokenizer is loaded, the model is not."""
-    from sqlora.model.loader import check_checkpoint_folder, context_limit, inference_folders, load_tokenizer
-    from sqlora.data.prompt import encode_prompt, render_prompt
+    from sqlora.model.loader import load_tokenizer
 
-    if not question.strip():
-        raise SqloraError("the question is empty")
+    _check_question(question)
     if prompt is not None and prompt.schema_format not in SCHEMA_FORMATS:
         raise SqloraError(f"schema format {prompt.schema_format!r}: expected one of {', '.join(SCHEMA_FORMATS)}")
     if max_new_tokens < 1:
@@ -117,35 +119,60 @@ def prepare(
     database = db if isinstance(db, Database) else open_database(db)
     schema = read_schema(database)  # SqloraError when it has no tables
     prompt = prompt or trained_prompt(model_dir)
-    model_dir, base_dir = Path(model_dir), Path(base_dir)
-    # The folders load_for_inference loads: the model's own weights and tokenizer for full fine-tuning,
-    # an export or a plain checkpoint, else the base's.
+    weights_dir = _weights_dir(Path(model_dir), Path(base_dir))
+    tokenizer = load_tokenizer(weights_dir)
+    return _render(database, schema, question, prompt, tokenizer, _context(weights_dir, tokenizer), max_new_tokens)
+
+
+def _check_question(question: str) -> None:
+    if not question.strip():
+        raise SqloraError("the question is empty")
+
+
+def _weights_dir(model_dir: Path, base_dir: Path) -> Path:
+    """The folder load_for_inference loads weights and tokenizer from, checked: the model's own for
+    full fine-tuning, an export or a plain checkpoint, else the base's."""
+    from sqlora.model.loader import check_checkpoint_folder, inference_folders
+
     _, weights_dir = inference_folders(model_dir, base_dir)
     if weights_dir == model_dir:
         check_checkpoint_folder(weights_dir)
     else:
         check_checkpoint_folder(weights_dir, "base model", "; run the model stage or pass --base")
-    tokenizer = load_tokenizer(weights_dir)
+    return weights_dir
+
+
+def _context(weights_dir: Path, tokenizer) -> tuple[int, str]:
+    from transformers import AutoConfig
+
+    from sqlora.model.loader import context_limit
+
+    return context_limit(AutoConfig.from_pretrained(weights_dir), tokenizer, weights_dir)
+
+
+def _render(database: Database, schema: DatabaseSchema, question: str, prompt: PromptParams, tokenizer,
+            context: tuple[int, str], max_new_tokens: int) -> Prepared:
+    """The training prompt for ``question`` on ``database``; SqloraError when it does not fit the context."""
+    from sqlora.data.prompt import encode_prompt, render_prompt
+
     instruction = describe(schema, prompt.schema_format, database, prompt.sample_rows)
     if prompt.values:
         from sqlora.data.values import ValueIndex, describe_hints
 
         if database.engine != "sqlite":
-            raise SqloraError(f"{database}: value hints (prompt.values) read SQLite files only; ask with --no-values")
+            raise SqloraError(f"{database}: value hints (prompt.values) read SQLite files only; use a model trained without them")
         hints = describe_hints(ValueIndex.cached(database.location).match(question))
         instruction += "\n" + hints if hints else ""
     text = render_prompt(instruction, question.strip())
     n = len(encode_prompt(tokenizer, text, prompt.chat_template))
-    from transformers import AutoConfig
-
-    context, source = context_limit(AutoConfig.from_pretrained(weights_dir), tokenizer, weights_dir)
-    if n + max_new_tokens > context:
+    limit, source = context
+    if n + max_new_tokens > limit:
         raise SqloraError(
             f"the prompt is {n} tokens and max_new_tokens is {max_new_tokens}: {n + max_new_tokens} tokens, "
-            f"more than the model's context of {context} ({source}); ask with fewer --max-new-tokens"
+            f"more than the model's context of {limit} ({source}); ask with fewer --max-new-tokens"
             + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
         )
-    return Prepared(schema=schema, database=database, prompt=text, prompt_tokens=n, context=context, chat_template=prompt.chat_template)
+    return Prepared(schema=schema, database=database, prompt=text, prompt_tokens=n, context=limit, chat_template=prompt.chat_template)
 
 
 def ask(
@@ -165,17 +192,26 @@ def ask(
     ``prompt``: by default as the model was trained; its base model is materialised when missing."""
     ensure_base(model_dir, base_dir)
     prepared = prepare(db, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
-    from sqlora.infer.constrained import SchemaNames
-    from sqlora.infer.engine import generate
     from sqlora.infer.loading import load_for_inference
 
     model, tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
+    return _answer(model, tokenizer, prepared, max_new_tokens, constrained, timeout_s)
+
+
+def _answer(model, tokenizer, prepared: Prepared, max_new_tokens: int, constrained: bool, timeout_s: float,
+            lock: AbstractContextManager = nullcontext()) -> Answer:
+    """Generate (holding ``lock``: one generation at a time on a shared model) and run the SQL (not holding it)."""
+    from sqlora.infer.constrained import SchemaNames
+    from sqlora.infer.engine import generate
+
     start = time.perf_counter()
-    [generation] = generate(
-        model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
-        progress=False, chat_template=prepared.chat_template, constrained=constrained,
-        constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
-    )
+    with lock:
+        [generation] = generate(
+            model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
+            progress=False, chat_template=prepared.chat_template, constrained=constrained,
+            constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
+        )
+    generated = time.perf_counter()
     database = prepared.database
     result = database.run(generation.sql, timeout_s=timeout_s, names=prepared.schema.names())
     return Answer(
@@ -188,7 +224,35 @@ def ask(
         prompt_tokens=prepared.prompt_tokens,
         hit_max_new_tokens=generation.hit_max_new_tokens,
         native_sql=None if database.engine == "sqlite" else to_dialect_or_none(generation.sql, database, prepared.schema),
+        generate_seconds=generated - start,
+        new_tokens=generation.new_tokens,
     )
+
+
+class Assistant:
+    """One model, loaded once, answering questions about any database (``sqlora serve``): generations
+    take turns on the model, their queries run side by side."""
+
+    def __init__(self, model_dir: str | Path, base_dir: str | Path, *, prompt: PromptParams | None = None,
+                 max_new_tokens: int = 128, dtype: str = "auto", constrained: bool = False) -> None:
+        from sqlora.infer.loading import load_for_inference
+
+        if max_new_tokens < 1:
+            raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
+        ensure_base(model_dir, base_dir)
+        self.prompt = prompt or trained_prompt(model_dir)
+        self.max_new_tokens, self.constrained = max_new_tokens, constrained
+        weights_dir = _weights_dir(Path(model_dir), Path(base_dir))
+        self.model, self.tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
+        self.context = _context(weights_dir, self.tokenizer)
+        self._lock = threading.Lock()
+
+    def answer(self, database: Database, schema: DatabaseSchema, question: str, timeout_s: float = 30.0) -> Answer:
+        """The SQL for ``question`` on ``database`` (whose ``schema`` the caller read once) and its result.
+        SqloraError for an empty question or a prompt longer than the model's context."""
+        _check_question(question)
+        prepared = _render(database, schema, question, self.prompt, self.tokenizer, self.context, self.max_new_tokens)
+        return _answer(self.model, self.tokenizer, prepared, self.max_new_tokens, self.constrained, timeout_s, self._lock)
 
 
 def to_dialect_or_none(sql: str, database: Database, schema: DatabaseSchema) -> str | None:

@@ -1,0 +1,1 @@
+"""sqlora serve: an OpenAI-compatible HTTP API and a web page over one model and its databases."""
