@@ -146,7 +146,11 @@ def copy_to_duckdb(sqlite_path: Path, out: Path) -> Path:
                                                         "bytea": "BLOB"}.get(_pg_type(d), "VARCHAR"))
     for table, create, columns in statements:
         fks = [f', FOREIGN KEY ("{s}") REFERENCES "{t}" ("{to}")' for s, t, to in _foreign_keys(source, table)]
-        conn.execute(create[:-1] + "".join(fks) + ")")
+        try:
+            conn.execute(create[:-1] + "".join(fks) + ")")
+        except duckdb.Error:  # Spider's keys may join columns of different types: DuckDB refuses those
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+            conn.execute(create)
         rows = source.execute(f'SELECT * FROM "{table}"').fetchall()
         if rows:
             conn.executemany(f'INSERT INTO "{table}" VALUES ({", ".join(["?"] * len(columns))})', rows)
