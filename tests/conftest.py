@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # slow: these modules train models, run the pipeline or whole stages in processes (seconds to minutes each).
 SLOW_MODULES = {"test_pipeline", "test_architectures", "test_distributed", "test_resume", "test_training",
                 "test_published", "test_bench_gpu", "test_export", "test_predict", "test_plots", "test_evaluate_stage",
-                "test_report", "test_gate"}  # the last two: real DVC experiments in scratch repositories
+                "test_report", "test_gate", "test_serve"}  # test_serve: live servers and a browser; test_report, test_gate: real DVC experiments in scratch repositories
 
 
 def pytest_collection_modifyitems(items):
