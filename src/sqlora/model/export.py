@@ -14,7 +14,8 @@ vLLM, TGI or DB-GPT serve. ``sqlora_export.json`` records where it came from.
 
 Merging happens on the CPU in fp32 (about 4 bytes of RAM per parameter), then the weights are cast
 to ``dtype`` (``model.dtype``; auto: the precision this machine predicts in, see
-:func:`sqlora.model.loader.resolve_dtype`), so a bf16/fp16 export is rounded once.
+:func:`sqlora.model.loader.resolve_dtype`), so a bf16/fp16 export is rounded once. The GGUF export
+(:mod:`sqlora.model.gguf`) merges through the same :func:`merged_model`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,33 @@ def _merged(model, finetuned_dir: Path, base_dir: Path):
         raise SqloraError(f"{finetuned_dir}: merging the adapter failed ({str(exc).splitlines()[0]})") from None
 
 
+def check_inputs(finetuned_dir: Path, base_dir: Path, out: Path) -> dict:
+    """The fine-tuned folder's ``sqlora_model.json``, once the folders are checked (before any import of torch)."""
+    info = read_model_info(finetuned_dir)
+    check_checkpoint_folder(base_dir, "base model", "; run the model stage first")
+    if out.resolve() in (finetuned_dir.resolve(), base_dir.resolve()):
+        raise SqloraError(f"{out}: the output folder must differ from the fine-tuned and base folders")
+    return info
+
+
+def merged_model(finetuned_dir: Path, base_dir: Path, method: str):
+    """The model of a train-stage folder in fp32 on the CPU, adapter merged (see the module docstring),
+    and its tokenizer: the one merge path of every export format."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sqlora.model.loader import load_tokenizer
+
+    # Always the full-precision weights, on the CPU: never 4-bit (not even for qlora, see above), never
+    # the GPU's bf16 compute dtype, so the merge itself adds no rounding.
+    weights_dir = finetuned_dir if method == "full" else base_dir
+    model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32)
+    if method in ("lora", "qlora"):
+        model = _merged(model, finetuned_dir, base_dir)
+    model.eval()
+    return model, load_tokenizer(base_dir)  # the same tokenizer and chat template training and prediction used
+
+
 def export_model(
     finetuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path, dtype: str = "auto"
 ) -> Export:
@@ -62,29 +90,18 @@ def export_model(
     finetuned_dir, base_dir, out_dir = Path(finetuned_dir), Path(base_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise SqloraError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    info = read_model_info(finetuned_dir)
-    check_checkpoint_folder(base_dir, "base model", "; run the model stage first")
-    if out_dir.resolve() in (finetuned_dir.resolve(), base_dir.resolve()):
-        raise SqloraError(f"{out_dir}: the output folder must differ from the fine-tuned and base folders")
+    info = check_inputs(finetuned_dir, base_dir, out_dir)
     method = info["method"]
 
     import torch  # only now: bad input above fails without the seconds these imports take
-    from transformers import AutoModelForCausalLM
 
-    from sqlora.model.loader import dtype_name, load_tokenizer, resolve_dtype
+    from sqlora.model.loader import dtype_name, resolve_dtype
 
     target = dtype_name(resolve_dtype(dtype))
 
     start = time.perf_counter()
-    # Always the full-precision weights, on the CPU: never 4-bit (not even for qlora, see above), never
-    # the GPU's bf16 compute dtype, so the merge itself adds no rounding.
-    weights_dir = finetuned_dir if method == "full" else base_dir
-    model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32)
-    if method in ("lora", "qlora"):
-        model = _merged(model, finetuned_dir, base_dir)
+    model, tokenizer = merged_model(finetuned_dir, base_dir, method)
     model = model.to(getattr(torch, target))
-    model.eval()
-    tokenizer = load_tokenizer(base_dir)  # the same tokenizer and chat template training and prediction used
 
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)  # transformers 5 writes safetensors only (tied weights stored once)
