@@ -94,7 +94,7 @@ def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
         return
     info = read_model_info(Path(model_dir))
     if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
-        print(f"ask: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
+        print(f"sqlora: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
         materialize(info["model"], base_dir)
 
 
