@@ -30,7 +30,7 @@ def postgres_binaries() -> Path | None:
     return next((Path(f) for f in folders if (Path(f) / "initdb").exists()), None)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -50,7 +50,7 @@ class PostgresCluster:
                 pytest.skip("running as root needs the postgres user and runuser to start a PostgreSQL cluster")
             self.prefix = ["runuser", "-u", "postgres", "--"]
         folder = Path(tempfile.mkdtemp(prefix="sqlora-postgres-"))
-        self.bin, self.folder, self.port = binaries, folder, _free_port()
+        self.bin, self.folder, self.port = binaries, folder, free_port()
         if self.prefix:
             shutil.chown(folder, "postgres")
         self.data = folder / "data"

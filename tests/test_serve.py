@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SQLORA
-from engines import copy_to_duckdb, copy_to_postgres
+from engines import copy_to_duckdb, copy_to_postgres, free_port
 from sqlora.infer.base import Generation
 
 # Question -> the SQL the scripted model writes. The slow one runs until the sandbox's time limit.
@@ -46,12 +45,6 @@ def scripted_generate(*, prompts, **_):
         sql = SCRIPT.get(question, "SELECT 1")
         out.append(Generation(sql=sql, raw=sql + ";", new_tokens=7, hit_max_new_tokens=False))
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(path: Path) -> str:
@@ -96,7 +89,7 @@ def server(request, airline_db, duck_db, tiny_model_dir, tmp_path_factory):
     assistant = Assistant(model, tiny_model_dir)
     limits = ServeLimits(max_rows=5, timeout_s=2.0, max_body_bytes=4096)
     app = create_app(assistant, open_databases(specs), token="s3cret", limits=limits)
-    port = _free_port()
+    port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -267,7 +260,7 @@ def test_serve_command_bad_input_is_one_line_and_exit_2(tmp_path, airline_db):
     assert code == 2 and err == f"error: {tmp_path / 'missing.sqlite'}: no such file"
     code, err = run("--db", "mysql://u@localhost/shop")
     assert code == 2 and err.startswith("error: mysql://u@localhost/shop: unknown database engine 'mysql'")
-    code, err = run("--db", f"postgresql://u:hunter2@127.0.0.1:{_free_port()}/shop")
+    code, err = run("--db", f"postgresql://u:hunter2@127.0.0.1:{free_port()}/shop")
     assert code == 2 and err.startswith("error: postgresql://u:***@127.0.0.1:") and "cannot connect" in err
     assert "hunter2" not in err and len(err.splitlines()) == 1
     code, err = run("--db", str(airline_db), "--db", str(airline_db))
@@ -285,7 +278,7 @@ def test_serve_command_starts_and_answers(tmp_path, airline_db, tiny_model_dir):
     model = tmp_path / "none"
     model.mkdir()
     (model / "sqlora_model.json").write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([*SQLORA, "serve", "--db", str(airline_db), "--model", str(model), "--base", str(tiny_model_dir),
                                 "--port", str(port), "--max-new-tokens", "8"], stderr=subprocess.PIPE, text=True)
     try:

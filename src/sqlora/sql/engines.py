@@ -136,11 +136,8 @@ def _open_postgres(url: str, schema: str | None, check: bool) -> Database:
         engine="postgresql", location=urlunsplit(parts._replace(query=urlencode(libpq_query))), name=name, schema=chosen,
     )
     if check:
-        try:
-            with postgres_connection(database.location) as conn:
-                found = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (chosen,)).fetchone()[0]
-        except SqloraError:
-            raise
+        with postgres_connection(database.location) as conn:
+            found = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (chosen,)).fetchone()[0]
         if not found:
             raise SqloraError(f"{database}: no schema {chosen!r} in database {name!r}")
     return database
@@ -204,9 +201,8 @@ def _run_duckdb(path: str, sql: str, timeout_s: float, max_rows: int, memory_lim
         conn = connect_duckdb(path, memory_limit_mb)
     except duckdb.Error as exc:
         return QueryResult(rows=None, error=one_line(f"parse/execution error: cannot open database: {exc}"))
-    timer = threading.Timer(timeout_s, conn.interrupt)
     expired = threading.Event()
-    timer.function = lambda: (expired.set(), conn.interrupt())
+    timer = threading.Timer(timeout_s, lambda: (expired.set(), conn.interrupt()))
     try:
         statements = conn.extract_statements(sql)
         if len(statements) != 1:
