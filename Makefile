@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval clean
+.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval clean
 
 setup: $(STAMP)
 
@@ -82,10 +82,15 @@ published: setup
 bench-prepare: setup
 	python benchmarks/bench_prepare.py
 
+# The train stage with shared-prefix rows (train.shared_prefix) against separate rows: questions/s on the
+# first questions of Spider train, same model and precision (ARGS: see --help, e.g. --model gemma3-270m).
+bench-train: setup
+	python benchmarks/bench_train.py --spider $(SPIDER) $(ARGS)
+
 # The train stage's tokens/s in model.dtype against the same stage in fp32 and a bare PyTorch loop on
 # the same batches (ARGS: see --help).
-bench-train: setup
-	python benchmarks/bench_train.py $(ARGS)
+bench-precision: setup
+	python benchmarks/bench_precision.py $(ARGS)
 
 # Our engine against the seed's one-prompt-at-a-time generate() loop and transformers' batched generate():
 # same model, same Spider dev questions; identical greedy SQL and the speedups (ARGS: see --help).

@@ -1,27 +1,23 @@
-"""Train stage tokens/s in its precision (model.dtype) against the same stage in fp32 and against a bare
-PyTorch loop in the same precision: same model, LoRA, batches and sequence lengths, one run.
+"""The train stage with shared-prefix rows (train.shared_prefix K) against the same stage with separate rows
+(K=1): same Spider questions, model, method, precision and machine, one run.
 
-Targets: the stage reaches at least 2.2x the fp32 stage's tokens/s (issue 18: bf16 autocast where the
-hardware has native bf16) and at least 90% of the bare loop's (issue 5: the Trainer costs little).
-Usage: make bench-train [ARGS="--examples 64 --runs bare,stage,fp32,stage,bare --memory"]
+Target (issue 29): at least 3.5x the questions/s of separate rows on Spider, with SmolLM2-135M and with
+Gemma 3 270M at the default K. Usage:
+make bench-train [SPIDER=path/to/spider] [ARGS="--model gemma3-270m --questions 128 --runs 1,k"]
+make bench-train ARGS="--records data/prepared/train.jsonl --questions 0"   # make repro's own train stage
 
-Both sides count and time the same thing:
-- tokens: the real (unpadded) prompt + SQL tokens of the batches, as train() counts them for tokens_per_s;
-- time: the stage's own number, the wall time of trainer.train() (Trainer, dataloader and optimizer set-up,
-  every step, the slower first one included, the dvclive step logging; model loading, tokenisation and
-  saving excluded). The bare loop times the same span after its own fresh model load: optimizer creation
-  and every step, the first one included. Neither side gets a warm-up step; the default run order
-  bare, stage, bare puts one bare run before and one after the stage, so neither side alone runs cold.
-- batches: the stage's length-grouped order (transformers' sampler, reproduced with the same seed and
-  checked against the order the stage drew), collated by the stage's ResponseCollator: the same padded
-  shapes and the same logits_to_keep.
-- precision: "stage" and "bare" run in params.yaml's model.dtype (auto: bf16 autocast on a CPU with
-  native bf16, the base weights as training_weights_dtype loads them); "fp32" is the stage with
-  model.dtype float32, what it ran before issue 18.
-The bare loop: collate, forward under autocast, response_loss, backward, AdamW step (fused, the
-Trainer's default), zero_grad; no scheduler, gradient clipping or logging. train() runs with its defaults: no checkpoint_dir,
-so no checkpoints (the stage saves one every train.save_steps steps; 8 steps save none anyway).
---memory also runs each side alone in a child process and reports its peak RSS (VmHWM).
+- questions: the first --questions of Spider train in file order (the questions of its first few
+  databases), prepared by the project's own code with params.yaml's prompt settings and train.max_length
+  (or --max-length: schemas over the budget are shrunk per question, and shrunk variants of a schema
+  share less);
+- model: --model, a checkpoint folder (default models/base, the model stage's) or an offline alias / hub
+  id, materialised once into .bench/models/<name>; method, LoRA, precision (model.dtype) and the other
+  train settings from params.yaml, checkpoints off;
+- each side is the stage's own train() in this process, timed by its own metrics/train.json: wall time of
+  trainer.train() (every step, the first included; model loading and saving excluded), questions/s, the
+  tokens the questions hold as separate rows, and the tokens the forward passes computed (padding
+  included). The sides run in --runs order; with repeats the means are compared.
+The last line is the speedup: questions/s with K over questions/s with K=1.
 """
 
 import argparse
@@ -29,147 +25,89 @@ import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-import transformers.trainer_pt_utils as pt_utils
-from transformers import set_seed
-
-from sqlora.train import trainer as training
-from sqlora.config import load_params
+from sqlora.config import DataParams, load_params
+from sqlora.data.prepare import prepare_split
 from sqlora.data.records import load_records
-from sqlora.model.loader import device, dtype_name, load_base_model, load_tokenizer, resolve_dtype
-from sqlora.train.batches import ResponseCollator, response_loss, tokenize_records
-from sqlora.train.trainer import add_lora, peak_rss_mb, training_weights_dtype
+from sqlora.model.loader import load_tokenizer, machine, materialize
+from sqlora.train import trainer as training
 
-TARGET = 0.90  # stage / bare loop
-TARGET_FP32 = 2.2  # stage / the fp32 stage
+TARGET = 3.5
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--examples", type=int, default=64, help="first N training records (N / batch_size steps)")
-parser.add_argument("--data", default="data/prepared/train.jsonl")
-parser.add_argument("--model", default="models/base")
-parser.add_argument("--runs", default="bare,stage,fp32,stage,bare", help="comma-separated order of the timed runs: bare, stage, fp32")
-parser.add_argument("--memory", action="store_true", help="also the peak RSS of each side, each in its own process")
-parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)  # the child of --memory
+parser.add_argument("--spider", default="../shared/datasets/spider")
+parser.add_argument("--records", default="", help="a prepared records file instead (e.g. data/prepared/train.jsonl: the "
+                    "train stage's own questions), its first --questions (0: all)")
+parser.add_argument("--model", default="models/base", help="checkpoint folder, offline alias or hub id")
+parser.add_argument("--questions", type=int, default=128, help="the first N questions of Spider train")
+parser.add_argument("--k", type=int, default=0, help="questions per shared-prefix row (default: params.yaml's train.shared_prefix)")
+parser.add_argument("--runs", default="1,k", help="comma-separated order of the timed runs: 1 (separate rows), k (shared prefixes)")
+parser.add_argument("--max-length", type=int, default=0, help="the length budget (default: params.yaml's train.max_length); "
+                    "Spider schemas over it are shrunk per question, which leaves questions fewer tokens to share")
 args = parser.parse_args()
 
 params = load_params()
-train_params, method = params.train, params.method
-assert method == "lora", f"this benchmark is for method lora, params.yaml has {method!r}"
-records = load_records(args.data)[: args.examples]
-tokenizer = load_tokenizer(args.model)
-features = tokenize_records(records, tokenizer, train_params.max_length, params.prompt.chat_template).features
-tokens = sum(len(f["input_ids"]) for f in features) * train_params.epochs
-batch_size = train_params.batch_size
-compute = resolve_dtype(params.model.dtype)
+k = args.k or params.train.shared_prefix
+max_length = args.max_length or params.train.max_length
+model = Path(args.model)
+if not model.is_dir():  # an alias or hub id: materialised once
+    model = Path(".bench/models") / args.model.replace("/", "--")
+    if not (model / "config.json").is_file():
+        materialize(args.model, model)
+tokenizer = load_tokenizer(model)
+if args.records:
+    records = load_records(args.records)[: args.questions or None]
+    source = args.records
+else:
+    _, fitted, _ = prepare_split(
+        "train", DataParams(dataset="spider", source=args.spider), params.prompt, tokenizer=tokenizer,
+        max_length=max_length, limit=args.questions,
+    )  # fmt: skip
+    records = fitted.records
+    source = f"Spider train, max_length {max_length} ({fitted.shrunk} schemas shrunk to fit)"
+databases = list(dict.fromkeys(r.db_id for r in records))
+print(f"{len(records)} questions of {source} on {len(databases)} databases ({', '.join(databases[:6])}{', ...' if len(databases) > 6 else ''}); "
+      f"{model}, method {params.method}, model.dtype {params.model.dtype}, batch {params.train.batch_size}, K={k}")  # fmt: skip
+print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} before")
 
 
-# The order the stage's LengthGroupedSampler draws: transformers' grouping on the global torch RNG, which the
-# Trainer seeds when it is created and the DataLoader iterator draws once from (its workers' base seed) before
-# the sampler runs. Recorded during the stage to check it.
-set_seed(params.seed)
-torch.empty((), dtype=torch.int64).random_()
-order = pt_utils.get_length_grouped_indices([len(f["input_ids"]) for f in features], batch_size)
-stage_orders = []
-grouped_indices = pt_utils.get_length_grouped_indices
+def run(per_row: int) -> dict:
+    settings = replace(params.train, shared_prefix=per_row, save_steps=0, epochs=1, max_length=max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            metrics = training.train(
+                method=params.method, base_dir=model, records=records, out_dir=f"{tmp}/model", lora=params.lora,
+                params=settings, seed=params.seed, metrics_path=f"{tmp}/train.json", live_dir=f"{tmp}/dvclive",
+                chat_template=params.prompt.chat_template, dtype=params.model.dtype,
+            )  # fmt: skip
+    batching = next((line for line in log.getvalue().splitlines() if line.startswith("train: ") and "rows" in line), "")
+    print(f"  {batching}")
+    return metrics
 
 
-def recording_grouped_indices(*a, **kw):
-    stage_orders.append(grouped_indices(*a, **kw))
-    return stage_orders[-1]
-
-
-pt_utils.get_length_grouped_indices = recording_grouped_indices
-
-
-def batches(order: list[int]) -> list[list[dict]]:
-    return [[features[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-
-
-def run_stage(dtype: str = params.model.dtype) -> dict:
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # its metrics, read below
-        training.train(
-            method=method, base_dir=args.model, records=records, out_dir=f"{tmp}/model", lora=params.lora,
-            params=train_params, seed=params.seed, metrics_path=f"{tmp}/train.json", live_dir=f"{tmp}/dvclive",
-            chat_template=params.prompt.chat_template, dtype=dtype,
-        )  # fmt: skip
-        metrics = json.loads(Path(f"{tmp}/train.json").read_text())
-    assert metrics["tokens"] == tokens, (metrics["tokens"], tokens)
-    return {"tokens_per_s": metrics["tokens_per_s"], "wall_s": metrics["wall_time_s"], "steps": metrics["steps"],
-            "dtype": metrics["dtype"], "final_loss": metrics["final_loss"]}  # fmt: skip
-
-
-def run_bare(order: list[int]) -> dict:
-    set_seed(params.seed)  # as train(): the same LoRA initialisation
-    model = add_lora(load_base_model(args.model, method, training_weights_dtype(method, compute)), params.lora, method)
-    model.train()
-    collate = ResponseCollator(tokenizer)
-    step_s = []
-    start = time.perf_counter()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=train_params.learning_rate, weight_decay=train_params.weight_decay, fused=True)
-    for chunk in batches(order):
-        step_start = time.perf_counter()
-        batch = collate(chunk)
-        labels = batch.pop("labels")
-        with torch.autocast(device().type, dtype=compute, enabled=compute != torch.float32):
-            outputs = model(**batch)
-        loss = response_loss(outputs, labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_s.append(time.perf_counter() - step_start)
-    wall = time.perf_counter() - start
-    return {"tokens_per_s": round(tokens / wall, 1), "wall_s": round(wall, 1), "steps": len(step_s),
-            "first_step_s": round(step_s[0], 2), "median_step_s": round(sorted(step_s)[len(step_s) // 2], 2)}  # fmt: skip
-
-
-if args.rss_only:  # child of --memory: one side only, then the process's peak RSS
-    start_rss = peak_rss_mb()
-    {"stage": run_stage, "fp32": lambda: run_stage("float32")}.get(args.runs, lambda: run_bare(order))()
-    print(json.dumps({"before_mb": round(start_rss), "peak_mb": round(peak_rss_mb())}))
-    sys.exit()
-
-padded = [len(chunk) * max(len(f["input_ids"]) for f in chunk) for chunk in batches(order)]
-kept = [len(ResponseCollator(tokenizer)(chunk)["logits_to_keep"]) for chunk in batches(order)]
-print(f"{len(features)} examples, batch {batch_size}, {len(padded)} steps, {tokens:.0f} real tokens, "
-      f"padding {1 - tokens / sum(padded):.1%} of {sum(padded)} batch tokens, "
-      f"logits kept for {sum(kept)} of {sum(p // batch_size for p in padded)} positions, torch threads {torch.get_num_threads()}")  # fmt: skip
-
-results = {"bare": [], "stage": [], "fp32": []}
+results: dict[str, list[dict]] = {"1": [], "k": []}
 for side in args.runs.split(","):
-    if side == "bare":
-        result = run_bare(stage_orders[-1] if stage_orders else order)
-    else:
-        result = run_stage("float32" if side == "fp32" else params.model.dtype)
-        print(f"  (stage batches = reproduced order: {stage_orders[-1] == order})")
-    results[side].append(result["tokens_per_s"])
-    print(f"{side}: {result}")
+    metrics = run(1 if side == "1" else k)
+    results[side].append(metrics)
+    print(f"K={metrics['shared_prefix']}: {metrics['questions_per_s']:.3f} questions/s, {metrics['wall_time_s']} s, "
+          f"{metrics['steps']} steps, tokens {metrics['tokens']} as separate rows, {metrics['tokens_computed']} computed "
+          f"(padding {metrics['padding_fraction']:.1%}), {metrics['tokens_per_s']} tokens/s, final loss {metrics['final_loss']}, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-if results["stage"] and results["fp32"]:
-    ratio = mean(results["stage"]) / mean(results["fp32"])
-    print(f"stage ({dtype_name(compute)}) {mean(results['stage']):.1f} tokens/s, fp32 stage {mean(results['fp32']):.1f} tokens/s "
-          f"(means over runs): ratio {ratio:.2f}; target >= {TARGET_FP32}: {'met' if ratio >= TARGET_FP32 else 'NOT met'}")  # fmt: skip
-if results["bare"] and results["stage"]:
-    stage, bare = mean(results["stage"]), mean(results["bare"])
-    ratio = stage / max(results["bare"])  # against the fastest bare run: the strict reading of the target
-    print(f"stage {stage:.1f} tokens/s, bare loop {bare:.1f} tokens/s (means over runs); ratio {stage / bare:.3f}, "
-          f"{ratio:.3f} against the fastest bare run; target >= {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}")  # fmt: skip
-print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes' load skews both sides)")
-
-if args.memory:
-    for side in ("bare", "stage", "fp32"):
-        child = [sys.executable, __file__, "--rss-only", "--runs", side, "--examples", str(args.examples),
-                 "--data", args.data, "--model", args.model]  # fmt: skip
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        print(f"peak RSS, {side} alone in its own process: {json.loads(out)}")
+print(f"load average {os.getloadavg()[0]:.2f} after (other processes' load skews both sides)")
+if results["1"] and results["k"]:
+    separate, shared = (mean([m["questions_per_s"] for m in results[side]]) for side in ("1", "k"))
+    computed = [mean([m["tokens_computed"] for m in results[side]]) for side in ("1", "k")]
+    print(json.dumps({"separate_questions_per_s": separate, "shared_questions_per_s": shared,
+                      "tokens_computed_separate": computed[0], "tokens_computed_shared": computed[1]}))  # fmt: skip
+    print(f"tokens computed: {computed[0] / computed[1]:.2f}x fewer with K={results['k'][0]['shared_prefix']}")
+    print(f"shared-prefix speedup: {shared / separate:.2f}x (target {TARGET}x)")

@@ -28,13 +28,14 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # real Spider, BIRD, CoSQ
 SPIDER = SHARED_DATASETS / "spider"
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]  # the installed command, run as a user runs it
 
-# Python source that slows each training batch by 0.3 s (it wraps the collator), run in a process
-# that trains so that a test can kill the run between two checkpoints.
+# Python source that slows each training batch by 0.3 s (it wraps both collators: separate rows and
+# shared-prefix rows), run in a process that trains so that a test can kill the run between two checkpoints.
 SLOW_BATCHES = """
 import time
-import sqlora.train.trainer as training
-_collate = training.ResponseCollator.__call__
-training.ResponseCollator.__call__ = lambda self, features: (time.sleep(0.3), _collate(self, features))[1]
+from sqlora.train.batches import ResponseCollator
+from sqlora.train.prefix_batches import SharedPrefixCollator
+for _collator in (ResponseCollator, SharedPrefixCollator):
+    _collator.__call__ = (lambda collate: lambda self, features: (time.sleep(0.3), collate(self, features))[1])(_collator.__call__)
 """
 
 

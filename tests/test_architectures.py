@@ -1,5 +1,6 @@
 """The architecture matrix: tiny random models of twelve architectures, each LoRA-trained for a step by
-the train stage's code, then predicted by the predict stage's code. Greedy and beam must write exactly
+the train stage's code (in shared-prefix rows, whose loss and gradients must equal separate rows'),
+then predicted by the predict stage's code. Greedy and beam must write exactly
 what the same model's own generate() writes one prompt at a time, in batches of 1, 4, 8 and 64, on
 prompts longer than the sliding windows; sampling must draw from the model's own distribution.
 
@@ -142,6 +143,50 @@ def test_lora_trains_a_step(trained):
     name, _, _, metrics = trained
     assert metrics["steps"] == 1 and metrics["trainable_params"] > 0
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    # Shared-prefix rows (train.shared_prefix) wherever they are exact; Falcon trains on separate rows, saying why.
+    if name == "falcon":
+        assert metrics["shared_prefix"] == 1 and "does not route its attention through transformers' AttentionInterface" in metrics["shared_prefix_reason"]
+    else:
+        assert metrics["shared_prefix"] == 8 and metrics["tokens_computed"] < metrics["tokens"]
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_shared_prefix_rows_train_as_separate_rows(name, tiny_model_dir, sample_records, tmp_path):
+    """The loss and the LoRA gradients of shared-prefix rows (three databases' questions, five per row, on
+    prompts longer than the sliding windows) equal those of the same questions as separate rows, in fp32;
+    where they cannot (Falcon's attention is not transformers' AttentionInterface), the check says why."""
+    from transformers import AutoModelForCausalLM
+
+    from sqlora.train.batches import ResponseCollator, tokenize_records
+    from sqlora.train.prefix_batches import SharedPrefixCollator, question_groups
+    from sqlora.train.shared_prefix import losses_and_grads, packed_attention_for, shared_prefix_problem
+    from sqlora.train.trainer import add_lora
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    features = tokenize_records(sample_records[1], tokenizer, max_length=512).features
+    groups = question_groups(features)
+    assert [len(g) for g in groups] == [5, 5, 5] and min(len(f["input_ids"]) for f in features) > 2 * WINDOW
+    base = AutoModelForCausalLM.from_pretrained(tiny_model(name, tiny_model_dir, tmp_path / "base"), dtype=torch.float32)
+    model = add_lora(base, LoraParams(r=4, alpha=8, dropout=DROPOUT.get(name, 0.05)), "lora")
+    torch.manual_seed(1)
+    for parameter_name, p in model.named_parameters():  # LoRA's B starts at zero: make the adapter matter
+        if "lora_B" in parameter_name:
+            torch.nn.init.normal_(p, std=0.1)
+    model.eval()
+    problem = shared_prefix_problem(model, longest=512)
+    if name == "falcon":
+        assert problem == "FalconForCausalLM does not route its attention through transformers' AttentionInterface"
+        return
+    assert problem is None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    packed = SharedPrefixCollator(tokenizer, per_row=8)([{**features[i], "group": g} for g, members in enumerate(groups) for i in members])
+    assert packed["input_ids"].shape[0] == 3
+    with packed_attention_for(model):
+        losses, grads = losses_and_grads(model, packed, trained)
+    own_losses, own_grads = losses_and_grads(model, ResponseCollator(tokenizer)([features[i] for g in groups for i in g]), trained)
+    assert len(losses) == len(own_losses)
+    assert float((losses - own_losses).norm() / own_losses.norm()) < 1e-5
+    assert float((grads - own_grads).norm() / own_grads.norm()) < 1e-4
 
 
 def test_the_engine_is_the_expected_one(trained):

@@ -227,5 +227,5 @@ def test_export_stage(lora, tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "export: lora model -> models/exported" in result.stdout
     info = json.loads((tmp_path / "models" / "exported" / EXPORT_INFO).read_text())
-    # auto: bf16 on hardware with native bf16 (this CPU has AVX512-BF16), fp32 on other CPUs
+    # auto: bf16 where the hardware has it natively (AVX512-BF16, AMX, a bf16 GPU), fp32 on other CPUs
     assert info["source"] == "models/finetuned" and info["dtype"] == dtype_name(resolve_dtype("auto"))

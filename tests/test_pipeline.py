@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from conftest import REPO, SLOW_BATCHES
+from sqlora.model.loader import dtype_name, resolve_dtype
+
 pytestmark = pytest.mark.slow
 
 
@@ -101,7 +103,9 @@ def test_repro_writes_every_output(project):
     assert [r["sql"] for r in raw] == predictions[:-1]
 
     assert (project / "models/exported/model.safetensors").is_file()  # the export stage
-    assert json.loads((project / "models/exported/sqlora_export.json").read_text())["dtype"] == "bfloat16"
+    # model.dtype auto: bf16 where this machine has it natively (AVX512-BF16, AMX), fp32 elsewhere
+    exported = json.loads((project / "models/exported/sqlora_export.json").read_text())["dtype"]
+    assert exported == dtype_name(resolve_dtype("auto")) == train["dtype"]
 
     metrics = json.loads((project / "metrics/eval.json").read_text())
     assert metrics["count"]["all"] == 6 and 0.0 <= metrics["ex"]["all"] <= 1.0 and 0.0 <= metrics["em"]["all"] <= 1.0

@@ -8,13 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from sqlora.io import folder_stamp
 
 from conftest import SLOW_BATCHES
 
-# Trains LoRA on 40 tiny examples, 20 steps, a checkpoint every 5.
+# Trains LoRA on tiny examples of four schemas (argv: examples, epochs, questions per shared-prefix row),
+# two per step, a checkpoint every 5 steps.
 SCRIPT = """
 import sys
 from pathlib import Path
@@ -22,48 +24,56 @@ from sqlora.config import LoraParams, TrainParams
 from sqlora.data.prompt import Record
 import sqlora.train.trainer as training
 
-model_dir, out = sys.argv[1], Path(sys.argv[2])
+model_dir, out, examples, epochs, shared_prefix = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:])
+schemas = [" ".join(f"t{d}_{k} has columns id, name, x{k}." for k in range(8)) for d in range(4)]
 records = [
-    Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i} above {i}?",
-           output=f"SELECT count(*) FROM t{i} WHERE x > {i}")
-    for i in range(40)
+    Record(db_id=f"d{i % 4}", instruction=f"d{i % 4} contains tables such as {schemas[i % 4]}", input=f"How many rows in t{i % 4}_1 above {i}?",
+           output=f"SELECT count(*) FROM t{i % 4}_1 WHERE x > {i}")
+    for i in range(examples)
 ]
 training.train(
     method="lora", base_dir=model_dir, records=records, out_dir=out / "finetuned", lora=LoraParams(r=4, alpha=8),
-    params=TrainParams(batch_size=2, logging_steps=1, save_steps=5, max_length=256), seed=0,
-    metrics_path=out / "train.json", live_dir=out / "live", checkpoint_dir=out / "checkpoints",
+    params=TrainParams(batch_size=2, logging_steps=1, save_steps=5, max_length=256, epochs=epochs, shared_prefix=shared_prefix),
+    seed=0, metrics_path=out / "train.json", live_dir=out / "live", checkpoint_dir=out / "checkpoints",
 )
 """
+# (examples, epochs, questions per shared-prefix row): 20 steps; killed after checkpoint 10 or 15.
+RUNS = {"separate rows": (40, 1, 1), "shared prefixes": (40, 1, 8), "shared prefixes, killed in epoch 2": (20, 2, 8)}
 
 
-def start(model_dir: Path, out: Path, speed: str) -> subprocess.Popen:
+def start(model_dir: Path, out: Path, speed: str, run: tuple[int, int, int] = RUNS["shared prefixes"]) -> subprocess.Popen:
     code = SLOW_BATCHES + SCRIPT if speed == "slow" else SCRIPT
-    return subprocess.Popen([sys.executable, "-c", code, str(model_dir), str(out)],
+    return subprocess.Popen([sys.executable, "-c", code, str(model_dir), str(out), *map(str, run)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert start(tiny_model_dir, whole, "fast").wait(timeout=300) == 0
+@pytest.mark.parametrize("case", list(RUNS))
+def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, case):
+    """Also with shared-prefix rows, and killed in a later epoch: the resumed run replays that epoch's
+    order of steps and skips what was trained, so it ends where the uninterrupted run ends."""
+    whole, broken, settings = tmp_path / "whole", tmp_path / "broken", RUNS[case]
+    killed_at = 15 if settings[1] == 2 else 10
+    assert start(tiny_model_dir, whole, "fast", settings).wait(timeout=300) == 0
 
-    run = start(tiny_model_dir, broken, "slow")
+    run = start(tiny_model_dir, broken, "slow", settings)
     deadline = time.monotonic() + 240
     # A checkpoint is complete once its trainer_state.json is written (the last file saved).
-    while not (broken / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file():
+    while not (broken / "checkpoints" / f"checkpoint-{killed_at}" / "trainer_state.json").is_file():
         assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.poll() is not None else "no checkpoint"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert not (broken / "finetuned").exists()  # killed before the end
 
-    resumed = start(tiny_model_dir, broken, "fast")
+    resumed = start(tiny_model_dir, broken, "fast", settings)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
-    assert "train: resuming from" in output and "checkpoint-10" in output
+    assert "train: resuming from" in output and f"checkpoint-{killed_at}" in output
 
     metrics = json.loads((broken / "train.json").read_text())
-    assert metrics["steps"] == 20 and metrics["resumed_from_step"] == 10
-    # The training time counts the killed run up to checkpoint-10 (10 batches of at least 0.3 s).
+    assert metrics["steps"] == 20 and metrics["resumed_from_step"] == killed_at
+    assert metrics["shared_prefix"] == min(settings[2], 2)  # a row holds at most a step's questions
+    # The training time counts the killed run up to its checkpoint (10 or 15 batches of at least 0.3 s).
     assert metrics["total_wall_time_s"] >= metrics["wall_time_s"] + 2.5
     whole_metrics = json.loads((whole / "train.json").read_text())
     assert whole_metrics["total_wall_time_s"] == whole_metrics["wall_time_s"]

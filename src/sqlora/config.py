@@ -70,6 +70,9 @@ class TrainParams:
     logging_steps: int = 5
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     save_steps: int = 20  # checkpoint every N optimizer steps, so a killed run resumes (0: never)
+    # Questions per shared-prefix row: their prompt prefix (the schema) computed once (sqlora.train.shared_prefix);
+    # 1: every question a row of its own.
+    shared_prefix: int = 8
     launch: str = "python"  # the train stage's launcher, e.g. "accelerate launch --config_file configs/accelerate/ddp.yaml"
 
 
@@ -218,6 +221,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("train.grad_accum", params.train.grad_accum),
         ("train.max_length", params.train.max_length),
         ("train.logging_steps", params.train.logging_steps),
+        ("train.shared_prefix", params.train.shared_prefix),
         ("predict.batch_size", params.predict.batch_size),
         ("predict.max_new_tokens", params.predict.max_new_tokens),
         ("predict.num_beams", params.predict.num_beams),

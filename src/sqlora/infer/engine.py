@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sqlora.config import PredictParams
 from sqlora.errors import SqloraError
-from sqlora.data.prompt import encode_prompt
+from sqlora.data.prompt import common_prefix, encode_prompt, prefix_groups
 from sqlora.infer.base import Batch, Engine, Generation, Row
 from sqlora.model.loader import context_limit
 
@@ -83,32 +83,15 @@ def candidates_per_prompt(params: PredictParams) -> int:
 # --- batches --------------------------------------------------------------------------------------------
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def plan_batches(encoded: list[list[int]], questions_per_batch: int, pool_small: bool = False) -> list[Batch]:
     """Batches of prompts that share long prefixes, in an order fixed by the prompts alone.
 
-    Sorted by their tokens, prompts with the same instruction and schema are neighbours; a run of
-    neighbours sharing at least half of the shorter prompt is a group, cut into batches of the
-    longest prompts first. With ``pool_small`` (batches that run alone, no rows joining), group
-    tails too small to fill a quarter of a batch are pooled by length rather than run as tiny
-    batches, each step of which costs nearly as much as a full one.
+    The groups of :func:`sqlora.data.prompt.prefix_groups` (the notion of a shared prefix that training
+    uses too), each cut into batches of the longest prompts first. With ``pool_small`` (batches that run
+    alone, no rows joining), group tails too small to fill a quarter of a batch are pooled by length
+    rather than run as tiny batches, each step of which costs nearly as much as a full one.
     """
-    if not encoded:
-        return []
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
-    groups = [[order[0]]]
-    for a, b in zip(order, order[1:]):
-        if common_prefix(encoded[a], encoded[b]) * 2 >= min(len(encoded[a]), len(encoded[b])):
-            groups[-1].append(b)
-        else:
-            groups.append([b])
+    groups = prefix_groups(encoded)
     chunks: list[tuple[list[int], int]] = []  # (indexes, shared prefix)
     pool: list[int] = []
     for group in groups:

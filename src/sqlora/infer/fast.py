@@ -32,6 +32,7 @@ from sqlora.config import PredictParams
 from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.base import Batch, Engine, Row, runs, share_time
 from sqlora.infer.sql_text import sql_complete
+from sqlora.model.attention import OurAttention, base_of, probe_tolerance, routing_problem, windows_problem
 
 SHARED_PREFIX_ATTENTION = "sqlora_shared_prefix"
 NUCLEUS_K = 256  # sampling: top_p is looked for among this many most probable tokens first
@@ -42,8 +43,6 @@ _INERT = {
     "position_ids", "cache_position", "use_cache", "past_key_values", "output_attentions", "output_hidden_states",
     "return_dict", "is_causal", "layer_idx",
 }
-# Probe tolerance: the largest relative difference still numeric noise (bf16 rounds to 3 digits).
-_PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.05, torch.float16: 0.01}
 
 
 class NotExact(Exception):
@@ -151,27 +150,12 @@ def shared_prefix_attention(
     return out.reshape(batch, heads, length, vdim).transpose(1, 2).contiguous(), None
 
 
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def _our_attention(model) -> OurAttention:
+    """While active, the model's attention is :func:`shared_prefix_attention`; its masks are built as SDPA's
+    (boolean)."""
+    from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
-    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)  # boolean masks, as SDPA gets them
-
-
-class _OurAttention:
-    """While active, the model's attention is ours (restored on exit, also when the caller stops early)."""
-
-    def __init__(self, model):
-        self.model, self.before = model, model.config._attn_implementation
-
-    def __enter__(self):
-        _register_attention()
-        self.model.set_attn_implementation(SHARED_PREFIX_ATTENTION)
-        return self
-
-    def __exit__(self, *exc):
-        self.model.set_attn_implementation(self.before)
+    return OurAttention(model, SHARED_PREFIX_ATTENTION, shared_prefix_attention, mask=sdpa_mask)
 
 
 # --- when it is exact ----------------------------------------------------------------------------------
@@ -185,15 +169,12 @@ class FastPathProblem:
 
 def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
     """None where our engine computes what the model computes; otherwise why not."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel (QLoRA)
+    base = base_of(model)
     name = type(base).__name__
-    if not getattr(type(base), "_supports_attention_backend", False):
-        return FastPathProblem(f"{name} does not route its attention through transformers' AttentionInterface")
-    original = base.config._attn_implementation
-    if original not in ("sdpa", "eager"):
-        return FastPathProblem(f"{name} runs {original!r} attention; the engine reproduces sdpa and eager")
-    layers = DynamicCache(config=base.config).layers
-    odd = sorted({type(layer).__name__ for layer in layers if type(layer) not in PLAIN_LAYERS})
+    routing = routing_problem(model)
+    if routing is not None:
+        return FastPathProblem(routing)
+    odd = sorted({type(layer).__name__ for layer in DynamicCache(config=base.config).layers if type(layer) not in PLAIN_LAYERS})
     if odd:
         return FastPathProblem(f"{name} keeps {', '.join(odd)} caches, not plain per-layer keys and values")
     try:
@@ -202,16 +183,12 @@ def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
         return FastPathProblem(f"{name}: {exc}")
     except Exception as exc:  # noqa: BLE001 - whatever breaks in a model we do not know, the answer is the same
         return FastPathProblem(f"{name}: the probe forward failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
-    tolerance = _PROBE_TOLERANCE.get(model.get_input_embeddings().weight.dtype, 1e-3)
+    tolerance = probe_tolerance(model)
     if error > tolerance:
         return FastPathProblem(f"{name}: the probe's outputs differ from the model's own (relative difference {error:.3g} > {tolerance})")
-    windows = [getattr(layer, "sliding_window", None) for layer in layers]
-    for index, (window, given) in enumerate(zip(windows, [seen.get(i) for i in range(len(layers))])):
-        if window != given:
-            return FastPathProblem(
-                f"{name}: layer {index} has a sliding window of {window} tokens but its attention is given {given}",
-                window=min(w for w in (window, given) if w is not None),
-            )
+    windows = windows_problem(model, seen)
+    if windows is not None:
+        return FastPathProblem(*windows)
     return None
 
 
@@ -306,7 +283,7 @@ class FastEngine(Engine):
         rows = [_StreamRow(index=i, sample=0, batch=batch) for i in range(2)]
         seen: dict = {}
         exact = self.model.get_input_embeddings().weight.dtype == torch.float32
-        with _OurAttention(self.model):
+        with _our_attention(self.model):
             cache, mask, last, first = self._prefill(rows, prompts, 1, seen, hidden=True)
             tokens = torch.tensor([3 % vocab, 7 % vocab], device=self.dev)
             mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
@@ -370,7 +347,7 @@ class FastEngine(Engine):
         done: dict[int, list[Row]] = {b.number: [] for b in batches}
         rows: list[_StreamRow] = []
         cache = mask = last = logits = None
-        with _OurAttention(self.model) as attention:
+        with _our_attention(self.model) as attention:
             while queue or rows:
                 free = capacity - len(rows)
                 # Join when the batch is empty, or when enough room is free to make a prefill pass worth it.

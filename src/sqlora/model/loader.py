@@ -78,6 +78,31 @@ def native_bf16(dev: torch.device) -> bool:
     return False
 
 
+def machine() -> str:
+    """The processor this process computes on, in words, for metrics and benchmarks: a GPU's name, or the
+    CPU's model, cores and the vector instructions that decide its speed (torch's capability; whether
+    bf16 and AMX are native)."""
+    import os
+    import platform
+
+    import torch
+
+    dev = device()
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = " ".join(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    native = [name for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+              if getattr(torch.cpu, probe, lambda: False)()]  # fmt: skip
+    return f"{model}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}, bf16 native: {'+'.join(native) or 'no'}"
+
+
 def resolve_dtype(name: str, dev: torch.device | None = None) -> torch.dtype:
     """``model.dtype`` as a torch dtype on ``dev`` (default: this process's device). ``auto``: bf16 where
     it is native, fp16 on a GPU without bf16 (training adds loss scaling), fp32 elsewhere."""

@@ -52,13 +52,17 @@ class ResponseCollator:
         from transformers import DataCollatorForSeq2Seq
 
         self.pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-        self.real_tokens = 0  # tokens of the examples batched so far (this process)
-        self.padded_tokens = 0  # the same batches' size with padding
+        self.examples = 0  # examples batched so far (this process)
+        self.real_tokens = 0  # their tokens
+        self.row_tokens = 0  # the rows' tokens: the same, one example per row
+        self.padded_tokens = 0  # the batches' size with padding
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad(features)
         batch["logits_to_keep"] = predicted_positions(batch["labels"])
+        self.examples += len(features)
         self.real_tokens += int(batch["attention_mask"].sum())
+        self.row_tokens = self.real_tokens
         self.padded_tokens += batch["attention_mask"].numel()
         return batch
 

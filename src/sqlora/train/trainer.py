@@ -17,6 +17,7 @@ started again with the same inputs (a fingerprint of them is kept beside the che
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -32,9 +33,10 @@ import torch
 from sqlora.config import LoraParams, TrainParams
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json, write_text
-from sqlora.model.loader import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from sqlora.model.loader import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, machine, resolve_dtype, sharded_training
 from sqlora.data.prompt import Record
-from sqlora.train.batches import ResponseCollator, response_loss, tokenize_records
+from sqlora.train.batches import response_loss, tokenize_records
+from sqlora.train.prefix_batches import SharedPrefixSampler, choose_batching
 
 def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False, announce: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -110,7 +112,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere the best there is
 
 
-def step_logger(live, collator: ResponseCollator, world_size: int):
+def step_logger(live, collator, world_size: int):
     """A Trainer callback logging each logged step's loss, learning rate, grad norm and tokens/s to
     dvclive at the Trainer's global step, so a resumed run continues the same curve. Main process
     only (``live`` is None elsewhere): otherwise every curve would be written once per process.
@@ -239,7 +241,7 @@ def train(
         return metrics
 
     from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     if not records:
         raise SqloraError("train: the training set is empty")
@@ -272,7 +274,6 @@ def train(
     if resume and state.is_main_process:
         print(f"train: resuming from {resume}")
 
-    collator = ResponseCollator(tokenizer)
     saving = Path(out_dir).with_name(f".{Path(out_dir).name}.saving")  # the model folder, until complete
     # Before the model is loaded: under DeepSpeed ZeRO-3 the arguments set up zero.Init, which then
     # loads each process's shard of the weights instead of a whole copy per process.
@@ -314,22 +315,30 @@ def train(
         model = add_lora(model, lora, method, params.gradient_checkpointing, announce=state.is_main_process)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    # Under FSDP / ZeRO-3 the weights are shards until the Trainer wraps the model: no probe forward then.
+    batching = choose_batching(
+        model, data.features, params.shared_prefix, params.batch_size, seed, probe=not sharded_training(), data_parallel=args.n_gpu > 1,
+    )  # fmt: skip
+    if state.is_main_process:
+        print(batching.describe(params.shared_prefix))
+    collator = batching.collator(tokenizer)
     live = None
     if state.is_main_process:
         if resume:
             _drop_logged_steps_after(Path(live_dir), int(Path(resume).name.split("-")[-1]))
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
     logger = step_logger(live, collator, state.num_processes)
-    trainer = Trainer(
+    trainer = trainer_class(batching.sampler)(
         model=model,
         args=args,
-        train_dataset=data.features,
+        train_dataset=batching.dataset(data.features),
         data_collator=collator,
         compute_loss_func=response_loss,
         callbacks=[logger],
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with batching.attention(model):
+        result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
     # A resume replaces the callback with a copy restored from the checkpoint (earlier_seconds).
     logger = next(cb for cb in trainer.callback_handler.callbacks if type(cb) is type(logger))
@@ -339,11 +348,13 @@ def train(
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if not all(math.isfinite(v) for v in losses + [result.training_loss]):
         raise SqloraError(f"train: the loss diverged (last values {losses[-3:]}); lower train.learning_rate")
-    real_tokens = _sum_over_processes(collator.real_tokens)
-    padded_tokens = _sum_over_processes(collator.padded_tokens)
+    real_tokens, row_tokens, padded_tokens, examples = (
+        _sum_over_processes(n) for n in (collator.real_tokens, collator.row_tokens, collator.padded_tokens, collator.examples)
+    )
     metrics = {
         "method": method,
         "device": device().type,
+        "machine": machine(),
         "dtype": dtype_name(compute),  # the matmuls' precision (autocast); trained weights are fp32
         "weights_dtype": dtype_name(weights),  # the base weights' (frozen for lora; 4-bit storage for qlora)
         "processes": state.num_processes,
@@ -357,9 +368,16 @@ def train(
         "min_loss": round(min(losses), 4) if losses else None,
         "wall_time_s": round(wall, 1),  # this run's (after a resume: since the resume)
         "total_wall_time_s": round(logger.earlier_seconds + wall, 1),  # every run of this training, resumes included
-        "tokens": real_tokens,  # real tokens trained on by this run (after a resume: since the resume)
+        # Questions per shared-prefix row (1: separate rows), and why fewer than train.shared_prefix asks.
+        "shared_prefix": batching.per_row,
+        "shared_prefix_reason": batching.reason,
+        # This run's (after a resume: since the resume). tokens: the examples' own (prompt + SQL, as
+        # separate rows would hold them); tokens_computed: what the forward passes ran, padding included.
+        "tokens": real_tokens,
+        "tokens_computed": padded_tokens,
         "tokens_per_s": round(real_tokens / wall, 1),
-        "padding_fraction": round(1 - real_tokens / padded_tokens, 4) if padded_tokens else 0.0,
+        "questions_per_s": round(examples / wall, 3),
+        "padding_fraction": round(1 - row_tokens / padded_tokens, 4) if padded_tokens else 0.0,
         "trainable_params": trainable,
         "total_params": total,
         **peak_memory_mb(),
@@ -384,6 +402,25 @@ def train(
                 shutil.rmtree(old)
     state.wait_for_everyone()
     return metrics
+
+
+def trainer_class(sampler: SharedPrefixSampler | None):
+    """transformers' Trainer, or for shared-prefix rows one that draws its steps from ``sampler`` and tells
+    it each epoch (also the epoch a resumed run starts in: its order is replayed, then skipped through)."""
+    from transformers import Trainer
+
+    if sampler is None:
+        return Trainer
+
+    class SharedPrefixTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            sampler.set_epoch(inspect.signature(super()._run_epoch).bind(*args, **kwargs).arguments["epoch"])
+            return super()._run_epoch(*args, **kwargs)
+
+    return SharedPrefixTrainer
 
 
 def _sum_over_processes(value: int) -> int:
