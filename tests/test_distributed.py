@@ -48,6 +48,8 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
 
     metrics = json.loads((double / "metrics/train.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 8 == json.loads((single / "metrics/train.json").read_text())["steps"]
+    # Shared-prefix rows in both: whole steps per process, a row never more than a process's batch.
+    assert metrics["shared_prefix"] == 2 and json.loads((single / "metrics/train.json").read_text())["shared_prefix"] == 4
     assert metrics["tokens"] == json.loads((single / "metrics/train.json").read_text())["tokens"]  # every example once
     # One adapter, written once; the metrics printed by one process only.
     assert sorted(p.name for p in (double / "models/finetuned").iterdir()) == sorted(p.name for p in (single / "models/finetuned").iterdir())

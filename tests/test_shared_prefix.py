@@ -275,3 +275,17 @@ def test_each_step_holds_batch_size_questions_whatever_k(tiny_model_dir, tmp_pat
                     params=params, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")  # fmt: skip
     assert metrics["steps"] == 8 and [len(s) for s in seen] == [4] * 8
     assert all(Counter(step) == Counter({step[0]: 2, step[2]: 2}) for step in seen)  # two rows of two, two groups
+
+
+@pytest.mark.slow  # models: loaded, probed or trained
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_train_shares_prefixes_with_every_method_and_checkpointing(tiny_model_dir, tmp_path, method):
+    """The stage itself, QLoRA and full fine-tuning with activation checkpointing: shared-prefix rows run
+    through the Trainer, and the loss falls as with separate rows."""
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    params = TrainParams(**{**FAST.__dict__, "gradient_checkpointing": True, "epochs": 2})
+    metrics = train(method=method, base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
+                    params=params, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")  # fmt: skip
+    assert metrics["shared_prefix"] == 4 and metrics["tokens_computed"] < metrics["tokens"] and metrics["steps"] == 8
+    assert metrics["final_loss"] < metrics["train_loss"] or metrics["min_loss"] < metrics["train_loss"]
