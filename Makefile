@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval clean
+.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
 
 setup: $(STAMP)
 
@@ -135,6 +135,11 @@ $(OFFICIAL_STAMP):
 # sqlora evaluate vs the official evaluator on Spider dev, example by example, and their wall times.
 bench-eval: setup $(OFFICIAL_STAMP)
 	python benchmarks/bench_eval.py --spider $(SPIDER) $(if $(PRED),--pred $(PRED))
+
+# Test-suite accuracy on Spider dev: the suite's generation time, TS against EX evaluation time, what the
+# suite catches of bench-eval's perturbations, and (PRED=...) a model's EX and TS.
+bench-testsuite: setup
+	python benchmarks/bench_testsuite.py --spider $(SPIDER) $(if $(PRED),--pred $(PRED)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .bench

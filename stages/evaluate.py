@@ -2,7 +2,7 @@
 the bar-chart data reports/plots/hardness.json.
 
 Spider-style datasets report EX and exact-set-match (EM) by Spider hardness; BIRD reports
-set-equality EX by difficulty;
+set-equality EX by difficulty; with eval.test_suite, test-suite accuracy (TS) beside EX;
 CoSQL / SParC add question- and interaction-level accuracy.
 """
 
@@ -23,7 +23,7 @@ def hardness_rows(metrics: dict) -> list[dict]:
     metrics/eval.json's own (rounded) values; levels without questions are left out."""
     return [
         {"level": level, "metric": name.upper(), "value": round(metrics[name][level] * 100, 2), "questions": count}
-        for name in ("ex", "em") if name in metrics
+        for name in ("ex", "em", "ts") if name in metrics
         for level, count in metrics["count"].items() if count
     ]
 
@@ -48,11 +48,14 @@ def main() -> None:
         skip_missing_databases=params.eval.skip_missing_databases,
         skip_bad_gold=params.eval.skip_bad_gold,
         gold_cache=default_gold_cache(),
+        suite_dir="data/testsuite/database" if params.eval.test_suite else None,  # the testsuite stage's
     )
     levels = report.summary
     metrics = {"ex": {level: round(s["exec"], 4) for level, s in levels.items()}}
     if not bird:
         metrics["em"] = {level: round(s["exact"], 4) for level, s in levels.items()}
+    if "ts" in levels["all"]:
+        metrics["ts"] = {level: round(s["ts"], 4) for level, s in levels.items()}
     if "ves" in levels["all"]:
         metrics["ves"] = {level: round(s["ves"], 2) for level, s in levels.items()}
     metrics |= {
@@ -69,7 +72,8 @@ def main() -> None:
     write_json("reports/eval_examples.json", report.to_json())
     write_json(HARDNESS_PLOT, hardness_rows(metrics))
     print("evaluate: " + ", ".join(
-        f"{level} EX {s['exec']:.3f}" + (f" EM {s['exact']:.3f}" if "exact" in s else "") + f" (n={s['count']})" for level, s in levels.items()
+        f"{level} EX {s['exec']:.3f}" + (f" EM {s['exact']:.3f}" if "exact" in s else "") + (f" TS {s['ts']:.3f}" if "ts" in s else "")
+        + f" (n={s['count']})" for level, s in levels.items()
     ))
 
 

@@ -263,6 +263,8 @@ def test_summary_and_json(db_dir: Path) -> None:
         "exact": None,  # etype "exec": EM not scored
         "exact_error": None,
         "ves": None,
+        "ts": None,  # no test suite: TS not scored
+        "ts_failed_on": None,
     }
 
 

@@ -12,7 +12,7 @@ from sqlora.data.layouts import DATASETS
 from sqlora.evaluate.execution import ETYPES
 from sqlora.config import DTYPES
 from sqlora.report.runs import REPORT_FILE
-from sqlora.data.schema import SCHEMA_FORMATS
+from sqlora.data.schema import SCHEMA_FORMATS, database_path
 
 from sqlora.errors import SqloraError, exit_on_error
 
@@ -83,8 +83,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         golds, preds, args.db, etype=args.etype, tables_json=args.table, timeout_s=args.timeout,
         workers=args.workers, skip_missing_databases=args.skip_missing_databases,
         skip_bad_gold=args.skip_bad_gold, gold_cache=None if args.no_gold_cache else default_gold_cache(),
+        suite_dir=args.test_suite,
     )
-    titles = {"exec": "EXECUTION ACCURACY", "exact": "EXACT MATCHING ACCURACY"}
+    titles = {"exec": "EXECUTION ACCURACY", "exact": "EXACT MATCHING ACCURACY", "ts": "TEST-SUITE ACCURACY"}
     print(format_summary(report.summary, [(key, title) for key, title in titles.items() if key in report.summary["all"]]))
     if report.skipped_missing_database:
         print(f"skipped {len(report.skipped_missing_database)} questions whose database file is missing")
@@ -94,6 +95,22 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"skipped {len(report.skipped_bad_gold)} questions whose gold query fails")
     if args.out:
         write_json(args.out, report.to_json())
+
+
+def _testsuite(args: argparse.Namespace) -> None:
+    from sqlora.evaluate.files import read_gold_file
+    from sqlora.testsuite.distill import SuiteSettings, build_suite
+
+    golds = read_gold_file(args.gold)
+    settings = SuiteSettings(seed=args.seed, candidates=args.candidates, max_rows=args.max_rows, bird=args.bird,
+                             timeout_s=args.timeout)  # fmt: skip
+    report = build_suite([(g.sql, g.db_id) for g in golds], args.db, args.out, settings, workers=args.workers)
+    for db_id in report.missing:
+        print(f"skipped {db_id}: no database file {database_path(args.db, db_id)}", file=sys.stderr)
+    for suite in report.databases:
+        print(f"{suite.db_id}: {suite.kept} fuzzed instances kept of {suite.tried}; {suite.neighbours} near misses, "
+              f"{suite.undistinguished} not told apart; {suite.seconds} s" + (f" ({suite.error})" if suite.error else ""))  # fmt: skip
+    print(json.dumps({"out": args.out, **report.totals()}))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -236,7 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing-databases", action="store_true", help="score only questions whose database exists")
     p.add_argument("--skip-bad-gold", action="store_true", help="list and leave out questions whose gold query fails")
     p.add_argument("--no-gold-cache", action="store_true", help="run every gold query instead of reusing cached results")
+    p.add_argument("--test-suite", help="a test suite folder laid out as the official ones (<db_id>/*.sqlite, e.g. sqlora "
+                   "testsuite's OUT/database): test-suite accuracy (TS) beside EX")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("testsuite", help="distil a test suite: fuzzed instances of each database that tell gold queries from their near misses")
+    p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
+    p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
+    p.add_argument("--out", required=True, help="the suite folder to write: OUT/database/<db_id>/*.sqlite and OUT/suite.json")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--candidates", type=int, default=100, help="fuzzed instances tried per database")
+    p.add_argument("--max-rows", type=int, default=30, help="rows per table of a fuzzed instance, at most")
+    p.add_argument("--bird", action="store_true", help="BIRD's rules: queries run as written, results compared as sets")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
+    p.add_argument("--workers", type=int, default=2, help="processes, one database each")
+    p.set_defaults(func=_testsuite)
 
     p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint or a GGUF")
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")

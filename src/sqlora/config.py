@@ -105,6 +105,10 @@ class EvalParams:
     # Where gold and predictions run: "" = the dataset's SQLite files; or a template with {db_id}, e.g.
     # postgresql://user@host/{db_id} or duck/{db_id}.duckdb (docs/evaluation.md).
     database: str = ""
+    # Test-suite accuracy (TS) beside EX: the testsuite stage distils fuzzed instances of each dev database
+    # (docs/evaluation.md#test-suite-accuracy-ts); suite_candidates: fuzzed instances tried per database.
+    test_suite: bool = False
+    suite_candidates: int = 100
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         ("predict.timeout_s", params.predict.timeout_s),
         ("eval.timeout_s", params.eval.timeout_s),
         ("eval.workers", params.eval.workers),
+        ("eval.suite_candidates", params.eval.suite_candidates),
     ]:
         _check_positive(value, key, path)
+    if params.eval.test_suite and params.eval.database:
+        raise SqloraError(f"{path}: 'eval.test_suite' scores the dataset's SQLite files; it cannot be combined with 'eval.database'")
     if params.train.warmup_ratio >= 1:
         raise SqloraError(f"{path}: 'train.warmup_ratio' must be in [0, 1), got {params.train.warmup_ratio}")
     if params.predict.top_p > 1:

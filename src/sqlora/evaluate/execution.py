@@ -9,6 +9,8 @@ Spider scoring reproduces the official evaluator (taoyds/test-suite-sql-eval ``e
 * results match when they are the same bag of rows up to a permutation of the predicted
   columns; row order counts when the gold text contains "order by" anywhere (as the official);
 * a database folder holding several ``*.sqlite`` files (a test suite) must match on every one;
+  with ``suite_dir`` EX is scored on the dataset's databases and test-suite accuracy (TS) on the
+  suite's, the official test-suite evaluator's rules for both;
 * text that is not valid UTF-8 is decoded dropping the bad bytes, as the official does;
 * EM (``sqlora.evaluate.exact_match``): the ten components all-or-nothing, values and DISTINCT ignored,
   foreign-key columns unified; a prediction that does not parse scores 0.
@@ -28,6 +30,7 @@ time) measured over repeated runs.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import pickle
 import re
@@ -79,6 +82,8 @@ class ExampleResult:
     exact: int | None = None  # exact-set-match (EM), when scored
     exact_error: str | None = None  # why EM could not be computed (the prediction does not parse)
     ves: float | None = None  # BIRD: sqrt(gold time / predicted time) when correct, else 0
+    ts: int | None = None  # test-suite accuracy: 1 when the prediction matches gold on every suite database
+    ts_failed_on: str | None = None  # the first suite database (file name) where it did not
 
 
 @dataclass
@@ -215,6 +220,7 @@ def evaluate(
     skip_missing_databases: bool = False,
     skip_bad_gold: bool = False,
     gold_cache: str | Path | None = None,
+    suite_dir: str | Path | None = None,
 ) -> EvalReport:
     """Score each prediction against its gold query on ``db_dir/<db_id>/<db_id>.sqlite``, or, where
     ``db_dir`` holds ``{db_id}`` (``postgresql://user@host/{db_id}``, ``duck/{db_id}.duckdb``), on the
@@ -226,6 +232,9 @@ def evaluate(
     A missing database file, or a gold query that fails to run, raises SqloraError naming the
     gold line, unless ``skip_missing_databases`` / ``skip_bad_gold`` list and leave them out.
     ``gold_cache``: a folder where gold results are kept across runs (None: no cache).
+    ``suite_dir``: a test suite in the official layout (``<db_id>/*.sqlite``, the original database and
+    its fuzzed instances, e.g. ``sqlora testsuite``'s): adds TS, right only where the prediction is
+    right on the dataset's database (EX) and matches gold on every suite database too.
     """
     if etype not in ETYPES:
         raise ValueError(f"etype must be one of {ETYPES}, got {etype!r}")
@@ -239,6 +248,9 @@ def evaluate(
     match = etype in ("all", "match") and not bird  # BIRD publishes no EM
     schemas = _load_schemas(tables_json, golds) if match else {}
     template = str(db_dir) if "{db_id}" in str(db_dir) else None
+    if suite_dir is not None and (template is not None or not execute):
+        raise SqloraError(f"{suite_dir}: a test suite is scored by executing queries on its SQLite files: "
+                          "evaluate on the dataset's SQLite files, with etype exec or all")
     if template is not None and bird and ves_iterations > 0:
         raise SqloraError(f"{template}: VES times queries on the SQLite files only; evaluate with ves_iterations 0 there")
     db_dir = Path(db_dir)
@@ -271,10 +283,12 @@ def evaluate(
         _score_execution(report, golds, targets, bird, timeout_s, workers, skip_bad_gold, gold_cache)
         if bird and ves_iterations > 0:
             score_ves(report, db_dir, ves_iterations, timeout_s, workers)
+        if suite_dir is not None:
+            _score_test_suite(report, golds, db_dir, Path(suite_dir), bird, timeout_s, workers, gold_cache)
     if match:
         _score_exact_match(report, schemas)
     levels = BIRD_DIFFICULTIES if bird else HARDNESS_LEVELS
-    metrics = ["exec"] * execute + ["exact"] * match + ["ves"] * (execute and bird and ves_iterations > 0)
+    metrics = ["exec"] * execute + ["exact"] * match + ["ves"] * (execute and bird and ves_iterations > 0) + ["ts"] * (suite_dir is not None)
     report.summary = _summarize(report.examples, levels, metrics)
     return report
 
@@ -334,8 +348,44 @@ def _score_execution(
         gold_text = text(golds[example.index].sql)
         pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
         tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
-    for example, (matched, error) in zip(kept, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED))):
+    for example, (matched, error, _) in zip(kept, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, None))):
         example.exec, example.error = int(matched), error
+
+
+def _score_test_suite(
+    report: EvalReport, golds: list[Gold], db_dir: Path, suite_dir: Path, bird: bool, timeout_s: float, workers: int,
+    gold_cache: str | Path | None,
+) -> None:
+    """TS of every scored example: a prediction wrong on the dataset's database (EX 0) is wrong on the suite,
+    which holds that database; a right one runs on each other suite database. A gold query that fails on
+    a suite database is an error naming the file (the suite is broken, as the official evaluator says)."""
+    text = (lambda sql: sql) if bird else spider_execution_text
+    files: dict[str, list[Path]] = {}
+    for example in report.examples:
+        if example.db_id in files:
+            continue
+        suite = _databases(suite_dir, None, example.db_id)
+        if isinstance(suite, str):
+            raise SqloraError(f"{suite_dir}: the test suite has no database for db_id {example.db_id!r}: {suite}")
+        original = database_path(db_dir, example.db_id)
+        # The suite's copy of the dataset's database gives EX's answer again: not run twice.
+        files[example.db_id] = [p for p in suite if not (p.name == original.name and filecmp.cmp(p, original, shallow=False))]
+    right = [e for e in report.examples if e.exec]
+    for example in report.examples:
+        example.ts, example.ts_failed_on = 0, None if example.exec else database_path(db_dir, example.db_id).name
+    keys = list(dict.fromkeys((path, text(golds[e.index].sql)) for e in right for path in files[e.db_id]))
+    gold_results = _run_gold_queries(keys, timeout_s, workers, gold_cache)
+    for path, sql in keys:
+        if not gold_results[(path, sql)].ok:
+            where = next(golds[e.index].where for e in right if path in files[e.db_id] and text(golds[e.index].sql) == sql)
+            raise SqloraError(f"{where}: gold query fails on test-suite database {path}: {gold_results[(path, sql)].error}")
+    tasks = []
+    for example in right:
+        gold_text = text(golds[example.index].sql)
+        pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
+        tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
+    for example, (matched, _, failed_on) in zip(right, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, "(its worker process crashed)"))):
+        example.ts, example.ts_failed_on = int(matched), failed_on
 
 
 def _databases(db_dir: Path, template: str | None, db_id: str) -> list[Path | Database] | str:
@@ -393,24 +443,29 @@ def default_gold_cache() -> Path:
     return cache_dir("gold-results")
 
 
+def same_result(pred_rows: list[tuple], gold_rows: list[tuple], order_matters: bool, as_sets: bool) -> bool:
+    """EX's verdict on two results: Spider's rules (:func:`results_match`), or BIRD's (``as_sets``: the same
+    set of rows, columns in order; duplicates and order ignored)."""
+    return set(pred_rows) == set(gold_rows) if as_sets else results_match(pred_rows, gold_rows, order_matters)
+
+
 def _score_prediction(
     pairs: list[tuple[Path | Database, QueryResult]], pred_sql: str, order_matters: bool, timeout_s: float, as_sets: bool
-) -> tuple[bool, str | None]:
-    """Run the prediction on each database and compare with the gold result there."""
+) -> tuple[bool, str | None, str | None]:
+    """Run the prediction on each database and compare with the gold result there: (matched, why not, the
+    database where it did not match)."""
     for db_file, gold in pairs:
+        name = db_file.name if isinstance(db_file, Path) else str(db_file)
         pred = run_sql(db_file, pred_sql, timeout_s=timeout_s)
         if not pred.ok:
-            return False, pred.error
+            return False, pred.error, name
         try:
-            if as_sets:  # BIRD: the same set of rows, columns in order; duplicates and order ignored
-                same = set(pred.rows) == set(gold.rows)
-            else:
-                same = results_match(pred.rows, gold.rows, order_matters)
+            same = same_result(pred.rows, gold.rows, order_matters, as_sets)
         except Exception as e:  # noqa: BLE001 - e.g. RecursionError for absurdly wide results
-            return False, " ".join(f"comparison failed: {type(e).__name__}: {e}".split())
+            return False, " ".join(f"comparison failed: {type(e).__name__}: {e}".split()), name
         if not same:
-            return False, None
-    return True, None
+            return False, None, name
+    return True, None, None
 
 
 def _score_exact_match(report: EvalReport, schemas: dict[str, DatabaseSchema]) -> None:

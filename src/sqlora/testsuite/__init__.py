@@ -1,0 +1,1 @@
+"""Test-suite accuracy (Zhong, Yu & Klein 2020): neighbour queries, fuzzed databases and their distillation."""
