@@ -37,7 +37,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import sqlglot
 from sqlglot.errors import SqlglotError
@@ -132,6 +132,11 @@ def spider_execution_text(sql: str) -> str:
         if token.token_type == TokenType.DISTINCT and token.end < len(sql):
             sql = sql[: token.start] + sql[token.end + 1 :]
     return _CUR_YEAR.sub("2020", sql)
+
+
+def execution_text(bird: bool) -> Callable[[str], str]:
+    """What a query's text becomes before it runs: as written for BIRD, :func:`spider_execution_text` for Spider."""
+    return (lambda sql: sql) if bird else spider_execution_text
 
 
 def gold_orders_rows(gold_execution_text: str) -> bool:
@@ -316,7 +321,7 @@ def _score_execution(
     gold_cache: str | Path | None,
 ) -> None:
     """Run every gold query (once per distinct text and file, cached) and score every prediction."""
-    text = (lambda sql: sql) if bird else spider_execution_text
+    text = execution_text(bird)
     examples = report.examples
     files = {e.db_id: targets[e.db_id] for e in examples}
     gold_keys = list(dict.fromkeys((path, text(golds[e.index].sql)) for e in examples for path in files[e.db_id]))
@@ -343,11 +348,7 @@ def _score_execution(
 
     # Predictions run and are compared in the workers, so their rows (possibly huge, possibly
     # slow to compare) never pile up in this process.
-    tasks = []
-    for example in kept:
-        gold_text = text(golds[example.index].sql)
-        pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
-        tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
+    tasks = _prediction_tasks(kept, golds, files, gold_results, bird, timeout_s)
     for example, (matched, error, _) in zip(kept, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, None))):
         example.exec, example.error = int(matched), error
 
@@ -359,7 +360,7 @@ def _score_test_suite(
     """TS of every scored example: a prediction wrong on the dataset's database (EX 0) is wrong on the suite,
     which holds that database; a right one runs on each other suite database. A gold query that fails on
     a suite database is an error naming the file (the suite is broken, as the official evaluator says)."""
-    text = (lambda sql: sql) if bird else spider_execution_text
+    text = execution_text(bird)
     files: dict[str, list[Path]] = {}
     for example in report.examples:
         if example.db_id in files:
@@ -379,13 +380,22 @@ def _score_test_suite(
         if not gold_results[(path, sql)].ok:
             where = next(golds[e.index].where for e in right if path in files[e.db_id] and text(golds[e.index].sql) == sql)
             raise SqloraError(f"{where}: gold query fails on test-suite database {path}: {gold_results[(path, sql)].error}")
+    tasks = _prediction_tasks(right, golds, files, gold_results, bird, timeout_s)
+    for example, (matched, _, failed_on) in zip(right, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, "(its worker process crashed)"))):
+        example.ts, example.ts_failed_on = int(matched), failed_on
+
+
+def _prediction_tasks(
+    examples: list[ExampleResult], golds: list[Gold], files: dict, gold_results: dict, bird: bool, timeout_s: float,
+) -> list[tuple]:
+    """One :func:`_score_prediction` task per example: its prediction and gold's result on each of its databases."""
+    text = execution_text(bird)
     tasks = []
-    for example in right:
+    for example in examples:
         gold_text = text(golds[example.index].sql)
         pairs = [(path, gold_results[(path, gold_text)]) for path in files[example.db_id]]
         tasks.append((pairs, text(example.pred), not bird and gold_orders_rows(gold_text), timeout_s, bird))
-    for example, (matched, _, failed_on) in zip(right, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, "(its worker process crashed)"))):
-        example.ts, example.ts_failed_on = int(matched), failed_on
+    return tasks
 
 
 def _databases(db_dir: Path, template: str | None, db_id: str) -> list[Path | Database] | str:

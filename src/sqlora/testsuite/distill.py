@@ -33,7 +33,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from sqlora.data.schema import database_path
-from sqlora.evaluate.execution import gold_orders_rows, same_result, spider_execution_text
+from sqlora.evaluate.execution import execution_text, gold_orders_rows, same_result
 from sqlora.io import atomic_path, write_json
 from sqlora.sql.pool import run_tasks
 from sqlora.sql.sandbox import run_query
@@ -147,7 +147,7 @@ def distill_database(source: Path, folder: Path, db_id: str, golds: list[str], s
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, folder / source.name)
     suite = DatabaseSuite(db_id=db_id, queries=len(golds))
-    text = (lambda sql: sql) if settings.bird else spider_execution_text
+    text = execution_text(settings.bird)
     layout = read_layout(source)
     columns = {table.name.lower(): [c.name for c in table.columns] for table in layout.tables}
 
