@@ -1,4 +1,4 @@
-"""Dataset in its official layout → data/prepared/{train,dev}.jsonl, meta.json, metrics/data.json and the
+"""Dataset in its official layout → data/prepared/{train,validation,dev}.jsonl, meta.json, metrics/data.json and the
 histogram data reports/plots/prompt_tokens.csv."""
 
 from pathlib import Path
@@ -19,29 +19,35 @@ def main() -> None:
     params = load_params()
     tokenizer = load_tokenizer("models/base")  # token lengths are the model's: the budget and the statistics
     prepared, stats = {}, {}
-    for split, limit, shuffle, reserve in [
-        # train: a seeded random subset, each record fitting with its SQL;
+    for name, split, portion, limit, shuffle, reserve in [
+        # train: a seeded random subset of the questions on the databases not held out, each record fitting
+        # with its SQL; validation: every question on the held-out train databases (data.validation), and
         # dev: the first N in official order, each prompt leaving room to generate.
-        ("train", params.data.max_train_examples, True, None),
-        ("dev", params.data.max_dev_examples, False, params.predict.max_new_tokens),
+        ("train", "train", "train", params.data.max_train_examples, True, None),
+        ("validation", "train", "validation", 0, False, params.predict.max_new_tokens),
+        ("dev", "dev", "all", params.data.max_dev_examples, False, params.predict.max_new_tokens),
     ]:
-        data, fitted, stats[split] = prepare_split(
+        data, fitted, stats[name] = prepare_split(
             split, params.data, params.prompt, tokenizer=tokenizer, max_length=params.train.max_length,
-            reserve=reserve, limit=limit, shuffle=shuffle, seed=params.seed, work_dir=str(OUT),
+            reserve=reserve, limit=limit, shuffle=shuffle, seed=params.seed, work_dir=str(OUT), portion=portion,
         )
-        prepared[split] = (data, fitted)
-        for problem in data.problems:
+        prepared[name] = (data, fitted)
+        for problem in data.problems if name != "validation" else ():  # validation's are train's, printed once
             print(f"prepare: skipped {problem}")
-    # Written only once every split has been read without error.
-    for split, (data, fitted) in prepared.items():
-        write_jsonl(OUT / f"{split}.jsonl", record_dicts(fitted.records))
-        print(f"prepare: {len(fitted.records)} {split} records -> {OUT / f'{split}.jsonl'}  {stats[split]}")
+    # Written only once every split has been read without error (validation.jsonl empty without data.validation).
+    for name, (data, fitted) in prepared.items():
+        write_jsonl(OUT / f"{name}.jsonl", record_dicts(fitted.records))
+        print(f"prepare: {len(fitted.records)} {name} records -> {OUT / f'{name}.jsonl'}  {stats[name]}")
     dev = prepared["dev"][0]
-    write_json(OUT / "meta.json", {"dataset": params.data.dataset, "database_dir": str(dev.database_dir), "tables_json": str(dev.tables_json)})
+    validation = prepared["validation"][0]
+    write_json(OUT / "meta.json", {
+        "dataset": params.data.dataset, "database_dir": str(dev.database_dir), "tables_json": str(dev.tables_json),
+        "validation_database_dir": str(validation.database_dir),
+    })
     write_json("metrics/data.json", stats)
     # `dvc plots` data: each kept record's prompt length, the very counts behind prompt_tokens above.
     write_text(PROMPT_TOKENS_PLOT, "split,tokens\n" + "".join(
-        f"{split},{n}\n" for split, (_, fitted) in prepared.items() for n in fitted.prompt_tokens
+        f"{name},{n}\n" for name, (_, fitted) in prepared.items() for n in fitted.prompt_tokens
     ))
 
 

@@ -1,20 +1,32 @@
-"""Fine-tune the base model on data/prepared/train.jsonl (method: lora | qlora | full | none).
+"""Fine-tune the base model on data/prepared/train.jsonl (method: lora | qlora | full | none); with a
+validation split (data.validation), score validation EX at the end of every epoch.
 
 Runs as it is under `accelerate launch` (train.launch in params.yaml) for several GPUs or nodes.
 A run killed mid-way resumes from models/checkpoints when the stage runs again.
 """
 
 from dataclasses import asdict
+from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.data.records import load_records
+from sqlora.data.records import load_records, read_meta
 from sqlora.errors import exit_on_error
+from sqlora.evaluate.validation import Validator
 from sqlora.train.trainer import train
+
+VALIDATION = "data/prepared/validation.jsonl"
 
 
 @exit_on_error
 def main() -> None:
     params = load_params()
+    validation = load_records(VALIDATION)
+    meta = read_meta("data/prepared/meta.json")
+    validate = Validator(
+        validation, Path(meta["validation_database_dir"]), VALIDATION, bird=meta["dataset"] == "bird",
+        batch_size=params.predict.batch_size, max_new_tokens=params.predict.max_new_tokens,
+        chat_template=params.prompt.chat_template, timeout_s=params.eval.timeout_s, workers=params.eval.workers,
+    ) if validation else None  # fmt: skip
     train(
         method=params.method,
         base_dir="models/base",
@@ -29,6 +41,7 @@ def main() -> None:
         chat_template=params.prompt.chat_template,
         dtype=params.model.dtype,
         about={"model": params.model.name, "prompt": asdict(params.prompt)},
+        validate=validate,
     )
 
 

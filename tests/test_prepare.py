@@ -14,7 +14,7 @@ from sqlora.config import DataParams, PromptParams
 from sqlora.data.layouts import load_split, resolve_source
 from sqlora.data.records import render_input, to_records
 from sqlora.errors import SqloraError
-from sqlora.data.prepare import prepare_split
+from sqlora.data.prepare import held_out_databases, prepare_split
 from sqlora.data.schema import describe_ddl
 
 from conftest import SHARED_DATASETS as SHARED
@@ -283,3 +283,33 @@ def test_chat_template_wraps_the_prompt_identically_everywhere(tiny_model_dir):
     with pytest.raises(SqloraError, match="prompt.chat_template is true but the model's tokenizer .* has no chat template"):
         encode_prompt(tokenizer, "PROMPT", chat_template=True)
 
+
+
+def test_validation_holds_out_whole_databases_seeded():
+    ids = [f"db{i}" for i in range(40) for _ in range(3)]
+    held = held_out_databases(ids, 0.1, seed=7)
+    assert len(held) == 4 and held <= set(ids)
+    assert held == held_out_databases(list(reversed(ids)), 0.1, seed=7)  # the databases, not their order, decide
+    assert held != held_out_databases(ids, 0.1, seed=8)
+    assert held_out_databases(ids, 0.0, seed=7) == frozenset()
+    assert len(held_out_databases(["a", "b", "c"], 0.01, seed=0)) == 1  # at least one
+    assert len(held_out_databases(["a", "b", "c"], 0.99, seed=0)) == 2  # never all
+    with pytest.raises(SqloraError, match="data.validation 0.1: the train split has 1 database"):
+        held_out_databases(["a", "a"], 0.1, seed=0)
+
+
+def test_train_and_validation_portions_split_the_train_questions_by_database(sample_dir):
+    data = DataParams(dataset="sample", source=str(sample_dir), validation=0.25)
+    everything = prepare_split("train", data, PromptParams(), seed=3)[1].records
+    train = prepare_split("train", data, PromptParams(), seed=3, portion="train")[1].records
+    validation, stats = prepare_split("train", data, PromptParams(), seed=3, portion="validation")[1:]
+    assert len(train) + len(validation.records) == len(everything)
+    assert not {r.db_id for r in train} & {r.db_id for r in validation.records}
+    assert stats["databases"] == 2 and stats["records"] == len(validation.records) > 0
+    # a training subset (max_train_examples) is drawn from the databases not held out
+    subset = prepare_split("train", data, PromptParams(), seed=3, portion="train", limit=50, shuffle=True)[1].records
+    assert len(subset) == 50 and {r.db_id for r in subset} <= {r.db_id for r in train}
+    # without data.validation: the whole split trains, nothing validates
+    plain = DataParams(dataset="sample", source=str(sample_dir))
+    assert len(prepare_split("train", plain, PromptParams(), portion="train")[1].records) == len(everything)
+    assert prepare_split("train", plain, PromptParams(), portion="validation")[1].records == []

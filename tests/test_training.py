@@ -235,3 +235,34 @@ def test_precision_is_recorded_and_checked(tiny_model_dir, tmp_path):
     with pytest.raises(SqloraError, match="fp16 training .* runs on CUDA GPUs only"):
         train(**common, out_dir=tmp_path / "fp16", metrics_path=tmp_path / "fp16.json", dtype="float16")
     assert not (tmp_path / "fp16").exists()
+
+
+def test_validation_runs_at_each_epoch_end_with_the_models_own_attention(tiny_model_dir, tmp_path):
+    """validate() is called once per epoch, on the model in eval mode and attending as it was loaded (not
+    through the packed shared-prefix attention it trains with); its results reach the metrics and dvclive."""
+    seen = []
+
+    def validate(model, tokenizer):
+        seen.append((model.training, model.config._attn_implementation, tokenizer is not None))
+        return {"ex": [0.25, 0.5, 0.375][len(seen) - 1], "questions": 3, "seconds": 0.1}
+
+    params = TrainParams(epochs=3, batch_size=4, learning_rate=1e-3, logging_steps=1, max_length=256, shared_prefix=4)
+    metrics = train(
+        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
+        params=params, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live", validate=validate,
+    )
+    assert metrics["shared_prefix"] == 4  # the packed attention was in use between validations
+    assert [s[0] for s in seen] == [False] * 3 and all(s[1] in ("sdpa", "eager") and s[2] for s in seen)
+    assert [(r["epoch"], r["ex"]) for r in metrics["validation"]] == [(1, 0.25), (2, 0.5), (3, 0.375)]
+    assert metrics["validation_ex"] == 0.375 and metrics["best_validation_epoch"] == 2
+    rows = (tmp_path / "live" / "plots" / "metrics" / "validation_ex.tsv").read_text().splitlines()
+    assert [float(r.split("\t")[-1]) for r in rows[1:]] == [0.25, 0.5, 0.375]
+    assert [int(r.split("\t")[0]) for r in rows[1:]] == [r["step"] for r in metrics["validation"]]
+
+
+def test_no_validation_no_validation_metrics(tiny_model_dir, tmp_path):
+    metrics = train(
+        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
+        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+    )
+    assert "validation" not in metrics and not (tmp_path / "live" / "plots" / "metrics" / "validation_ex.tsv").exists()

@@ -32,6 +32,7 @@ class DataParams:
     max_train_examples: int = 0
     max_dev_examples: int = 0
     skip_bad: bool = False
+    validation: float = 0.0  # fraction of the train databases held out, whole, as the validation split (0: none)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         _check_positive(value, key, path)
     if params.eval.test_suite and params.eval.database:
         raise SqloraError(f"{path}: 'eval.test_suite' scores the dataset's SQLite files; it cannot be combined with 'eval.database'")
+    if not 0 <= params.data.validation < 1:
+        raise SqloraError(f"{path}: 'data.validation' must be in [0, 1) (a fraction of the train databases), got {params.data.validation}")
     if params.train.warmup_ratio >= 1:
         raise SqloraError(f"{path}: 'train.warmup_ratio' must be in [0, 1), got {params.train.warmup_ratio}")
     if params.predict.top_p > 1:

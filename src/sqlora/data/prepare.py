@@ -10,10 +10,12 @@ fit is left out; a dev record is kept with the smallest schema (never dropped), 
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from sqlora.errors import SqloraError
 from sqlora.data.layouts import SCHEMA_SOURCE_LABEL, SOURCE_LABEL, Example, Split
 from sqlora.data.records import SchemaRenderer, render_input
 from sqlora.data.prompt import Record, encode_prompt, encode_response
@@ -129,6 +131,22 @@ def split_stats(split: Split, fitted: Fitted, read: int) -> dict:
     return stats
 
 
+PORTIONS = ("all", "train", "validation")
+
+
+def held_out_databases(db_ids: list[str], fraction: float, seed: int) -> frozenset[str]:
+    """The databases a validation split holds, whole: a seeded ``fraction`` of ``db_ids``' distinct ones
+    (at least one and never all of them when ``fraction`` > 0), so that validation questions are about
+    databases training never saw, as Spider dev's are."""
+    if fraction <= 0:
+        return frozenset()
+    distinct = sorted(set(db_ids))
+    if len(distinct) < 2:
+        raise SqloraError(f"data.validation {fraction}: the train split has {len(distinct)} database(s); holding out whole databases needs 2 or more")
+    count = min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
+    return frozenset(random.Random(seed).sample(distinct, count))
+
+
 def prepare_split(
     split_name: str,
     data: DataParams,
@@ -143,8 +161,13 @@ def prepare_split(
     work_dir: str | Path | None = None,
     source_label: str = SOURCE_LABEL,
     schema_source_label: str = SCHEMA_SOURCE_LABEL,
+    portion: str = "all",
 ) -> tuple[Split, Fitted, dict]:
     """Read one split, render its records, fit them to the budget (with a tokenizer), describe it.
+
+    ``portion``: "all" of the split's questions, or, for the databases ``data.validation`` holds out
+    (:func:`held_out_databases`, drawn with ``seed``), the questions on the other databases ("train")
+    or on those ("validation"). ``limit`` applies after.
 
     ``work_dir``, ``source_label``, ``schema_source_label``: as :func:`sqlora.data.layouts.load_split`.
     """
@@ -155,6 +178,11 @@ def prepare_split(
         data.dataset, data.source, split_name, schema_source=data.schema_source or None, skip_bad=data.skip_bad,
         work_dir=work_dir, source_label=source_label, schema_source_label=schema_source_label,
     )
+    if portion not in PORTIONS:
+        raise ValueError(f"portion must be one of {PORTIONS}, got {portion!r}")
+    if portion != "all":
+        held_out = held_out_databases([e.db_id for e in split.examples], data.validation, seed)
+        split.examples = [e for e in split.examples if (e.db_id in held_out) == (portion == "validation")]
     read = len(split.examples)
     split.examples = subsample(split.examples, limit, seed, shuffle)
     render = SchemaRenderer(split, prompt.schema_format, prompt.sample_rows, prompt.values)

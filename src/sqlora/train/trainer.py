@@ -27,6 +27,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -157,6 +158,40 @@ def step_logger(live, collator, world_size: int):
     return StepLogger()
 
 
+def epoch_validator(validate, live, tokenizer, attention):
+    """A Trainer callback scoring the model on the validation split at the end of every epoch (main process;
+    the others wait for it at their next step): ``validate(model, tokenizer)`` gives {"ex", ...}, logged to
+    dvclive as ``validation_ex`` at the epoch's last step and kept per epoch, across resumes, in ``results``.
+    ``attention``: the training attention (packed rows), left while the model generates."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class EpochValidator(TrainerCallback, ExportableState):
+        def __init__(self):
+            self.results: list[dict] = []
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"results": self.results}}
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if live is None:
+                return
+            attention.__exit__(None, None, None)
+            model.eval()
+            try:
+                result = {"epoch": round(state.epoch), "step": state.global_step, **validate(model, tokenizer)}
+            finally:
+                model.train()
+                attention.__enter__()
+            self.results.append(result)
+            print(f"train: epoch {result['epoch']} validation EX {result['ex']:.4f} ({result['questions']} questions, {result['seconds']} s)")
+            live.step = state.global_step
+            live.log_metric("validation_ex", result["ex"])
+            live.make_summary()
+
+    return EpochValidator()
+
+
 def _drop_logged_steps_after(live_dir: Path, step: int) -> None:
     """Before resuming from the checkpoint at ``step``: forget what the killed run logged later, and
     a row it was killed while writing (fewer fields than the header). Rewritten atomically: a kill
@@ -208,6 +243,7 @@ def train(
     chat_template: bool = False,
     dtype: str = "auto",
     about: dict | None = None,
+    validate: Callable[..., dict] | None = None,
 ) -> dict:
     """Fine-tune ``base_dir`` on ``records``; write the fine-tuned model folder and training metrics.
 
@@ -217,6 +253,8 @@ def train(
     With ``checkpoint_dir``, checkpoints are kept there every ``params.save_steps`` steps and a
     previous run with the same inputs that did not finish is resumed from its last one. ``dtype``
     (``model.dtype``) is the precision of the matmuls: see :func:`training_weights_dtype`.
+    ``validate(model, tokenizer)`` (e.g. :class:`sqlora.evaluate.validation.Validator`): run at the end of
+    every epoch, its results logged (``validation_ex``) and kept in the metrics.
     """
     from accelerate import PartialState
 
@@ -328,20 +366,24 @@ def train(
             _drop_logged_steps_after(Path(live_dir), int(Path(resume).name.split("-")[-1]))
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
     logger = step_logger(live, collator, state.num_processes)
+    attention = batching.attention(model)
+    validator = epoch_validator(validate, live, tokenizer, attention) if validate is not None else None
     trainer = trainer_class(batching.sampler)(
         model=model,
         args=args,
         train_dataset=batching.dataset(data.features),
         data_collator=collator,
         compute_loss_func=response_loss,
-        callbacks=[logger],
+        callbacks=[logger] + [validator] * (validator is not None),
     )
     start = time.perf_counter()
-    with batching.attention(model):
+    with attention:
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
-    # A resume replaces the callback with a copy restored from the checkpoint (earlier_seconds).
+    # A resume replaces the callbacks with copies restored from the checkpoint (earlier_seconds, results).
     logger = next(cb for cb in trainer.callback_handler.callbacks if type(cb) is type(logger))
+    if validator is not None:
+        validator = next(cb for cb in trainer.callback_handler.callbacks if type(cb) is type(validator))
     if live is not None:
         live.end()
 
@@ -378,6 +420,7 @@ def train(
         "tokens_per_s": round(real_tokens / wall, 1),
         "questions_per_s": round(examples / wall, 3),
         "padding_fraction": round(1 - row_tokens / padded_tokens, 4) if padded_tokens else 0.0,
+        **(_validation_metrics(validator.results) if validator is not None else {}),
         "trainable_params": trainable,
         "total_params": total,
         **peak_memory_mb(),
@@ -402,6 +445,17 @@ def train(
                 shutil.rmtree(old)
     state.wait_for_everyone()
     return metrics
+
+
+def _validation_metrics(results: list[dict]) -> dict:
+    """Each epoch's validation result, the last EX and the epoch with the best (the first of equals)."""
+    if not results:
+        return {"validation": []}
+    best = max(results, key=lambda r: r["ex"])
+    return {
+        "validation": results, "validation_ex": results[-1]["ex"], "best_validation_epoch": best["epoch"],
+        "validation_seconds": round(sum(r["seconds"] for r in results), 1),  # inside wall_time_s
+    }
 
 
 def trainer_class(sampler: SharedPrefixSampler | None):
