@@ -141,3 +141,24 @@ def test_spider_dev_hints_find_the_gold_values(spider_dir):
         found += sum(v.lower() in hinted for v in literals)
         total += len(literals)
     assert total > 200 and found / total > 0.8, (found, total)
+
+
+def test_a_missing_database_gets_no_hints_and_is_listed(sample_dir, tmp_path):
+    """Spider's own download lacks some database files (here: baseball_1, soccer_1, wta_1): their questions
+    are prompted with the schema alone, and the split's statistics name them, instead of prepare failing."""
+    import shutil
+
+    from sqlora.config import DataParams, PromptParams
+    from sqlora.data.prepare import prepare_split
+
+    source = tmp_path / "spider"
+    shutil.copytree(sample_dir, source)
+    _, plain, _ = prepare_split("dev", DataParams(dataset="spider", source=str(source)), PromptParams())
+    gone = plain.records[0].db_id
+    shutil.rmtree(source / "database" / gone)
+    _, hinted, stats = prepare_split("dev", DataParams(dataset="spider", source=str(source)), PromptParams(values=True))
+    assert stats["value_hints_missing_database"] == [gone]
+    for p, h in zip(plain.records, hinted.records):
+        if h.db_id == gone:
+            assert h.instruction == p.instruction
+    assert any(h.instruction != p.instruction for p, h in zip(plain.records, hinted.records) if h.db_id != gone)

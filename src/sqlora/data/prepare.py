@@ -192,4 +192,6 @@ def prepare_split(
     else:
         fitted = fit_to_budget(split, records, render, tokenizer, max_length=max_length, reserve=reserve, chat_template=prompt.chat_template)
     stats = split_stats(split, fitted, read)
+    if render.without_values:
+        stats["value_hints_missing_database"] = render.without_values
     return split, fitted, stats

@@ -64,15 +64,26 @@ class SchemaRenderer:
             return text
         from sqlora.data.values import describe_hints
 
-        hints = describe_hints(self.value_index(schema.db_id).match(question, {t.lower() for t in schema.tables}))
+        index = self.value_index(schema.db_id)
+        if index is None:
+            return text
+        hints = describe_hints(index.match(question, {t.lower() for t in schema.tables}))
         return text + "\n" + hints if hints else text
 
     def value_index(self, db_id: str):
+        """The database's value index; None where its file is missing (its questions get no value hints,
+        as a schema alone can be prompted: listed in ``without_values``)."""
         from sqlora.data.values import ValueIndex
 
         if db_id not in self._indexes:
-            self._indexes[db_id] = ValueIndex.cached(self.split.database_path(db_id))
+            path = self.split.database_path(db_id)
+            self._indexes[db_id] = ValueIndex.cached(path) if path.is_file() else None
         return self._indexes[db_id]
+
+    @property
+    def without_values(self) -> list[str]:
+        """The databases whose questions were prompted without value hints: their file is missing."""
+        return sorted(db_id for db_id, index in self._indexes.items() if index is None)
 
 
 def to_records(split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False, values: bool = False) -> list[Record]:
