@@ -213,6 +213,47 @@ def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_d
 
 
 
+def test_the_base_is_the_one_the_adapter_names(library_db, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """models/base holding another model (make repro leaves SmolLM2 there) is not loaded under an adapter
+    trained on Gemma: without --base the adapter's own base is materialised in models/bases/<model>; with a
+    --base that holds another model, one line and exit 2, before any weights load."""
+    import sqlora.model.loader
+    from sqlora import cli
+    from sqlora.infer.ask import resolve_base
+    from sqlora.model.loader import BASE_INFO, base_model_name
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "published"
+    model.mkdir()
+    (model / MODEL_INFO).write_text(json.dumps({"method": "lora", "base": "models/base", "model": "gemma3-270m"}))
+    (model / "adapter_config.json").write_text("{}")  # never loaded: the refusal comes first
+    (model / "adapter_model.safetensors").write_bytes(b"")
+    made = []
+
+    def materialize(name, out):
+        made.append((name, str(out)))
+        shutil.copytree(tiny_model_dir, out)
+        (Path(out) / BASE_INFO).write_text(json.dumps({"model": name}))
+
+    monkeypatch.setattr(sqlora.model.loader, "materialize", materialize)
+    pipeline_base = Path("models/base")
+    shutil.copytree(tiny_model_dir, pipeline_base)
+    (pipeline_base / BASE_INFO).write_text(json.dumps({"model": "smollm2-135m-instruct"}))
+    assert resolve_base(model) == Path("models/bases/gemma3-270m") and made == [("gemma3-270m", "models/bases/gemma3-270m")]
+    assert resolve_base(model) == Path("models/bases/gemma3-270m") and len(made) == 1  # there now
+    assert base_model_name(pipeline_base) == "smollm2-135m-instruct"  # left as it was
+    (pipeline_base / BASE_INFO).write_text(json.dumps({"model": "gemma3-270m"}))
+    assert resolve_base(model) == pipeline_base  # the pipeline's base, when it is the right one
+    (pipeline_base / BASE_INFO).write_text(json.dumps({"model": "smollm2-135m-instruct"}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ask", "--db", str(library_db), "--question", "q", "--model", str(model), "--base", str(pipeline_base)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err == (f"error: {model} was trained on 'gemma3-270m', but models/base holds 'smollm2-135m-instruct': leave out --base, "
+                   "or pass a folder that holds 'gemma3-270m' (or none yet, to materialise it there)")
+
+
 def test_ask_an_export_prompts_as_its_source_was_trained(library_db, none_model, tiny_model_dir, tmp_path, monkeypatch):
     """An export (sqlora export) is a standalone checkpoint: ask loads it as predict does, with no base,
     and prompts it with the settings sqlora_export.json copied from the fine-tuned folder."""

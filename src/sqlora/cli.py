@@ -114,7 +114,7 @@ def _testsuite(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from sqlora.infer.ask import ensure_base
+    from sqlora.infer.ask import resolve_base
 
     if args.format == "hf" and args.quant is not None:
         raise SqloraError("--quant applies to --format gguf only; an hf export's precision is --dtype")
@@ -128,9 +128,9 @@ def _export(args: argparse.Namespace) -> None:
         model = Path(args.model)
         if not is_standalone(model) and read_model_info(model)["method"] == "full":
             check_architecture(model / "config.json")  # refused before a base is materialised for nothing
-    ensure_base(args.model, args.base)  # a published adapter on a fresh clone: its base is materialised first
+    base = resolve_base(args.model, args.base)  # the adapter's own base model, materialised when missing
     if args.format == "gguf":
-        result = export_gguf(args.model, args.base, args.out, quant=args.quant or "f16")
+        result = export_gguf(args.model, base, args.out, quant=args.quant or "f16")
         print(
             f"export: {result.architecture} -> {result.path} ({result.quant}, {result.bytes / 2**20:.1f} MiB, "
             f"{result.tensors} tensors, {result.seconds:.1f} s) and {result.modelfile}"
@@ -138,7 +138,7 @@ def _export(args: argparse.Namespace) -> None:
         return
     from sqlora.model.export import export_model
 
-    result = export_model(args.model, args.base, args.out, dtype=args.dtype)
+    result = export_model(args.model, base, args.out, dtype=args.dtype)
     print(
         f"export: {result.method} model -> {result.out_dir} "
         f"({result.parameters:,} parameters, {result.dtype}, {result.seconds:.1f} s)"
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint or a GGUF")
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
-    p.add_argument("--base", required=True, help="the base model folder it was trained from (materialised when missing)")
+    p.add_argument("--base", help="the base model folder it was trained from (default: models/base when it holds the model "
+                   "sqlora_model.json names, else models/bases/<model>; materialised when missing)")
     p.add_argument("--out", required=True, help="output folder (hf) or FILE.gguf (gguf; FILE.Modelfile is written next to it)")
     p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf: a Hugging Face checkpoint folder; "
                    "gguf: one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile")
@@ -317,7 +318,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and decoding options ask and serve share."""
     p.add_argument("--model", default="models/finetuned", help="model folder: the train stage's (with sqlora_model.json), "
                    "an export (sqlora export) or any Hugging Face checkpoint folder, as predict.model")
-    p.add_argument("--base", default="models/base", help="the base model folder it was trained from (for the train stage's folders)")
+    p.add_argument("--base", help="the base model folder it was trained from (default: models/base when it holds the model "
+                   "sqlora_model.json names, else models/bases/<model>; materialised when missing)")
     p.add_argument("--schema-format", choices=SCHEMA_FORMATS, help="default: as the model was trained (its sqlora_model.json "
                    "or sqlora_export.json), else natural")
     p.add_argument("--sample-rows", type=int, help="ddl_rows: rows shown per table (default: as trained, else 3)")

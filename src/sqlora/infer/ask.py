@@ -85,24 +85,49 @@ def recorded_prompt(model_dir: Path) -> dict:
     return prompt or {}
 
 
-def ensure_base(model_dir: str | Path, base_dir: str | Path) -> None:
-    """Materialise the base model a fine-tuned folder names (``"model"`` in its ``sqlora_model.json``)
-    when ``base_dir`` is missing: a published adapter works on a fresh clone."""
-    from sqlora.model.loader import is_standalone, materialize, read_model_info
+DEFAULT_BASE = Path("models/base")  # the pipeline's base (the model stage's)
+OTHER_BASES = Path("models/bases")  # bases of models that are not the pipeline's, e.g. a published adapter's
 
-    if is_standalone(Path(model_dir)):  # an export or a plain checkpoint: no base to load
-        return
-    info = read_model_info(Path(model_dir))
-    if info["method"] != "full" and not Path(base_dir).exists() and info.get("model"):
-        print(f"sqlora: {base_dir} is missing; materialising the base model {info['model']!r} there", file=sys.stderr)
-        materialize(info["model"], base_dir)
+
+def resolve_base(model_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+    """The base model folder ``model_dir``'s adapter loads on, materialised when missing, decided once for
+    ask, serve and export from the model its ``sqlora_model.json`` names (``"model"``).
+
+    ``base_dir`` given: that folder, refused in one line when it holds another model. None: the pipeline's
+    ``models/base`` when it holds that model, else ``models/bases/<model>``. Standalone checkpoints and
+    full fine-tunes load no base: ``base_dir`` (or ``models/base``) is returned as it is."""
+    from sqlora.model.loader import base_model_name, is_standalone, materialize, read_model_info
+
+    model_dir = Path(model_dir)
+    if is_standalone(model_dir):  # an export or a plain checkpoint: no base to load
+        return Path(base_dir or DEFAULT_BASE)
+    info = read_model_info(model_dir)
+    wanted = info.get("model")
+    if info["method"] == "full" or not isinstance(wanted, str) or not wanted:
+        return Path(base_dir or DEFAULT_BASE)
+    if base_dir is None:
+        base_dir = DEFAULT_BASE if base_model_name(DEFAULT_BASE) == wanted else OTHER_BASES / _folder_name(wanted)
+    base_dir = Path(base_dir)
+    held = base_model_name(base_dir) if base_dir.exists() else None
+    if held is not None and held != wanted:
+        raise SqloraError(f"{model_dir} was trained on {wanted!r}, but {base_dir} holds {held!r}: "
+                          f"leave out --base, or pass a folder that holds {wanted!r} (or none yet, to materialise it there)")
+    if not base_dir.exists():
+        print(f"sqlora: materialising {model_dir}'s base model {wanted!r} in {base_dir}", file=sys.stderr)
+        materialize(wanted, base_dir)
+    return base_dir
+
+
+def _folder_name(model: str) -> str:
+    """A folder name for a model.name: an alias as it is, a hub id or a path with its separators replaced."""
+    return "".join(c if c.isalnum() or c in "-_." else "--" for c in model.strip("/")).lstrip(".") or "model"
 
 
 def prepare(
     db: str | Path | Database,
     question: str,
     model_dir: str | Path,
-    base_dir: str | Path,
+    base_dir: str | Path | None = None,
     *,
     prompt: PromptParams | None = None,
     max_new_tokens: int = 128,
@@ -119,7 +144,7 @@ def prepare(
     database = db if isinstance(db, Database) else open_database(db)
     schema = read_schema(database)  # SqloraError when it has no tables
     prompt = prompt or trained_prompt(model_dir)
-    weights_dir = _weights_dir(Path(model_dir), Path(base_dir))
+    weights_dir = _weights_dir(Path(model_dir), resolve_base(model_dir, base_dir))
     tokenizer = load_tokenizer(weights_dir)
     return _render(database, schema, question, prompt, tokenizer, _context(weights_dir, tokenizer), max_new_tokens)
 
@@ -179,7 +204,7 @@ def ask(
     db: str | Path | Database,
     question: str,
     model_dir: str | Path = "models/finetuned",
-    base_dir: str | Path = "models/base",
+    base_dir: str | Path | None = None,
     *,
     prompt: PromptParams | None = None,
     max_new_tokens: int = 128,
@@ -189,8 +214,8 @@ def ask(
 ) -> Answer:
     """Generate the SQL for ``question`` on the database ``db`` (a path, URL or Database) greedily (in ``dtype``, as
     ``model.dtype``; with ``constrained``, only the schema's tables and columns), and run it read-only.
-    ``prompt``: by default as the model was trained; its base model is materialised when missing."""
-    ensure_base(model_dir, base_dir)
+    ``prompt``: by default as the model was trained; ``base_dir``: see :func:`resolve_base`."""
+    base_dir = resolve_base(model_dir, base_dir)
     prepared = prepare(db, question, model_dir, base_dir, prompt=prompt, max_new_tokens=max_new_tokens)
     from sqlora.infer.loading import load_for_inference
 
@@ -233,13 +258,13 @@ class Assistant:
     """One model, loaded once, answering questions about any database (``sqlora serve``): generations
     take turns on the model, their queries run side by side."""
 
-    def __init__(self, model_dir: str | Path, base_dir: str | Path, *, prompt: PromptParams | None = None,
+    def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, *, prompt: PromptParams | None = None,
                  max_new_tokens: int = 128, dtype: str = "auto", constrained: bool = False) -> None:
         from sqlora.infer.loading import load_for_inference
 
         if max_new_tokens < 1:
             raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
-        ensure_base(model_dir, base_dir)
+        base_dir = resolve_base(model_dir, base_dir)
         self.prompt = prompt or trained_prompt(model_dir)
         self.max_new_tokens, self.constrained = max_new_tokens, constrained
         weights_dir = _weights_dir(Path(model_dir), Path(base_dir))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad input fails before 
 
 # The train stage's output folder describes itself in this file: {"method": ..., "base": ...}.
 MODEL_INFO = "sqlora_model.json"
+BASE_INFO = "sqlora_base.json"  # in a materialised base folder: {"model": the model.name it holds}
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -207,6 +208,17 @@ def materialize(name: str, out_dir: str | Path) -> None:
             _save_from_folder(Path(name).expanduser(), tmp)
         else:
             _save_from_hub(name, tmp)
+        (tmp / BASE_INFO).write_text(json.dumps({"model": name}) + "\n")
+
+
+def base_model_name(base_dir: Path) -> str | None:
+    """The model.name a materialised base folder holds (its ``sqlora_base.json``); None when it does not say."""
+    try:
+        info = json.loads((base_dir / BASE_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    name = info.get("model") if isinstance(info, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def load_tokenizer(model_dir: str | Path):
