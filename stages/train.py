@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlora.config import load_params
 from sqlora.data.records import load_records, read_meta
-from sqlora.errors import exit_on_error
+from sqlora.errors import SqloraError, exit_on_error
 from sqlora.evaluate.validation import Validator
 from sqlora.train.trainer import train
 
@@ -21,7 +21,9 @@ VALIDATION = "data/prepared/validation.jsonl"
 def main() -> None:
     params = load_params()
     validation = load_records(VALIDATION)
-    meta = read_meta("data/prepared/meta.json")
+    meta = read_meta("data/prepared/meta.json") if validation else {}
+    if validation and "validation_database_dir" not in meta:
+        raise SqloraError("data/prepared/meta.json: missing key 'validation_database_dir'; rerun the prepare stage")
     validate = Validator(
         validation, Path(meta["validation_database_dir"]), VALIDATION, bird=meta["dataset"] == "bird",
         batch_size=params.predict.batch_size, max_new_tokens=params.predict.max_new_tokens,

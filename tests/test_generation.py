@@ -165,6 +165,21 @@ def test_batched_greedy_equals_one_at_a_time(chaotic_model):
         assert g.stop != "max_new_tokens" or g.new_tokens == 16
 
 
+def test_execution_guided_candidates_are_greedy_then_samples_on_our_engine(chaotic_model):
+    """execution_guided on our engine: each question's first candidate is its greedy answer, the others
+    are the samples self_consistency draws for it (the same random streams), all from one prefill."""
+    model, tokenizer = chaotic_model
+    prompts = [f"{SCHEMA}\nQuestion {w}?\n###Response: " for w in ["one", "two two", "three three three", "4"]]
+    settings = {"num_samples": 3, "temperature": 1.0, "seed": 5}
+    greedy = generate(model, tokenizer, prompts, 4, 12, progress=False)
+    guided = generate(model, tokenizer, prompts, 4, 12, progress=False, decoding="execution_guided", **settings)
+    voted = generate(model, tokenizer, prompts, 4, 12, progress=False, decoding="self_consistency", **settings)
+    assert {c.engine for g in guided for c in g.candidates} == {"sqlora"}
+    for g, e, v in zip(greedy, guided, voted):
+        assert [c.raw for c in e.candidates] == [g.raw] + [c.raw for c in v.candidates[1:]]
+    assert any(len({c.raw for c in e.candidates}) > 1 for e in guided)  # the samples are not all greedy
+
+
 def test_resumed_batches_equal_an_uninterrupted_run(chaotic_model):
     from sqlora.config import PredictParams
     from sqlora.infer.engine import iter_generate

@@ -135,11 +135,11 @@ def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, s
         assert row["votes"] == sum(c["result"] is not None and c["result"] == winner for c in row["candidates"])
 
 
-def test_execution_guided_keeps_the_first_beam_that_runs(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
-    """Every beam is a candidate, run in the sandbox; the first that ran is the answer. Constrained too:
-    the stage reads each question's schema from meta.json's tables.json."""
+def test_execution_guided_keeps_the_first_candidate_that_runs(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
+    """Every candidate (the greedy answer, then samples) is run in the sandbox; the first that ran is the
+    answer. Constrained too: the stage reads each question's schema from meta.json's tables.json."""
     project = make_project(
-        tmp_path / "eg", chaotic_dir, sample_dir, dev_records[:4], decoding="execution_guided", num_beams=3, constrained=True
+        tmp_path / "eg", chaotic_dir, sample_dir, dev_records[:4], decoding="execution_guided", num_samples=3, constrained=True
     )
     run_stage(project, monkeypatch)
     rows = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
@@ -152,6 +152,7 @@ def test_execution_guided_keeps_the_first_beam_that_runs(tmp_path, monkeypatch, 
         assert row["sql"] == row["candidates"][row["chosen"]]["sql"]
     metrics = json.loads((project / "metrics/predict.json").read_text())
     assert metrics["decoding"] == "execution_guided" and metrics["questions"] == 4 and sum(metrics["status"].values()) == 4
+    assert metrics["engine"] == "sqlora"
     assert metrics["candidates_released"] == sum(c["constraint"] == "released" for r in rows for c in r["candidates"])
 
 

@@ -87,11 +87,13 @@ class PredictParams:
     # greedy | beam | sample | self_consistency | execution_guided; sampling draws from the top-level seed
     decoding: str = "greedy"
     constrained: bool = False  # schema-constrained decoding: no identifier the question's database does not have
-    num_beams: int = 4  # beam, execution_guided (its candidates: the beams, best first)
+    num_beams: int = 4  # beam
     require_rows: bool = False  # execution_guided: the first candidate that runs *and returns rows* wins
-    temperature: float = 0.7  # sample, self_consistency
-    top_p: float = 0.95  # sample, self_consistency: nucleus sampling (1.0: off)
-    num_samples: int = 5  # self_consistency: sampled candidates per question, voted on by their results
+    temperature: float = 0.7  # sample, self_consistency, execution_guided
+    top_p: float = 0.95  # sample, self_consistency, execution_guided: nucleus sampling (1.0: off)
+    # self_consistency: sampled candidates per question, voted on by their results; execution_guided: candidates
+    # per question, the greedy answer then samples (our engine; the transformers fallback: beams, best first)
+    num_samples: int = 5
     timeout_s: float = 10.0  # self_consistency, execution_guided: time limit of each candidate's query
     launch: str = "python"  # the predict stage's launcher, e.g. "torchrun --nproc_per_node 2": each process predicts a share
 

@@ -108,7 +108,7 @@ def load_records(path: str | Path) -> list[Record]:
     return records
 
 
-META_KEYS = ("dataset", "database_dir", "tables_json", "validation_database_dir")  # what the prepare stage writes to meta.json
+META_KEYS = ("dataset", "database_dir", "tables_json")  # what the prepare stage writes to meta.json (and validation_database_dir)
 
 
 def read_meta(path: str | Path = "data/prepared/meta.json") -> dict:

@@ -64,7 +64,7 @@ class Engine:
         eos = eos if isinstance(eos, list) else [eos]
         self.eos = {t for t in [*eos, tokenizer.eos_token_id] if t is not None}
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.sampling = params.decoding in ("sample", "self_consistency")
+        self.sampling = params.decoding in ("sample", "self_consistency")  # every row draws its tokens
         self.dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # 4-bit: the compute dtype
         # Schema-constrained decoding: per prompt, the SchemaNames its identifiers are checked against (None: free).
         self.constraints = constraints if constraints and any(c is not None for c in constraints) else None
@@ -73,6 +73,11 @@ class Engine:
             from sqlora.infer.constrained import TokenChecker
 
             self.checker = TokenChecker(tokenizer, self.eos)
+
+    def draws_candidate(self, sample: int) -> bool:
+        """Whether candidate ``sample`` of a prompt is drawn (else greedy): every one when sampling; for
+        execution_guided on our engine, all but the first, so that the greedy answer is tried first."""
+        return self.sampling or (self.params.decoding == "execution_guided" and sample > 0)
 
     # Batches that run alone (no rows joining them) pool small groups, each step of which costs nearly a full one.
     pools_small_batches = True

@@ -46,7 +46,7 @@ def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, eng
         raise SqloraError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "transformers":
         return EngineChoice("transformers", "asked for")
-    if params.decoding in ("beam", "execution_guided"):
+    if params.decoding == "beam":
         return EngineChoice("transformers", "beam search runs through transformers' generate()")
     if model not in _fast_path_checks:
         _fast_path_checks[model] = fast_path_problem(model, tokenizer)
@@ -71,11 +71,11 @@ def _engine(choice: EngineChoice, model, tokenizer, params: PredictParams, seed:
 
 
 def candidates_per_prompt(params: PredictParams) -> int:
-    """Sequences generated per prompt: self_consistency's samples, execution_guided's beams, and the
+    """Sequences generated per prompt: self_consistency's and execution_guided's candidates, and the
     beams of a constrained beam search (the first whose aliases resolve is kept); else one."""
-    if params.decoding == "self_consistency":
+    if params.decoding in ("self_consistency", "execution_guided"):
         return params.num_samples
-    if params.decoding == "execution_guided" or (params.decoding == "beam" and params.constrained):
+    if params.decoding == "beam" and params.constrained:
         return params.num_beams
     return 1
 

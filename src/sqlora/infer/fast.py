@@ -1,4 +1,4 @@
-"""Our generation engine, for greedy decoding and sampling: about 4x transformers' batched ``generate()``
+"""Our generation engine, for greedy decoding, sampling and their mix (execution_guided's candidates): about 4x transformers' batched ``generate()``
 on a CPU (``make bench-predict``), and exact: the logits it chooses from are the model's own.
 
 - **shared prefixes**: Text-to-SQL prompts of one database differ only in their last tokens (the
@@ -300,30 +300,32 @@ class FastEngine(Engine):
         return error, seen
 
     def _choose(self, logits: torch.Tensor, rows: list[_StreamRow]) -> torch.Tensor:
-        """Greedy: the argmax. Sampling: one uniform draw per row from the row's own random stream,
-        through the inverse CDF of :func:`sampling_distribution`. A constrained row takes the best
+        """A greedy row (no random stream): the argmax. A sampling row: one uniform draw from its own random
+        stream, through the inverse CDF of :func:`sampling_distribution`. A constrained row takes the best
         token its schema allows (greedy), or draws from :func:`constrained_distribution` (sampling)."""
-        if not self.sampling:
-            tokens = logits.argmax(dim=-1)
-            for k, row in enumerate(rows):
-                state = row.constraint.state if row.constraint is not None else None
-                if state is not None and not self.checker.allows(state, int(tokens[k])):
-                    best = self.checker.first_allowed(state, logits[k], 1)
-                    if best:
-                        tokens[k] = best[0]
-            return tokens
-        draws = [float(torch.rand((), generator=r.generator)) for r in rows]
-        values, indexes = _nucleus(logits, self.params.temperature, self.params.top_p)
-        cdf = values.cumsum(dim=-1)
-        picks = torch.searchsorted(cdf, (torch.tensor(draws, device=self.dev) * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
-        tokens = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
+        tokens = logits.argmax(dim=-1)
+        drawn = [k for k, r in enumerate(rows) if r.generator is not None]
         for k, row in enumerate(rows):
             state = row.constraint.state if row.constraint is not None else None
+            if row.generator is None and state is not None and not self.checker.allows(state, int(tokens[k])):
+                best = self.checker.first_allowed(state, logits[k], 1)
+                if best:
+                    tokens[k] = best[0]
+        if not drawn:
+            return tokens
+        draws = [float(torch.rand((), generator=rows[k].generator)) for k in drawn]
+        chosen = torch.tensor(drawn, device=self.dev)
+        values, indexes = _nucleus(logits[chosen], self.params.temperature, self.params.top_p)
+        cdf = values.cumsum(dim=-1)
+        picks = torch.searchsorted(cdf, (torch.tensor(draws, device=self.dev) * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
+        tokens[chosen] = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
+        for k, draw in zip(drawn, draws):
+            state = rows[k].constraint.state if rows[k].constraint is not None else None
             if state is not None:
                 allowed, masses = self.checker.nucleus(state, logits[k], self.params.temperature, self.params.top_p)
                 if allowed:
                     cumulative = torch.tensor(masses).cumsum(0)
-                    pick = int(torch.searchsorted(cumulative, torch.tensor([draws[k] * float(cumulative[-1])])).clamp(max=len(allowed) - 1))
+                    pick = int(torch.searchsorted(cumulative, torch.tensor([draw * float(cumulative[-1])])).clamp(max=len(allowed) - 1))
                     tokens[k] = allowed[pick]
         return tokens
 
@@ -337,7 +339,7 @@ class FastEngine(Engine):
         capacity = max(self.params.batch_size, samples)
         queue = [
             _StreamRow(
-                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.sampling else None,
+                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.draws_candidate(k) else None,
                 constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
             )
             for b in batches for i in b.indexes for k in range(samples)

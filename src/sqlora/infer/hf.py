@@ -27,8 +27,10 @@ class TransformersEngine(Engine):
 
         params = self.params
         decoding = {}
-        if params.decoding in ("beam", "execution_guided"):
+        if params.decoding == "beam":
             decoding = {"num_beams": params.num_beams, "length_penalty": 1.0}
+        if params.decoding == "execution_guided":  # the fallback's candidates: that many beams, best first
+            decoding = {"num_beams": params.num_samples, "length_penalty": 1.0}
         if self.sampling:
             # Constrained: the processor draws the nucleus over the allowed tokens itself (top_p 1 here).
             top_p = 1.0 if self.constraints else params.top_p
@@ -111,7 +113,7 @@ class SchemaConstraintProcessor:
             if engine.sampling:
                 allowed, _ = engine.checker.nucleus(state, scores[n], params.temperature, params.top_p)
             else:
-                beams = params.num_beams if params.decoding in ("beam", "execution_guided") else 0
+                beams = {"beam": params.num_beams, "execution_guided": params.num_samples}.get(params.decoding, 0)
                 allowed = engine.checker.first_allowed(state, scores[n], 2 * beams or 1)
             if allowed:
                 keep[n, allowed] = True
