@@ -396,3 +396,21 @@ def test_sampled_tokens_follow_the_distribution():
     assert counts[probs == 0].sum() == 0
     spread = (draws * probs * (1 - probs)).sqrt()
     assert ((counts - draws * probs).abs() <= 4 * spread + 1).all(), (counts, draws * probs)
+
+
+def test_a_transformers_without_our_engines_internals_gets_its_own_generate(tiny_model_dir, monkeypatch):
+    """pyproject.toml lets a newer transformers install; where it has moved the internals our engine imports,
+    prediction runs on transformers' generate() and says why, instead of failing."""
+    import sys
+
+    import transformers
+
+    from sqlora.config import PredictParams
+    from sqlora.infer.engine import select_engine
+
+    model, tokenizer = load_for_inference(tiny_model_dir)
+    monkeypatch.setitem(sys.modules, "sqlora.infer.fast", None)  # its import now raises ImportError
+    choice = select_engine(model, tokenizer, PredictParams())
+    assert choice.name == "transformers" and f"transformers {transformers.__version__}'s internals" in choice.reason
+    [g] = generate(model, tokenizer, ["SELECT"], 1, 4, progress=False)
+    assert g.engine == "transformers" and g.new_tokens <= 4

@@ -52,6 +52,12 @@ class Row:
     seconds: float = 0.0  # its share of the wall time of the forward passes it was part of
 
 
+@dataclass(frozen=True)
+class FastPathProblem:
+    reason: str  # why our engine does not run this model, for the predict log
+    window: int | None = None  # the problem does not arise for rows of at most this many tokens
+
+
 class Engine:
     """What both engines share: the stop tokens, the padding token, turning rows into Generations."""
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sqlora.config import PredictParams
 from sqlora.errors import SqloraError
 from sqlora.data.prompt import common_prefix, encode_prompt, prefix_groups
-from sqlora.infer.base import Batch, Engine, Generation, Row
+from sqlora.infer.base import Batch, Engine, FastPathProblem, Generation, Row
 from sqlora.model.loader import context_limit
 
 
@@ -40,8 +40,6 @@ _fast_path_checks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mo
 def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, engine: str = "auto") -> EngineChoice:
     """The engine for ``model`` and ``params``, ``longest`` being the most tokens a row will hold (prompt +
     max_new_tokens). ``engine``: auto (ours where it is exact), or one of them by name (tests, benchmarks)."""
-    from sqlora.infer.fast import fast_path_problem
-
     if engine not in ENGINES:
         raise SqloraError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "transformers":
@@ -49,7 +47,7 @@ def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, eng
     if params.decoding == "beam":
         return EngineChoice("transformers", "beam search runs through transformers' generate()")
     if model not in _fast_path_checks:
-        _fast_path_checks[model] = fast_path_problem(model, tokenizer)
+        _fast_path_checks[model] = _fast_path_problem(model, tokenizer)
     problem = _fast_path_checks[model]
     if problem is not None and problem.window is not None and longest <= problem.window:
         problem = None  # every row fits in the window the model does not tell its attention about
@@ -58,6 +56,18 @@ def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, eng
     if engine == "sqlora":
         raise SqloraError(f"the sqlora engine cannot run this model exactly: {problem.reason}")
     return EngineChoice("transformers", problem.reason)
+
+
+def _fast_path_problem(model, tokenizer):
+    """Why our engine cannot run ``model`` (None: it can), also when the installed transformers no longer
+    has the internals it is built on (sqlora pins the version they are checked on; a newer one may move them)."""
+    try:
+        from sqlora.infer.fast import fast_path_problem
+    except ImportError as exc:
+        import transformers
+
+        return FastPathProblem(f"our engine cannot use transformers {transformers.__version__}'s internals ({exc})")
+    return fast_path_problem(model, tokenizer)
 
 
 def _engine(choice: EngineChoice, model, tokenizer, params: PredictParams, seed: int, constraints: list | None) -> Engine:

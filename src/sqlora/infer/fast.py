@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 
 from sqlora.config import PredictParams
 from sqlora.infer.constrained import RowConstraint
-from sqlora.infer.base import Batch, Engine, Row, runs, share_time
+from sqlora.infer.base import Batch, Engine, FastPathProblem, Row, runs, share_time
 from sqlora.infer.sql_text import sql_complete
 from sqlora.model.attention import OurAttention, base_of, probe_tolerance, routing_problem, windows_problem
 
@@ -159,12 +159,6 @@ def _our_attention(model) -> OurAttention:
 
 
 # --- when it is exact ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FastPathProblem:
-    reason: str  # why our engine does not run this model, for the predict log
-    window: int | None = None  # the problem does not arise for rows of at most this many tokens
 
 
 def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
