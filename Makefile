@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
+.PHONY: setup repro test test-fast lint report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,15 @@ repro: setup
 test: setup
 	python -m pytest -q
 
-# The quick loop for contributors (about 2 minutes): no training, no pipeline, no real Spider, no GPU.
-test-fast: setup
+# The quick loop for contributors (about 2 minutes): the linter, then the tests that need no training,
+# no pipeline, no real Spider, no GPU.
+test-fast: lint
 	python -m pytest -q -m "not slow and not needs_spider and not gpu"
+
+# ruff (configured in pyproject.toml): lint, and the formatting every file already has.
+lint: setup
+	ruff check .
+	ruff format --check .
 
 # CI gate (.ci/run): rebuild the pipeline (on a fresh clone: every stage, about 9 minutes on 2 CPU
 # cores), then fail if EX or EM fell more than gate.max_drop below the committed metrics.

@@ -20,11 +20,11 @@ import time
 import torch
 
 from sqlora.config import DataParams, PredictParams, PromptParams, load_params
+from sqlora.data.prepare import prepare_split
 from sqlora.infer.constrained import sql_resolves
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.predict import schema_constraints
-from sqlora.data.prepare import prepare_split
 
 TARGET = 1.3
 
@@ -63,7 +63,7 @@ worst = 0.0
 for name, decoding, batch_size in modes:
     sqls, seconds = {}, {}
     for constrained in (False, True):
-        def run(batch: list[str], cons: list | None) -> list[str]:
+        def run(batch: list[str], cons: list | None, batch_size=batch_size, constrained=constrained, decoding=decoding) -> list[str]:
             return [g.sql for g in generate(
                 model, tokenizer, batch, batch_size, 128, progress=False, engine=args.engine,
                 constraints=cons, constrained=constrained, **decoding,

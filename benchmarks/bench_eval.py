@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from perturbations import Perturber, table_columns
+
 from sqlora.data.schema import database_path
 
 TARGET_RATIO = 1.0

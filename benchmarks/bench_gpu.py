@@ -40,12 +40,12 @@ if args.device == "cpu":
 import torch  # noqa: E402
 
 from sqlora.config import DataParams, LoraParams, PromptParams, TrainParams  # noqa: E402
-from sqlora.model.export import export_model  # noqa: E402
-from sqlora.infer.engine import generate  # noqa: E402
-from sqlora.infer.loading import load_for_inference  # noqa: E402
-from sqlora.model.loader import device, dtype_name, load_tokenizer, materialize, resolve_dtype  # noqa: E402
 from sqlora.data.prepare import prepare_split  # noqa: E402
 from sqlora.data.sample import generate_sample  # noqa: E402
+from sqlora.infer.engine import generate  # noqa: E402
+from sqlora.infer.loading import load_for_inference  # noqa: E402
+from sqlora.model.export import export_model  # noqa: E402
+from sqlora.model.loader import device, dtype_name, load_tokenizer, materialize, resolve_dtype  # noqa: E402
 from sqlora.train.trainer import train  # noqa: E402
 
 if args.device == "cuda" and not torch.cuda.is_available():

@@ -42,10 +42,10 @@ import torch
 import transformers.trainer_pt_utils as pt_utils
 from transformers import set_seed
 
-from sqlora.train import trainer as training
 from sqlora.config import load_params
 from sqlora.data.records import load_records
 from sqlora.model.loader import device, dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from sqlora.train import trainer as training
 from sqlora.train.batches import ResponseCollator, response_loss, tokenize_records
 from sqlora.train.trainer import add_lora, peak_rss_mb, training_weights_dtype
 

@@ -28,12 +28,12 @@ import time
 import torch
 
 from sqlora.config import DataParams, PredictParams, PromptParams, load_params
+from sqlora.data.prepare import prepare_split
+from sqlora.data.prompt import encode_prompt
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql
 from sqlora.model.loader import dtype_name, resolve_dtype
-from sqlora.data.prepare import prepare_split
-from sqlora.data.prompt import encode_prompt
 
 TARGET = 13.0
 

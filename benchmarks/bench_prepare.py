@@ -7,8 +7,8 @@ import argparse
 import time
 
 from sqlora.config import DataParams, PromptParams
-from sqlora.model.loader import load_tokenizer
 from sqlora.data.prepare import prepare_split
+from sqlora.model.loader import load_tokenizer
 
 TARGET_S = 30.0
 

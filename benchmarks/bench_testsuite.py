@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from perturbations import Perturber, table_columns
+
 from sqlora.config import load_params
 from sqlora.data.schema import database_path
 from sqlora.evaluate.execution import Gold, evaluate

@@ -9,11 +9,10 @@ CoSQL / SParC add question- and interaction-level accuracy.
 from sqlora.config import load_params
 from sqlora.data.records import load_records, read_meta
 from sqlora.errors import exit_on_error
-from sqlora.evaluate.execution import Gold, default_gold_cache, evaluate, interaction_accuracy
 from sqlora.evaluate.error_kinds import error_breakdown
+from sqlora.evaluate.execution import Gold, default_gold_cache, evaluate, interaction_accuracy
 from sqlora.evaluate.files import read_pred_file
 from sqlora.io import write_json
-
 
 HARDNESS_PLOT = "reports/plots/hardness.json"
 

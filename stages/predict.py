@@ -14,14 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sqlora.config import load_params
-from sqlora.data.schema import database_path
 from sqlora.data.records import load_records, read_meta
+from sqlora.data.schema import database_path
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.infer.loading import load_for_inference
+from sqlora.infer.predict import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
 from sqlora.infer.sql_text import STATUSES
 from sqlora.io import folder_stamp, run_fingerprint, write_json, write_jsonl, write_text
 from sqlora.model.loader import device, dtype_name, resolve_dtype
-from sqlora.infer.predict import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
 
 OUT = Path("predictions")
 METRICS = Path("metrics/predict.json")  # time per question, statuses, constraint releases

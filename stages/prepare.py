@@ -4,11 +4,11 @@ histogram data reports/plots/prompt_tokens.csv."""
 from pathlib import Path
 
 from sqlora.config import load_params
+from sqlora.data.prepare import prepare_split
 from sqlora.data.records import record_dicts
 from sqlora.errors import exit_on_error
 from sqlora.io import write_json, write_jsonl, write_text
 from sqlora.model.loader import load_tokenizer
-from sqlora.data.prepare import prepare_split
 
 OUT = Path("data/prepared")
 PROMPT_TOKENS_PLOT = "reports/plots/prompt_tokens.csv"
@@ -35,7 +35,7 @@ def main() -> None:
         for problem in data.problems if name != "validation" else ():  # validation's are train's, printed once
             print(f"prepare: skipped {problem}")
     # Written only once every split has been read without error (validation.jsonl empty without data.validation).
-    for name, (data, fitted) in prepared.items():
+    for name, (_, fitted) in prepared.items():
         write_jsonl(OUT / f"{name}.jsonl", record_dicts(fitted.records))
         print(f"prepare: {len(fitted.records)} {name} records -> {OUT / f'{name}.jsonl'}  {stats[name]}")
     dev = prepared["dev"][0]

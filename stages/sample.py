@@ -1,8 +1,8 @@
 """Generate the embedded sample dataset (Spider layout) into data/sample."""
 
 from sqlora.config import load_params
-from sqlora.errors import exit_on_error
 from sqlora.data.sample import generate_sample
+from sqlora.errors import exit_on_error
 
 
 @exit_on_error

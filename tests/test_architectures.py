@@ -19,11 +19,11 @@ import torch
 from transformers import StoppingCriteriaList
 
 from sqlora.config import LoraParams, PredictParams, TrainParams
+from sqlora.data.prompt import encode_prompt
 from sqlora.infer.engine import generate, select_engine
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import SqlEnd
 from sqlora.model.loader import load_tokenizer
-from sqlora.data.prompt import encode_prompt
 from sqlora.train.trainer import train
 
 WINDOW = 64  # sliding windows, shorter than every prompt (200-260 tokens)

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 
 from sqlora import cli
-from sqlora.infer.ask import Answer, ask, format_table, prepare
+from sqlora.data.schema import cell, describe, read_sqlite_schema
 from sqlora.errors import SqloraError
+from sqlora.infer.ask import Answer, ask, format_table, prepare
 from sqlora.infer.base import Generation
 from sqlora.model.loader import MODEL_INFO
-from sqlora.data.schema import cell, describe, read_sqlite_schema
 
 from conftest import SQLORA
-
 
 
 @pytest.fixture()
@@ -88,8 +87,8 @@ def test_not_a_database_or_no_tables(tmp_path):
 
 
 def spider_schemas(spider_dir: Path, db_id: str):
-    from sqlora.data.schema import database_path
     from sqlora.data.layouts import load_schemas
+    from sqlora.data.schema import database_path
 
     return load_schemas(spider_dir / "tables.json")[db_id], read_sqlite_schema(database_path(spider_dir / "database", db_id))
 
@@ -171,8 +170,8 @@ def test_compact_schema_format(library_db):
 
 def test_ask_prompts_as_the_model_was_trained(library_db, none_model, tiny_model_dir, monkeypatch):
     """sqlora_model.json's prompt settings are the defaults (values hints included); a flag overrides them."""
-    from sqlora.infer.ask import trained_prompt
     from sqlora.config import PromptParams
+    from sqlora.infer.ask import trained_prompt
 
     assert trained_prompt(none_model) == PromptParams()  # a folder that records nothing: the defaults
     info = json.loads((none_model / MODEL_INFO).read_text())
@@ -258,8 +257,8 @@ def test_ask_an_export_prompts_as_its_source_was_trained(library_db, none_model,
     """An export (sqlora export) is a standalone checkpoint: ask loads it as predict does, with no base,
     and prompts it with the settings sqlora_export.json copied from the fine-tuned folder."""
     import sqlora.infer.engine
-    from sqlora.infer.ask import trained_prompt
     from sqlora.config import PromptParams
+    from sqlora.infer.ask import trained_prompt
     from sqlora.model.export import EXPORT_INFO, export_model
 
     info = json.loads((none_model / MODEL_INFO).read_text())
@@ -282,8 +281,8 @@ def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_d
     """A Hugging Face checkpoint folder (config.json + weights, nothing of sqlora's), as predict.model
     takes it: the default prompt, no base folder needed (the CLI's default --base does not exist here)."""
     import sqlora.infer.engine
-    from sqlora.infer.ask import trained_prompt
     from sqlora.config import PromptParams
+    from sqlora.infer.ask import trained_prompt
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model_dir, plain)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sqlora.data.layouts import load_schemas
-from sqlora.infer.loading import load_for_inference
-from sqlora.infer.constrained import SchemaNames, TokenChecker, sql_resolves, state_of
 from sqlora.data.schema import Column, DatabaseSchema
+from sqlora.infer.constrained import SchemaNames, TokenChecker, sql_resolves, state_of
+from sqlora.infer.loading import load_for_inference
 
 from conftest import save_scripted_llama, token_id
 
@@ -289,8 +289,8 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     """Our engine's constrained draws (inverse CDF over the allowed nucleus, one uniform per row and step)
     follow constrained_distribution: empirical frequencies over many rows."""
     from sqlora.config import PredictParams
-    from sqlora.infer.constrained import RowConstraint
     from sqlora.infer.base import Batch
+    from sqlora.infer.constrained import RowConstraint
     from sqlora.infer.fast import FastEngine, _StreamRow, constrained_distribution
 
     model, tokenizer = random_model

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 
 from sqlora.data.layouts import Split, load_examples, load_schemas
+from sqlora.data.prompt import PROMPT_TEMPLATE, render_prompt
 from sqlora.data.records import load_records, subsample, to_records
+from sqlora.data.schema import describe_natural
 from sqlora.errors import SqloraError
 from sqlora.io import write_jsonl
-from sqlora.data.prompt import PROMPT_TEMPLATE, render_prompt
-from sqlora.data.schema import describe_natural
 
 SCHEMA = {
     "db_id": "concerts",

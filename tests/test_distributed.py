@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 

@@ -11,7 +11,6 @@ import sqlora.evaluate.execution as evaluation
 from sqlora.errors import SqloraError
 from sqlora.evaluate.execution import HARDNESS_LEVELS, EvalReport, ExampleResult, Gold, evaluate, results_match, spider_execution_text
 
-
 # --- results_match -------------------------------------------------------------------------
 
 
@@ -527,8 +526,8 @@ def test_error_breakdown_names_why_answers_are_wrong(tmp_path):
     """The sandbox's own error texts, sorted into the breakdown metrics/eval.json reports."""
     import sqlite3
 
-    from sqlora.evaluate.execution import ExampleResult
     from sqlora.evaluate.error_kinds import error_breakdown, error_kind
+    from sqlora.evaluate.execution import ExampleResult
     from sqlora.sql.sandbox import run_query
 
     db = tmp_path / "d.sqlite"

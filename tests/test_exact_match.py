@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sqlora.data.layouts import _parse_schema, load_schemas
+from sqlora.data.schema import DatabaseSchema
 from sqlora.evaluate.exact_match import exact_match, foreign_key_map
 from sqlora.evaluate.spider_sql import parse_spider_sql
-from sqlora.data.schema import DatabaseSchema
 
 # concert_singer, as in Spider's tables.json (its types left out: EM does not read them), read as
 # sqlora reads every tables.json.

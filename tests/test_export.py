@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sqlora.errors import SqloraError
-from sqlora.model.export import EXPORT_INFO, export_model
-from sqlora.infer.engine import generate
-from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from sqlora.data.prompt import Record, encode_prompt
+from sqlora.errors import SqloraError
+from sqlora.infer.engine import generate
+from sqlora.model.export import EXPORT_INFO, export_model
+from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 
 from conftest import REPO, SQLORA
 
@@ -98,7 +98,6 @@ def test_loads_and_generates_without_peft(lora):
 
 def test_bfloat16_export(lora, tiny_model_dir, tmp_path):
     from safetensors import safe_open
-
     from transformers import AutoModelForCausalLM
 
     result = export_model(lora[0], tiny_model_dir, tmp_path / "bf16", dtype="bfloat16")

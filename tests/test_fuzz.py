@@ -105,7 +105,7 @@ def constraint_violations(path: Path) -> list[str]:
         columns = {n: conn.execute(f"PRAGMA table_info({_q(n)})").fetchall() for n in tables.values()}
         for name, info in columns.items():
             t = _q(name)
-            for _cid, col, declared, notnull, _default, _pk in info:
+            for _cid, col, _declared, notnull, _default, _pk in info:
                 if notnull and conn.execute(f"SELECT count(*) FROM {t} WHERE {_q(col)} IS NULL").fetchone()[0]:
                     problems.append(f"{name}.{col}: NULL in a NOT NULL column")
             pk = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5]]

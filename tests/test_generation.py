@@ -219,8 +219,8 @@ def test_merged_export_loads_like_the_adapter(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sqlora.model.export import export_model
     from sqlora.io import write_json
+    from sqlora.model.export import export_model
 
     finetuned = tmp_path / "finetuned"
     torch.manual_seed(0)

@@ -8,9 +8,10 @@ import sqlite3
 
 import pytest
 import sqlglot
-from conftest import SPIDER
 
 from sqlora.testsuite.neighbours import KINDS, Neighbour, neighbour_queries
+
+from conftest import SPIDER
 
 COLUMNS = {"singer": ["Singer_ID", "Name", "Country", "Age"], "concert": ["concert_ID", "Singer_ID", "Year", "Stadium"]}
 

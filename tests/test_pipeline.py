@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SLOW_BATCHES
 from sqlora.model.loader import dtype_name, resolve_dtype
+
+from conftest import REPO, SLOW_BATCHES
 
 pytestmark = pytest.mark.slow
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+
 HARDNESS = "reports/plots/hardness.json"
 PROMPT_TOKENS = "reports/plots/prompt_tokens.csv"
 DVC_ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -96,10 +97,10 @@ def test_evaluate_bird_plots_ex_by_difficulty_only(eval_dir):
 # --- prepare: every kept record's prompt length ---------------------------------------------------
 
 def test_prepare_writes_the_prompt_lengths_behind_data_json(tmp_path, sample_dir, tiny_model_dir):
-    from sqlora.data.records import load_records
-    from sqlora.model.loader import load_tokenizer
     from sqlora.data.prepare import percentiles
     from sqlora.data.prompt import encode_prompt
+    from sqlora.data.records import load_records
+    from sqlora.model.loader import load_tokenizer
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] |= {"dataset": "sample", "source": "data/sample", "max_train_examples": 48, "max_dev_examples": 30}

@@ -12,10 +12,10 @@ import pytest
 
 from sqlora.config import DataParams, PromptParams
 from sqlora.data.layouts import load_split, resolve_source
-from sqlora.data.records import render_input, to_records
-from sqlora.errors import SqloraError
 from sqlora.data.prepare import held_out_databases, prepare_split
+from sqlora.data.records import render_input, to_records
 from sqlora.data.schema import describe_ddl
+from sqlora.errors import SqloraError
 
 from conftest import SHARED_DATASETS as SHARED
 
@@ -244,7 +244,7 @@ def test_real_spider_dev_tells_every_foreign_key():
         entry = tables[record.db_id]
         for sentence in foreign_key_sentences(entry):
             assert sentence in record.instruction
-        for t, name in enumerate(entry["table_names_original"]):
+        for name in entry["table_names_original"]:
             assert f"Table {name} has columns such as " in record.instruction
         for key in entry["primary_keys"]:
             if isinstance(key, list):
@@ -271,8 +271,8 @@ def test_real_dev_sets(dataset, count, extra):
 
 
 def test_chat_template_wraps_the_prompt_identically_everywhere(tiny_model_dir):
-    from sqlora.model.loader import load_tokenizer
     from sqlora.data.prompt import encode_prompt
+    from sqlora.model.loader import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     plain = encode_prompt(tokenizer, "PROMPT")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqlora.report import report as rp, runs, tables
 from sqlora.errors import SqloraError
+from sqlora.report import report as rp
+from sqlora.report import runs, tables
 
 from conftest import SQLORA, fail_writes_halfway
-
 
 # Writes metrics/eval.json and metrics/train.json as the real evaluate and train stages shape them.
 STAGE = textwrap.dedent(

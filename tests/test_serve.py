@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from sqlora.infer.base import Generation
+
 from conftest import SQLORA
 from engines import copy_to_duckdb, copy_to_postgres, free_port
-from sqlora.infer.base import Generation
 
 # Question -> the SQL the scripted model writes. The slow one runs until the sandbox's time limit.
 SCRIPT = {

@@ -17,7 +17,13 @@ from sqlora.model.loader import load_base_model, load_tokenizer
 from sqlora.train.batches import IGNORE_INDEX, ResponseCollator, tokenize_records
 from sqlora.train.prefix_batches import SharedPrefixCollator, SharedPrefixSampler, choose_batching, question_groups
 from sqlora.train.shared_prefix import (
-    Continuation, collate_rows, losses_and_grads, pack_row, packed_attention_for, packed_mask, shared_prefix_problem,
+    Continuation,
+    collate_rows,
+    losses_and_grads,
+    pack_row,
+    packed_attention_for,
+    packed_mask,
+    shared_prefix_problem,
 )  # fmt: skip
 from sqlora.train.trainer import add_lora, train
 

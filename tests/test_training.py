@@ -5,11 +5,11 @@ import json
 import pytest
 
 from sqlora.config import LoraParams, TrainParams
+from sqlora.data.prompt import Record, encode_prompt, encode_response
 from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
 from sqlora.model.loader import MODEL_INFO, load_tokenizer
-from sqlora.data.prompt import Record, encode_prompt, encode_response
 from sqlora.train.batches import IGNORE_INDEX, tokenize_records
 from sqlora.train.trainer import last_checkpoint, peak_memory_mb, peak_rss_mb, train
 

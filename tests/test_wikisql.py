@@ -14,8 +14,8 @@ import pytest
 import sqlglot
 
 from sqlora.data.layouts import load_examples, load_schemas
-from sqlora.errors import SqloraError
 from sqlora.data.wikisql import convert_wikisql, to_identifier, unique_names
+from sqlora.errors import SqloraError
 
 SPLIT = "dev"
 

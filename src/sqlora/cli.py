@@ -8,13 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sqlora.data.layouts import DATASETS
-from sqlora.evaluate.execution import ETYPES
 from sqlora.config import DTYPES
-from sqlora.report.runs import REPORT_FILE
+from sqlora.data.layouts import DATASETS
 from sqlora.data.schema import SCHEMA_FORMATS, database_path
-
 from sqlora.errors import SqloraError, exit_on_error
+from sqlora.evaluate.execution import ETYPES
+from sqlora.report.runs import REPORT_FILE
 
 
 def _gate(args: argparse.Namespace) -> None:
@@ -49,10 +48,10 @@ def _model(args: argparse.Namespace) -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     from sqlora.config import DataParams, PromptParams
+    from sqlora.data.prepare import prepare_split
     from sqlora.data.records import record_dicts
     from sqlora.io import write_jsonl
     from sqlora.model.loader import load_tokenizer
-    from sqlora.data.prepare import prepare_split
 
     for flag, path in (("--source", args.source), ("--schema-source", args.schema_source)):
         if path and not Path(path).exists():

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from sqlora.data.layouts import DATASETS
-from sqlora.errors import SqloraError
 from sqlora.data.schema import SCHEMA_FORMATS
+from sqlora.errors import SqloraError
 
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")

@@ -21,8 +21,8 @@ import random
 import sys
 from pathlib import Path
 
-from sqlora.data.split import Example, Problems, Split, required_field
 from sqlora.data.schema import database_path, read_sqlite_schema, spider_entry
+from sqlora.data.split import Example, Problems, Split, required_field
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, read_jsonl_lines, write_json
 from sqlora.sql.pool import run_tasks

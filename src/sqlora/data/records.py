@@ -7,10 +7,11 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqlora.errors import SqloraError
+from sqlora.data.layouts import Example, Split
 from sqlora.data.prompt import Record
 from sqlora.data.schema import DatabaseSchema, describe
-from sqlora.data.layouts import Example, Split
+from sqlora.errors import SqloraError
+
 
 def render_input(example: Example, history_sql: bool = False) -> str:
     """The question as the model sees it: BIRD's evidence as a hint, earlier turns of an interaction."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlora.errors import SqloraError
 from sqlora.data.schema import DatabaseSchema, database_path
+from sqlora.errors import SqloraError
+
 
 @dataclass(frozen=True)
 class Example:

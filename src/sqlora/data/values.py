@@ -109,7 +109,8 @@ class ValueIndex:
     def cached(cls, db_path: str | Path, cache_dir: str | Path | None = None) -> ValueIndex:
         """The index of ``db_path``, read from the cache (``cache_dir``, default $SQLORA_CACHE/values)
         when the file is unchanged (path, size, mtime)."""
-        from sqlora.io import cache_dir as default_cache_dir, write_text
+        from sqlora.io import cache_dir as default_cache_dir
+        from sqlora.io import write_text
 
         path = Path(db_path).resolve()
         if not path.is_file():

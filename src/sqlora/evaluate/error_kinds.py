@@ -3,8 +3,6 @@ does not have, SQL that does not parse, another execution error, or rows that di
 
 from __future__ import annotations
 
-
-
 from sqlora.evaluate.execution import ExampleResult
 
 ERROR_KINDS = ("no_such_column", "no_such_table", "does_not_parse", "other_error", "wrong_rows")

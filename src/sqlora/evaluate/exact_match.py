@@ -23,9 +23,6 @@ The parse itself, and what the official parser rejects (such a prediction scores
 
 from __future__ import annotations
 
-
-
-
 from sqlora.data.schema import DatabaseSchema
 from sqlora.evaluate.spider_sql import ALL_COLUMN, OP_IN, OP_LIKE, SpiderParseError, parse_spider_sql
 

@@ -43,16 +43,15 @@ import sqlglot
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from sqlora.data.schema import database_path
 from sqlora.data.layouts import load_schemas
+from sqlora.data.schema import DatabaseSchema, database_path
 from sqlora.errors import SqloraError
 from sqlora.evaluate.hardness import hardness_or_unparsed
+from sqlora.evaluate.ves import score_ves
 from sqlora.io import atomic_path, cache_dir
 from sqlora.sql.engines import Database, open_database, run_sql, with_names
-from sqlora.sql.sandbox import QueryResult
-from sqlora.data.schema import DatabaseSchema
-from sqlora.evaluate.ves import score_ves
 from sqlora.sql.pool import run_tasks
+from sqlora.sql.sandbox import QueryResult
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 BIRD_DIFFICULTIES = ("simple", "moderate", "challenging")

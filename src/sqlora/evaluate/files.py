@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from sqlora.errors import SqloraError
 from sqlora.evaluate.execution import Gold
+
 
 def read_gold_file(path: str | Path) -> list[Gold]:
     """The official gold format: one ``SQL<TAB>db_id`` per line (blank lines are ignored)."""

@@ -9,7 +9,6 @@ from sqlglot.tokens import TokenType as T
 
 from sqlora.sql.parse import tokenize
 
-
 # Where its parse_value stops reading a column value: "," ")" AND, clause and join keywords; OR is
 # not one. Nor is ";", but it reads on to the next statement's SELECT, which stops it all the same.
 _VALUE_STOPS = {

@@ -24,7 +24,6 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-
 from sqlora.data.schema import DatabaseSchema
 from sqlora.evaluate.official_reading import official_reading
 from sqlora.sql.parse import describe_error, parse_statement

@@ -7,12 +7,11 @@ import math
 import statistics
 import time
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 from sqlora.data.schema import database_path
-from sqlora.sql.sandbox import run_query
 from sqlora.sql.pool import run_tasks
-from typing import TYPE_CHECKING
+from sqlora.sql.sandbox import run_query
 
 if TYPE_CHECKING:  # execution imports this module: the report type only, for the annotation
     from sqlora.evaluate.execution import EvalReport

@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sqlora.config import PromptParams
-from sqlora.errors import SqloraError
 from sqlora.data.catalog import read_schema
 from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe
+from sqlora.errors import SqloraError
 from sqlora.sql.engines import Database, open_database
 
 
@@ -224,13 +224,13 @@ def ask(
 
 
 def _answer(model, tokenizer, prepared: Prepared, max_new_tokens: int, constrained: bool, timeout_s: float,
-            lock: AbstractContextManager = nullcontext()) -> Answer:
+            lock: AbstractContextManager | None = None) -> Answer:
     """Generate (holding ``lock``: one generation at a time on a shared model) and run the SQL (not holding it)."""
     from sqlora.infer.constrained import SchemaNames
     from sqlora.infer.engine import generate
 
     start = time.perf_counter()
-    with lock:
+    with lock or nullcontext():
         [generation] = generate(
             model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
             progress=False, chat_template=prepared.chat_template, constrained=constrained,

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-
 from sqlora.config import PredictParams
 from sqlora.infer.sql_text import extract_sql, sql_status
 

@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from sqlora.config import PredictParams
-from sqlora.errors import SqloraError
 from sqlora.data.prompt import common_prefix, encode_prompt, prefix_groups
+from sqlora.errors import SqloraError
 from sqlora.infer.base import Batch, Engine, FastPathProblem, Generation, Row
 from sqlora.model.loader import context_limit
 

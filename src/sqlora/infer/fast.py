@@ -29,8 +29,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from sqlora.config import PredictParams
-from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.base import Batch, Engine, FastPathProblem, Row, runs, share_time
+from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.sql_text import sql_complete
 from sqlora.model.attention import OurAttention, base_of, probe_tolerance, routing_problem, windows_problem
 

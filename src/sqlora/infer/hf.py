@@ -14,8 +14,8 @@ from typing import Iterator
 
 import torch
 
-from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.base import Batch, Engine, Row, share_time
+from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.sql_text import SqlEnd, sql_complete
 
 

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sqlora.config import PredictParams
+from sqlora.data.prompt import Record
 from sqlora.errors import SqloraError
 from sqlora.infer.base import Generation
 from sqlora.infer.engine import EngineChoice, iter_generate
 from sqlora.io import write_text
-from sqlora.data.prompt import Record
 
 
 class PartialPredictions:

@@ -37,6 +37,7 @@ from sqlora.report.plots import plot_specs, write_plots
 from sqlora.report.runs import EVAL_FILE, GitState, Report, collect, git_state, read_experiments, runs_dir_of
 from sqlora.report.tables import render
 
+
 def build_report(repo: str | os.PathLike = ".", *, all_commits: bool = False, git: GitState | None = None) -> Report:
     """The report's rows from the experiments of ``repo``; an error when no run has eval metrics."""
     git = git or git_state(repo)

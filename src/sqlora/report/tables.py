@@ -6,7 +6,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlora.report.runs import EVAL_FILE, GitState, METHOD_ORDER, PARAMS_FILE, RUNS_DIR, Report, Row, SCORES, TRAINED, TRAIN_FILE, TrainMetrics, finite_number
+from sqlora.report.runs import (
+    EVAL_FILE,
+    METHOD_ORDER,
+    PARAMS_FILE,
+    RUNS_DIR,
+    SCORES,
+    TRAIN_FILE,
+    TRAINED,
+    GitState,
+    Report,
+    Row,
+    TrainMetrics,
+    finite_number,
+)
 
 # Levels in the order the evaluators report them; any other level follows, "all" comes last.
 LEVEL_ORDER = ("easy", "medium", "hard", "extra", "simple", "moderate", "challenging")

@@ -8,6 +8,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+
 def parse_statement(sql: str) -> exp.Expression:
     """The one SQLite statement of ``sql``; ValueError (one line, no SQL echoed) otherwise."""
     try:

@@ -9,7 +9,6 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, TypeVar
 
-
 from sqlora.sql.sandbox import run_query
 
 T = TypeVar("T")

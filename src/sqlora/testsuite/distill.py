@@ -188,7 +188,7 @@ def distill_database(source: Path, folder: Path, db_id: str, golds: list[str], s
             path.unlink()
             continue
         told = 0
-        for (gold_text, order, pending), gold in zip(targets, gold_rows):
+        for (_gold_text, order, pending), gold in zip(targets, gold_rows):
             still = []
             for kind, near in pending:
                 other = run_query(path, near, timeout_s=settings.timeout_s)

@@ -28,7 +28,7 @@ from functools import partial
 
 import torch
 
-from sqlora.model.attention import OurAttention, REPRODUCED, probe_tolerance, routing_problem, windows_problem
+from sqlora.model.attention import REPRODUCED, OurAttention, probe_tolerance, routing_problem, windows_problem
 from sqlora.train.batches import IGNORE_INDEX, predicted_positions, response_loss
 
 PACKED_ATTENTION = "sqlora_packed"

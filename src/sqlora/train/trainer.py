@@ -32,12 +32,13 @@ from typing import Callable
 import torch
 
 from sqlora.config import LoraParams, TrainParams
+from sqlora.data.prompt import Record
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json, write_text
 from sqlora.model.loader import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, machine, resolve_dtype, sharded_training
-from sqlora.data.prompt import Record
 from sqlora.train.batches import response_loss, tokenize_records
 from sqlora.train.prefix_batches import SharedPrefixSampler, choose_batching
+
 
 def add_lora(model, params: LoraParams, method: str, gradient_checkpointing: bool = False, announce: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -278,8 +279,9 @@ def train(
             write_json(metrics_path, metrics)
         return metrics
 
-    from dvclive import Live
     from transformers import TrainingArguments, set_seed
+
+    from dvclive import Live
 
     if not records:
         raise SqloraError("train: the training set is empty")
