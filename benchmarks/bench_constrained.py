@@ -63,6 +63,7 @@ worst = 0.0
 for name, decoding, batch_size in modes:
     sqls, seconds = {}, {}
     for constrained in (False, True):
+
         def run(batch: list[str], cons: list | None, batch_size=batch_size, constrained=constrained, decoding=decoding) -> list[str]:
             return [g.sql for g in generate(
                 model, tokenizer, batch, batch_size, 128, progress=False, engine=args.engine,
@@ -75,9 +76,14 @@ for name, decoding, batch_size in modes:
         seconds[constrained] = (time.perf_counter() - start) / len(prompts)
         label = "constrained" if constrained else "free"
         resolving = sum(sql_resolves(names, sql) for sql, names in zip(sqls[constrained], constraints))
-        print(f"{name}, {label}: {seconds[constrained]:.3f} s/question; SQL naming only the schema's names: {resolving}/{len(prompts)}", flush=True)
+        print(
+            f"{name}, {label}: {seconds[constrained]:.3f} s/question; SQL naming only the schema's names: {resolving}/{len(prompts)}",
+            flush=True,
+        )
     ratio = seconds[True] / seconds[False]
     worst = max(worst, ratio)
     changed = sum(a != b for a, b in zip(sqls[False], sqls[True]))
-    print(f"{name}: constrained / free = {ratio:.2f}x (target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'}); {changed} answers changed")
+    print(
+        f"{name}: constrained / free = {ratio:.2f}x (target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'}); {changed} answers changed"
+    )
 print(f"load average {os.getloadavg()[0]:.2f} (other processes' load skews every ratio)")

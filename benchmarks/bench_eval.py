@@ -47,7 +47,9 @@ all_golds = [(sql.strip(), db.strip()) for sql, db in all_golds]
 kept = [i for i, (_, db) in enumerate(all_golds) if database_path(db_dir, db).is_file()]
 golds = [all_golds[i] for i in kept]
 missing = sorted({db for _, db in all_golds} - {db for _, db in golds})
-print(f"dev: {len(all_golds)} questions, {len(kept)} kept, {len(all_golds) - len(kept)} dropped (no database file: {', '.join(missing) or '-'})")
+print(
+    f"dev: {len(all_golds)} questions, {len(kept)} kept, {len(all_golds) - len(kept)} dropped (no database file: {', '.join(missing) or '-'})"
+)
 
 # -- perturbations of a gold query (benchmarks/perturbations.py)
 perturb = Perturber(golds, table_columns(tables_path))
@@ -83,10 +85,38 @@ for name, (preds, kinds) in sets.items():
     gold_file.write_text("".join(f"{sql}\t{db}\n" for sql, db in golds), encoding="utf-8")
     pred_file.write_text("".join(f"{p}\n" for p in preds), encoding="utf-8")
     official_out, ours_out = work / f"{name}_official.json", work / f"{name}_ours.json"
-    t_official = timed([args.official_python, Path(__file__).with_name("official_spider.py"), args.official_dir,
-                        gold_file, pred_file, db_dir, tables_path, official_out])
-    ours = [sys.executable, "-m", "sqlora.cli", "evaluate", "--gold", gold_file, "--pred", pred_file, "--db", db_dir,
-            "--table", tables_path, "--etype", "all", "--workers", str(args.workers), "--out", ours_out]
+    t_official = timed(
+        [
+            args.official_python,
+            Path(__file__).with_name("official_spider.py"),
+            args.official_dir,
+            gold_file,
+            pred_file,
+            db_dir,
+            tables_path,
+            official_out,
+        ]
+    )
+    ours = [
+        sys.executable,
+        "-m",
+        "sqlora.cli",
+        "evaluate",
+        "--gold",
+        gold_file,
+        "--pred",
+        pred_file,
+        "--db",
+        db_dir,
+        "--table",
+        tables_path,
+        "--etype",
+        "all",
+        "--workers",
+        str(args.workers),
+        "--out",
+        ours_out,
+    ]
     env = {**os.environ, "SQLORA_CACHE": str(work / f"{name}_cache")}  # fresh and empty: the first run is cold
     t_cold, t_warm = timed(ours, env), timed(ours, env)
     official = json.loads(official_out.read_text())["examples"]
@@ -96,16 +126,29 @@ for name, (preds, kinds) in sets.items():
     mismatches = []
     for i, (o, m) in enumerate(zip(official, mine)):
         if differ := [key for key in ("hardness", "exec", "exact") if o[key] != m[key]]:
-            mismatches.append({"dev_index": kept[i], "db_id": golds[i][1], "kind": kinds[i], "differ": differ,
-                               "gold": golds[i][0], "pred": preds[i], "official": {k: o[k] for k in ("hardness", "exec", "exact")},
-                               "ours": {k: m.get(k) for k in ("hardness", "exec", "exact", "error", "exact_error")}})
+            mismatches.append(
+                {
+                    "dev_index": kept[i],
+                    "db_id": golds[i][1],
+                    "kind": kinds[i],
+                    "differ": differ,
+                    "gold": golds[i][0],
+                    "pred": preds[i],
+                    "official": {k: o[k] for k in ("hardness", "exec", "exact")},
+                    "ours": {k: m.get(k) for k in ("hardness", "exec", "exact", "error", "exact_error")},
+                }
+            )
     score = lambda rows, key: 100 * sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    print(f"\n== {name}: n={len(golds)}  official EX {score(official, 'exec'):.1f} EM {score(official, 'exact'):.1f}"
-          f"  |  ours EX {score(mine, 'exec'):.1f} EM {score(mine, 'exact'):.1f}")
+    print(
+        f"\n== {name}: n={len(golds)}  official EX {score(official, 'exec'):.1f} EM {score(official, 'exact'):.1f}"
+        f"  |  ours EX {score(mine, 'exec'):.1f} EM {score(mine, 'exact'):.1f}"
+    )
     if name == "perturbed":
         print("   kinds: " + ", ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds))))
-    print(f"   mismatches: {len(mismatches)} examples; " + ", ".join(
-        f"{key} {sum(key in m['differ'] for m in mismatches)}" for key in ("hardness", "exec", "exact")))
+    print(
+        f"   mismatches: {len(mismatches)} examples; "
+        + ", ".join(f"{key} {sum(key in m['differ'] for m in mismatches)}" for key in ("hardness", "exec", "exact"))
+    )
     groups = {}  # shown round-robin over (kind, what differs): one of each first, then a second of each, ...
     for m in mismatches:
         groups.setdefault((m["kind"], *m["differ"]), []).append(m)
@@ -115,15 +158,19 @@ for name, (preds, kinds) in sets.items():
         print(f"   #{m['dev_index']} [{m['db_id']}] {m['kind']}: {', '.join(m['differ'])} differ")
         print(f"      gold: {m['gold']}\n      pred: {m['pred']}")
         print(f"      official {m['official']}\n      ours     {m['ours']}")
-    print(f"   wall: official {t_official:.1f} s, ours cold {t_cold:.1f} s (ratio {t_cold / t_official:.2f}),"
-          f" warm {t_warm:.1f} s (ratio {t_warm / t_official:.2f}); target: ratio <= {TARGET_RATIO:.2f}")
+    print(
+        f"   wall: official {t_official:.1f} s, ours cold {t_cold:.1f} s (ratio {t_cold / t_official:.2f}),"
+        f" warm {t_warm:.1f} s (ratio {t_warm / t_official:.2f}); target: ratio <= {TARGET_RATIO:.2f}"
+    )
     report[name] = {"mismatches": mismatches, "seconds": {"official": t_official, "ours_cold": t_cold, "ours_warm": t_warm}}
     failed |= bool(mismatches)
 
 hashes_after = hash_databases()
 changed = sorted(p for p in hashes_before.keys() | hashes_after.keys() if hashes_before.get(p) != hashes_after.get(p))
-print(f"\ndatabases: {len(hashes_before)} files under {db_dir}: "
-      + (f"{len(changed)} CHANGED: {', '.join(changed[:10])}" if changed else "byte-identical after all runs"))
+print(
+    f"\ndatabases: {len(hashes_before)} files under {db_dir}: "
+    + (f"{len(changed)} CHANGED: {', '.join(changed[:10])}" if changed else "byte-identical after all runs")
+)
 if args.report:
     Path(args.report).write_text(json.dumps({**report, "changed_databases": changed}, indent=1), encoding="utf-8")
 if args.keep:

@@ -99,7 +99,9 @@ def main() -> int:
         base = bases[name]
         tokenizer = load_tokenizer(base)
         data = DataParams(dataset="sample", source=str(work / "sample"))
-        _, train_set, _ = prepare_split("train", data, PromptParams(), tokenizer=tokenizer, max_length=512, limit=args.steps * args.batch_size)
+        _, train_set, _ = prepare_split(
+            "train", data, PromptParams(), tokenizer=tokenizer, max_length=512, limit=args.steps * args.batch_size
+        )
         _, dev_set, _ = prepare_split("dev", data, PromptParams(), tokenizer=tokenizer, max_length=512, reserve=128, limit=args.questions)
         prompts = [r.prompt for r in dev_set.records]
         memory = {}
@@ -129,7 +131,9 @@ def main() -> int:
                 start = time.perf_counter()
                 generations = generate(model, tokenizer, prompts, 64, 128, progress=False, engine=engine)
                 results[engine] = [g.sql for g in generations]
-                print(f"{name} predict {dtype} ({generations[0].engine} engine): {(time.perf_counter() - start) / len(prompts):.3f} s/question")
+                print(
+                    f"{name} predict {dtype} ({generations[0].engine} engine): {(time.perf_counter() - start) / len(prompts):.3f} s/question"
+                )
             same = sum(a == b for a, b in zip(results["auto"], results["transformers"]))
             print(f"{name} identical SQL {dtype}, our engine vs generate(): {same}/{len(prompts)}")
             failed |= dtype == "float32" and same < len(prompts)

@@ -27,4 +27,6 @@ for split, reserve in [("train", None), ("dev", 128)]:
     total += stats["questions"]
     print(f"{split}: {stats}")
 elapsed = time.perf_counter() - start
-print(f"prepare {total} questions ({args.schema_format}): {elapsed:.1f} s; target {TARGET_S:.0f} s; ratio {elapsed / TARGET_S:.2f} of the budget")
+print(
+    f"prepare {total} questions ({args.schema_format}): {elapsed:.1f} s; target {TARGET_S:.0f} s; ratio {elapsed / TARGET_S:.2f} of the budget"
+)

@@ -50,7 +50,9 @@ def main() -> int:
     all_golds = [line.rpartition("\t")[::2] for line in (spider / "dev_gold.sql").read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [i for i, (_, db) in enumerate(all_golds) if database_path(db_dir, db.strip()).is_file()]
     golds = [Gold(all_golds[i][0].strip(), all_golds[i][1].strip(), f"dev_gold.sql:{i + 1}") for i in kept]
-    print(f"Spider dev: {len(golds)} of {len(all_golds)} questions have a database; {machine()}; load average {os.getloadavg()[0]:.2f} before")
+    print(
+        f"Spider dev: {len(golds)} of {len(all_golds)} questions have a database; {machine()}; load average {os.getloadavg()[0]:.2f} before"
+    )
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(db_dir.rglob("*.sqlite"))}
     failures = []
 
@@ -65,7 +67,9 @@ def main() -> int:
         for d in report.databases:
             told = (d.by_original + d.by_fuzzed) / d.neighbours if d.neighbours else 1.0
             kinds = ", ".join(f"{k} {n}" for k, n in d.undistinguished_kinds.items())
-            print(f"   {d.db_id:<25} {d.queries:>7}  {1 + d.kept:>9}  {d.tried:>5}  {d.neighbours:>11}  {told:>10.1%}  {d.undistinguished} ({kinds})")
+            print(
+                f"   {d.db_id:<25} {d.queries:>7}  {1 + d.kept:>9}  {d.tried:>5}  {d.neighbours:>11}  {told:>10.1%}  {d.undistinguished} ({kinds})"
+            )
         totals = report.totals()
         print(f"   all: {totals['suite_databases']} suite databases, {totals['neighbours']} near misses, {totals['distinguished']:.1%} told apart "
               f"({totals['by_original']} by the originals, {totals['by_fuzzed']} by fuzzed instances)")  # fmt: skip

@@ -39,14 +39,23 @@ TARGET = 3.5
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--spider", default="../shared/datasets/spider")
-parser.add_argument("--records", default="", help="a prepared records file instead (e.g. data/prepared/train.jsonl: the "
-                    "train stage's own questions), its first --questions (0: all)")
+parser.add_argument(
+    "--records",
+    default="",
+    help="a prepared records file instead (e.g. data/prepared/train.jsonl: the "
+    "train stage's own questions), its first --questions (0: all)",
+)
 parser.add_argument("--model", default="models/base", help="checkpoint folder, offline alias or hub id")
 parser.add_argument("--questions", type=int, default=128, help="the first N questions of Spider train")
 parser.add_argument("--k", type=int, default=0, help="questions per shared-prefix row (default: params.yaml's train.shared_prefix)")
 parser.add_argument("--runs", default="1,k", help="comma-separated order of the timed runs: 1 (separate rows), k (shared prefixes)")
-parser.add_argument("--max-length", type=int, default=0, help="the length budget (default: params.yaml's train.max_length); "
-                    "Spider schemas over it are shrunk per question, which leaves questions fewer tokens to share")
+parser.add_argument(
+    "--max-length",
+    type=int,
+    default=0,
+    help="the length budget (default: params.yaml's train.max_length); "
+    "Spider schemas over it are shrunk per question, which leaves questions fewer tokens to share",
+)
 args = parser.parse_args()
 
 params = load_params()

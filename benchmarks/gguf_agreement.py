@@ -58,14 +58,16 @@ _, fitted, _ = prepare_split(
 )  # fmt: skip
 prompts = [r.prompt for r in fitted.records]
 n = len(prompts)
-print(f"{n} sample dev questions, model {args.model}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-      f"load {os.getloadavg()[0]:.2f}, llama-cpp-python {'yes' if HAS_LLAMA_CPP else 'not installed'}", file=sys.stderr)
+print(
+    f"{n} sample dev questions, model {args.model}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+    f"load {os.getloadavg()[0]:.2f}, llama-cpp-python {'yes' if HAS_LLAMA_CPP else 'not installed'}",
+    file=sys.stderr,
+)
 
 
 def greedy(m, tok) -> tuple[list[str], float]:
     start = time.perf_counter()
-    gens = generate(m, tok, prompts, batch_size=args.batch_size, max_new_tokens=max_new, progress=False,
-                    chat_template=prompt.chat_template)
+    gens = generate(m, tok, prompts, batch_size=args.batch_size, max_new_tokens=max_new, progress=False, chat_template=prompt.chat_template)
     return [g.sql for g in gens], time.perf_counter() - start
 
 
@@ -99,7 +101,13 @@ for quant in args.quants:
     gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     hf_sqls, hf_s = greedy(gguf_model, gguf_tok)
     del gguf_model
-    row = [quant, f"{result.bytes / 2**20:.0f} MiB", f"{result.seconds:.0f} s", f"{sum(a == b for a, b in zip(hf_sqls, reference))}/{n}", f"{hf_s:.0f} s"]
+    row = [
+        quant,
+        f"{result.bytes / 2**20:.0f} MiB",
+        f"{result.seconds:.0f} s",
+        f"{sum(a == b for a, b in zip(hf_sqls, reference))}/{n}",
+        f"{hf_s:.0f} s",
+    ]
     if HAS_LLAMA_CPP:
         cpp_sqls, cpp_s, same_ids = llama_cpp_greedy(path)
         row += [f"{sum(a == b for a, b in zip(cpp_sqls, reference))}/{n}", f"{cpp_s:.0f} s", f"{same_ids}/{n}"]

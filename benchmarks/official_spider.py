@@ -40,8 +40,16 @@ from exec_eval import eval_exec_match  # noqa: E402
 from process_sql import Schema, get_schema, get_sql  # noqa: E402
 
 EMPTY_SQL = {
-    "except": None, "from": {"conds": [], "table_units": []}, "groupBy": [], "having": [],
-    "intersect": None, "limit": None, "orderBy": [], "select": [False, []], "union": None, "where": [],
+    "except": None,
+    "from": {"conds": [], "table_units": []},
+    "groupBy": [],
+    "having": [],
+    "intersect": None,
+    "limit": None,
+    "orderBy": [],
+    "select": [False, []],
+    "union": None,
+    "where": [],
 }
 
 with open(gold_path) as f:
@@ -64,9 +72,17 @@ for index, ((g_str, db_name), pred) in enumerate(zip(golds, preds)):
         p_sql = get_sql(schema, p_str)
     except Exception:  # noqa: BLE001 - upstream's bare except
         p_sql = json.loads(json.dumps(EMPTY_SQL))
-    exec_score = 0 if not p_str else eval_exec_match(
-        db=db, p_str=p_str, g_str=g_str, plug_value=False, keep_distinct=False,
-        progress_bar_for_each_datapoint=False,
+    exec_score = (
+        0
+        if not p_str
+        else eval_exec_match(
+            db=db,
+            p_str=p_str,
+            g_str=g_str,
+            plug_value=False,
+            keep_distinct=False,
+            progress_bar_for_each_datapoint=False,
+        )
     )
     kmap = kmaps[db_name]
     g_valid = official.build_valid_col_units(g_sql["from"]["table_units"], schema)

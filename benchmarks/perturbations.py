@@ -12,13 +12,35 @@ from sqlglot.tokens import TokenType as T
 
 tokenize = Dialect.get_or_raise("sqlite").tokenize
 AGGREGATES = {"count", "max", "min", "avg", "sum"}
-KEYWORDS = {T.SELECT, T.FROM, T.WHERE, T.JOIN, T.ON, T.AND, T.OR, T.ALIAS, T.ORDER_BY, T.GROUP_BY, T.LIMIT,
-            T.DESC, T.ASC, T.DISTINCT, T.HAVING, T.IN, T.NOT, T.LIKE, T.BETWEEN, T.UNION, T.INTERSECT, T.EXCEPT}
+KEYWORDS = {
+    T.SELECT,
+    T.FROM,
+    T.WHERE,
+    T.JOIN,
+    T.ON,
+    T.AND,
+    T.OR,
+    T.ALIAS,
+    T.ORDER_BY,
+    T.GROUP_BY,
+    T.LIMIT,
+    T.DESC,
+    T.ASC,
+    T.DISTINCT,
+    T.HAVING,
+    T.IN,
+    T.NOT,
+    T.LIKE,
+    T.BETWEEN,
+    T.UNION,
+    T.INTERSECT,
+    T.EXCEPT,
+}
 ENDS_CLAUSE = (T.LIMIT, T.UNION, T.INTERSECT, T.EXCEPT)
 
 
 def raw(sql, t):  # a token as written
-    return sql[t.start:t.end + 1]
+    return sql[t.start : t.end + 1]
 
 
 def splice(sql, start, end, text):  # sql[start:end] (end exclusive) replaced by text
@@ -38,14 +60,12 @@ def literals(sql, toks):  # numbers and strings ('x' or "x": Spider writes strin
     return [t for t in toks if t.token_type in (T.NUMBER, T.STRING) or (t.token_type == T.IDENTIFIER and sql[t.start] == '"')]
 
 
-
-
 def p_drop_order(sql, toks, rng, db):  # one ORDER BY clause removed, up to its LIMIT / end of (sub)query
     d = depths(toks)
     k = rng.choice([k for k, t in enumerate(toks) if t.token_type == T.ORDER_BY] or [None])
     if k is None:
         return None
-    ends = [t.start for t, dt in zip(toks[k + 1:], d[k + 1:]) if dt < d[k] or (dt == d[k] and t.token_type in ENDS_CLAUSE)]
+    ends = [t.start for t, dt in zip(toks[k + 1 :], d[k + 1 :]) if dt < d[k] or (dt == d[k] and t.token_type in ENDS_CLAUSE)]
     return splice(sql, toks[k].start, (ends + [len(sql)])[0], " ")
 
 
@@ -102,9 +122,13 @@ def p_swap_join(sql, toks, rng, db):  # FROM a JOIN b ON a.x = b.y  ->  FROM b J
 
 def p_wrong_column(sql, toks, rng, db, columns):  # a column replaced by another column of a table the query uses
     tables = {name: cols for name, cols in columns[db].items() if name in {t.text.lower() for t in toks}}
-    spots = [(t, [c for c in cols if c.lower() != t.text.lower()])
-             for k, t in enumerate(toks) if t.token_type == T.VAR and (k == 0 or toks[k - 1].token_type != T.ALIAS)
-             for cols in tables.values() if t.text.lower() in (c.lower() for c in cols) and len(cols) > 1]
+    spots = [
+        (t, [c for c in cols if c.lower() != t.text.lower()])
+        for k, t in enumerate(toks)
+        if t.token_type == T.VAR and (k == 0 or toks[k - 1].token_type != T.ALIAS)
+        for cols in tables.values()
+        if t.text.lower() in (c.lower() for c in cols) and len(cols) > 1
+    ]
     if not spots:
         return None
     t, others = rng.choice(spots)
@@ -129,7 +153,9 @@ def p_spaced_operator(sql, toks, rng, db):  # ">=" -> "> =" etc.; without any, o
 
 
 def p_change_limit(sql, toks, rng, db):
-    t = rng.choice([toks[k + 1] for k, t in enumerate(toks[:-1]) if t.token_type == T.LIMIT and toks[k + 1].token_type == T.NUMBER] or [None])
+    t = rng.choice(
+        [toks[k + 1] for k, t in enumerate(toks[:-1]) if t.token_type == T.LIMIT and toks[k + 1].token_type == T.NUMBER] or [None]
+    )
     return splice(sql, t.start, t.end + 1, str(int(t.text) + rng.choice([1, 2, 100]))) if t else None
 
 
@@ -152,7 +178,14 @@ def p_clause_order(sql, toks, rng, db):  # a query's WHERE / GROUP BY / HAVING /
     d, clauses = depths(toks), (T.WHERE, T.GROUP_BY, T.HAVING, T.ORDER_BY, T.LIMIT)
     blocks = []  # per SELECT (nested ones too): its clauses' token indexes, and where the query ends
     for s in (k for k, t in enumerate(toks) if t.token_type == T.SELECT):
-        end = next((k for k in range(s + 1, len(toks)) if d[k] < d[s] or (d[k] == d[s] and toks[k].token_type in (T.UNION, T.INTERSECT, T.EXCEPT))), len(toks))
+        end = next(
+            (
+                k
+                for k in range(s + 1, len(toks))
+                if d[k] < d[s] or (d[k] == d[s] and toks[k].token_type in (T.UNION, T.INTERSECT, T.EXCEPT))
+            ),
+            len(toks),
+        )
         starts = [k for k in range(s, end) if d[k] == d[s] and toks[k].token_type in clauses]
         blocks += [(starts, end)] if len(starts) > 1 else []
     if not blocks:
@@ -170,13 +203,22 @@ class Perturber:
     def __init__(self, golds, columns):
         self.golds, self.columns = golds, columns
         self.kinds = {
-            "unchanged": lambda sql, toks, rng, db: sql, "other_gold": self.other_gold, "drop_order": p_drop_order,
-            "add_order": p_add_order, "toggle_distinct": p_toggle_distinct, "reorder_select": p_reorder_select,
-            "change_literal": p_change_literal, "swap_join": p_swap_join,
+            "unchanged": lambda sql, toks, rng, db: sql,
+            "other_gold": self.other_gold,
+            "drop_order": p_drop_order,
+            "add_order": p_add_order,
+            "toggle_distinct": p_toggle_distinct,
+            "reorder_select": p_reorder_select,
+            "change_literal": p_change_literal,
+            "swap_join": p_swap_join,
             "wrong_column": lambda sql, toks, rng, db: p_wrong_column(sql, toks, rng, db, self.columns),
-            "value_placeholder": p_value_placeholder, "spaced_operator": p_spaced_operator, "change_limit": p_change_limit,
-            "whitespace_case": p_whitespace_case, "or_condition": p_or_condition, "clause_order": p_clause_order,
-            "truncate": lambda sql, toks, rng, db: sql[:toks[rng.randrange(1, len(toks))].start].rstrip() if len(toks) > 2 else None,
+            "value_placeholder": p_value_placeholder,
+            "spaced_operator": p_spaced_operator,
+            "change_limit": p_change_limit,
+            "whitespace_case": p_whitespace_case,
+            "or_condition": p_or_condition,
+            "clause_order": p_clause_order,
+            "truncate": lambda sql, toks, rng, db: sql[: toks[rng.randrange(1, len(toks))].start].rstrip() if len(toks) > 2 else None,
             "trailing_semicolon": lambda sql, toks, rng, db: sql + " ;",
             "two_statements": lambda sql, toks, rng, db: f"{sql.rstrip(';')}; {self.other_gold(sql, toks, rng, db) or 'SELECT 1'}",
             "empty": lambda sql, toks, rng, db: "",
@@ -200,6 +242,7 @@ def table_columns(tables_path):
     """{db_id: {table (lower case): [column, ...]}} from a tables.json, original names."""
     columns = {}
     for entry in json.loads(Path(tables_path).read_text(encoding="utf-8")):
-        columns[entry["db_id"]] = {name.lower(): [c for t, c in entry["column_names_original"] if t == i]
-                                   for i, name in enumerate(entry["table_names_original"])}
+        columns[entry["db_id"]] = {
+            name.lower(): [c for t, c in entry["column_names_original"] if t == i] for i, name in enumerate(entry["table_names_original"])
+        }
     return columns

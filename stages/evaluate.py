@@ -22,8 +22,10 @@ def hardness_rows(metrics: dict) -> list[dict]:
     metrics/eval.json's own (rounded) values; levels without questions are left out."""
     return [
         {"level": level, "metric": name.upper(), "value": round(metrics[name][level] * 100, 2), "questions": count}
-        for name in ("ex", "em", "ts") if name in metrics
-        for level, count in metrics["count"].items() if count
+        for name in ("ex", "em", "ts")
+        if name in metrics
+        for level, count in metrics["count"].items()
+        if count
     ]
 
 
@@ -70,10 +72,16 @@ def main() -> None:
     write_json("metrics/eval.json", metrics)
     write_json("reports/eval_examples.json", report.to_json())
     write_json(HARDNESS_PLOT, hardness_rows(metrics))
-    print("evaluate: " + ", ".join(
-        f"{level} EX {s['exec']:.3f}" + (f" EM {s['exact']:.3f}" if "exact" in s else "") + (f" TS {s['ts']:.3f}" if "ts" in s else "")
-        + f" (n={s['count']})" for level, s in levels.items()
-    ))
+    print(
+        "evaluate: "
+        + ", ".join(
+            f"{level} EX {s['exec']:.3f}"
+            + (f" EM {s['exact']:.3f}" if "exact" in s else "")
+            + (f" TS {s['ts']:.3f}" if "ts" in s else "")
+            + f" (n={s['count']})"
+            for level, s in levels.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ def main() -> None:
         raise SqloraError(f"params.yaml: 'predict.model' is {predict.model!r}, which is not a folder")
     model, tokenizer = load_for_inference(model_dir, BASE, dtype=params.model.dtype)  # first: it checks the model folders
     fingerprint = run_fingerprint(
-        model=folder_stamp(model_dir), base=folder_stamp(BASE) if BASE.is_dir() else None,
-        predict={k: v for k, v in asdict(predict).items() if k != "launch"}, seed=params.seed,
-        dtype=dtype_name(resolve_dtype(params.model.dtype)), chat_template=params.prompt.chat_template,
+        model=folder_stamp(model_dir),
+        base=folder_stamp(BASE) if BASE.is_dir() else None,
+        predict={k: v for k, v in asdict(predict).items() if k != "launch"},
+        seed=params.seed,
+        dtype=dtype_name(resolve_dtype(params.model.dtype)),
+        chat_template=params.prompt.chat_template,
         prompts=hashlib.sha256(json.dumps([r.prompt for r in records]).encode()).hexdigest(),
     )
     if main_process:
@@ -70,8 +73,17 @@ def main() -> None:
     if not main_process:
         partial = PartialPredictions(PARTIAL, fingerprint, rank=state.process_index, reset=False)
     run = predict_records(
-        model, tokenizer, records, predict, partial, seed=params.seed, chat_template=params.prompt.chat_template,
-        db_files=db_files if voting else None, constraints=constraints, rank=state.process_index, world=state.num_processes,
+        model,
+        tokenizer,
+        records,
+        predict,
+        partial,
+        seed=params.seed,
+        chat_template=params.prompt.chat_template,
+        db_files=db_files if voting else None,
+        constraints=constraints,
+        rank=state.process_index,
+        world=state.num_processes,
     )
     state.wait_for_everyone()  # every process's share is in its partial file
     if not main_process:
@@ -98,7 +110,8 @@ def main() -> None:
     print(
         f"predict ({predict.decoding}, {metrics['dtype']}, {engine}{processes}): "
         f"{len(records)} questions in {run.seconds:.1f} s ({metrics['seconds_per_question']:.2f} s/question); "
-        + ", ".join(f"{k} {v}" for k, v in statuses.items()) + released
+        + ", ".join(f"{k} {v}" for k, v in statuses.items())
+        + released
     )
 
 

@@ -28,8 +28,17 @@ def main() -> None:
         ("dev", "dev", "all", params.data.max_dev_examples, False, params.predict.max_new_tokens),
     ]:
         data, fitted, stats[name] = prepare_split(
-            split, params.data, params.prompt, tokenizer=tokenizer, max_length=params.train.max_length,
-            reserve=reserve, limit=limit, shuffle=shuffle, seed=params.seed, work_dir=str(OUT), portion=portion,
+            split,
+            params.data,
+            params.prompt,
+            tokenizer=tokenizer,
+            max_length=params.train.max_length,
+            reserve=reserve,
+            limit=limit,
+            shuffle=shuffle,
+            seed=params.seed,
+            work_dir=str(OUT),
+            portion=portion,
         )
         prepared[name] = (data, fitted)
         for problem in data.problems if name != "validation" else ():  # validation's are train's, printed once
@@ -40,15 +49,21 @@ def main() -> None:
         print(f"prepare: {len(fitted.records)} {name} records -> {OUT / f'{name}.jsonl'}  {stats[name]}")
     dev = prepared["dev"][0]
     validation = prepared["validation"][0]
-    write_json(OUT / "meta.json", {
-        "dataset": params.data.dataset, "database_dir": str(dev.database_dir), "tables_json": str(dev.tables_json),
-        "validation_database_dir": str(validation.database_dir),
-    })
+    write_json(
+        OUT / "meta.json",
+        {
+            "dataset": params.data.dataset,
+            "database_dir": str(dev.database_dir),
+            "tables_json": str(dev.tables_json),
+            "validation_database_dir": str(validation.database_dir),
+        },
+    )
     write_json("metrics/data.json", stats)
     # `dvc plots` data: each kept record's prompt length, the very counts behind prompt_tokens above.
-    write_text(PROMPT_TOKENS_PLOT, "split,tokens\n" + "".join(
-        f"{name},{n}\n" for name, (_, fitted) in prepared.items() for n in fitted.prompt_tokens
-    ))
+    write_text(
+        PROMPT_TOKENS_PLOT,
+        "split,tokens\n" + "".join(f"{name},{n}\n" for name, (_, fitted) in prepared.items() for n in fitted.prompt_tokens),
+    )
 
 
 if __name__ == "__main__":

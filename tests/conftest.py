@@ -13,9 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Markers (pyproject.toml): `make test-fast` leaves out slow, needs_spider and gpu tests.
 # slow: these modules train models, run the pipeline or whole stages in processes (seconds to minutes each).
-SLOW_MODULES = {"test_pipeline", "test_architectures", "test_distributed", "test_resume", "test_training",
-                "test_published", "test_bench_gpu", "test_export", "test_predict", "test_plots", "test_evaluate_stage",
-                "test_report", "test_gate", "test_serve"}  # test_serve: live servers and a browser; test_report, test_gate: real DVC experiments in scratch repositories
+SLOW_MODULES = {
+    "test_pipeline",
+    "test_architectures",
+    "test_distributed",
+    "test_resume",
+    "test_training",
+    "test_published",
+    "test_bench_gpu",
+    "test_export",
+    "test_predict",
+    "test_plots",
+    "test_evaluate_stage",
+    "test_report",
+    "test_gate",
+    "test_serve",
+}  # test_serve: live servers and a browser; test_report, test_gate: real DVC experiments in scratch repositories
 
 
 def pytest_collection_modifyitems(items):
@@ -24,6 +37,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         if "spider_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.needs_spider)
+
+
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # real Spider, BIRD, CoSQL, SParC, when present
 SPIDER = SHARED_DATASETS / "spider"
 SQLORA = [str(Path(sys.executable).parent / "sqlora")]  # the installed command, run as a user runs it

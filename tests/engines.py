@@ -55,8 +55,19 @@ class PostgresCluster:
             shutil.chown(folder, "postgres")
         self.data = folder / "data"
         self._run("initdb", "-D", str(self.data), "-U", "sqlora", "--auth=trust", "-E", "UTF8", "--locale=C")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
-                  f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder} -c fsync=off", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder} -c fsync=off",
+            "start",
+        )
         self.url = f"postgresql://sqlora@127.0.0.1:{self.port}"
 
     def _run(self, tool: str, *args: str) -> None:
@@ -113,8 +124,13 @@ def _create_statements(conn: sqlite3.Connection, type_of) -> list[tuple[str, str
 
 def _foreign_keys(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, str]]:
     """In declaration order: SQLite lists the last-declared first."""
-    return [(source, target, to) for _, target, source, to in conn.execute(
-        'SELECT seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id DESC, seq', (table,)) if to]
+    return [
+        (source, target, to)
+        for _, target, source, to in conn.execute(
+            'SELECT seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id DESC, seq', (table,)
+        )
+        if to
+    ]
 
 
 def copy_to_postgres(sqlite_path: Path, url: str) -> None:
@@ -142,8 +158,10 @@ def copy_to_duckdb(sqlite_path: Path, out: Path) -> Path:
 
     source = sqlite3.connect(sqlite_path)
     conn = duckdb.connect(str(out))
-    statements = _create_statements(source, lambda d: {"bigint": "BIGINT", "double precision": "DOUBLE", "numeric": "DOUBLE",
-                                                        "bytea": "BLOB"}.get(_pg_type(d), "VARCHAR"))
+    statements = _create_statements(
+        source,
+        lambda d: {"bigint": "BIGINT", "double precision": "DOUBLE", "numeric": "DOUBLE", "bytea": "BLOB"}.get(_pg_type(d), "VARCHAR"),
+    )
     for table, create, columns in statements:
         fks = [f', FOREIGN KEY ("{s}") REFERENCES "{t}" ("{to}")' for s, t, to in _foreign_keys(source, table)]
         try:

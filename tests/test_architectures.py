@@ -145,7 +145,10 @@ def test_lora_trains_a_step(trained):
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
     # Shared-prefix rows (train.shared_prefix) wherever they are exact; Falcon trains on separate rows, saying why.
     if name == "falcon":
-        assert metrics["shared_prefix"] == 1 and "does not route its attention through transformers' AttentionInterface" in metrics["shared_prefix_reason"]
+        assert (
+            metrics["shared_prefix"] == 1
+            and "does not route its attention through transformers' AttentionInterface" in metrics["shared_prefix_reason"]
+        )
     else:
         assert metrics["shared_prefix"] == 8 and metrics["tokens_computed"] < metrics["tokens"]
 

@@ -52,9 +52,16 @@ def test_schema_from_sqlite(library_db):
     assert schema.table_natural == ["author", "book", "review", "copy"]
     names = [(c.table, c.name, c.type) for c in schema.columns]
     assert names[:10] == [
-        (0, "id", "number"), (0, "Full_Name", "text"), (0, "born", "time"),
-        (1, "isbn", "text"), (1, "edition", "number"), (1, "title", "text"), (1, "author_id", "number"),
-        (1, "price", "number"), (1, "cover", "others"), (1, "in_print", "boolean"),
+        (0, "id", "number"),
+        (0, "Full_Name", "text"),
+        (0, "born", "time"),
+        (1, "isbn", "text"),
+        (1, "edition", "number"),
+        (1, "title", "text"),
+        (1, "author_id", "number"),
+        (1, "price", "number"),
+        (1, "cover", "others"),
+        (1, "in_print", "boolean"),
     ]
     assert schema.column(2).natural == "full name"
     col = {(schema.tables[c.table], c.name): i for i, c in enumerate(schema.columns, 1)}
@@ -68,7 +75,10 @@ def test_schema_from_sqlite(library_db):
         (col["copy", "copy_isbn"], col["book", "isbn"]),
     ]
     text = describe(schema, "natural")
-    assert "Table book has columns such as isbn, edition, title, author_id, price, cover, in_print. edition and isbn together are the primary key." in text
+    assert (
+        "Table book has columns such as isbn, edition, title, author_id, price, cover, in_print. edition and isbn together are the primary key."
+        in text
+    )
     assert "The author_id of book is the foreign key of id of Author." in text
 
 
@@ -104,10 +114,12 @@ def test_spider_composite_key_is_told_whole(spider_dir):
     from_json, from_file = spider_schemas(spider_dir, "concert_singer")
     json_lines, file_lines = describe(from_json, "natural").splitlines(), describe(from_file, "natural").splitlines()
     differ = [(a, b) for a, b in zip(json_lines, file_lines) if a != b]
-    assert len(json_lines) == len(file_lines) and differ == [(
-        "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID is the primary key.",
-        "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID and Singer_ID together are the primary key.",
-    )]
+    assert len(json_lines) == len(file_lines) and differ == [
+        (
+            "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID is the primary key.",
+            "Table singer_in_concert has columns such as concert_ID, Singer_ID. concert_ID and Singer_ID together are the primary key.",
+        )
+    ]
 
 
 def test_format_table():
@@ -211,7 +223,6 @@ def test_ask_materialises_a_missing_base_and_constrains(library_db, tiny_model_d
     assert made == ["some-alias"] and seen == {"constrained": False, "tables": None}
 
 
-
 def test_the_base_is_the_one_the_adapter_names(library_db, tiny_model_dir, tmp_path, monkeypatch, capsys):
     """models/base holding another model (make repro leaves SmolLM2 there) is not loaded under an adapter
     trained on Gemma: without --base the adapter's own base is materialised in models/bases/<model>; with a
@@ -249,8 +260,10 @@ def test_the_base_is_the_one_the_adapter_names(library_db, tiny_model_dir, tmp_p
         cli.main(["ask", "--db", str(library_db), "--question", "q", "--model", str(model), "--base", str(pipeline_base)])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert err == (f"error: {model} was trained on 'gemma3-270m', but models/base holds 'smollm2-135m-instruct': leave out --base, "
-                   "or pass a folder that holds 'gemma3-270m' (or none yet, to materialise it there)")
+    assert err == (
+        f"error: {model} was trained on 'gemma3-270m', but models/base holds 'smollm2-135m-instruct': leave out --base, "
+        "or pass a folder that holds 'gemma3-270m' (or none yet, to materialise it there)"
+    )
 
 
 def test_ask_an_export_prompts_as_its_source_was_trained(library_db, none_model, tiny_model_dir, tmp_path, monkeypatch):
@@ -287,8 +300,10 @@ def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_d
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model_dir, plain)
     assert trained_prompt(plain) == PromptParams()
-    assert prepare(library_db, "How many books?", plain, tmp_path / "no-base").prompt == prepare(
-        library_db, "How many books?", plain, tmp_path / "no-base", prompt=PromptParams()).prompt
+    assert (
+        prepare(library_db, "How many books?", plain, tmp_path / "no-base").prompt
+        == prepare(library_db, "How many books?", plain, tmp_path / "no-base", prompt=PromptParams()).prompt
+    )
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title FROM book ORDER BY title"))
     monkeypatch.chdir(tmp_path)
     cli.main(["ask", "--db", str(library_db), "--question", "Titles?", "--model", str(plain)])
@@ -296,10 +311,13 @@ def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_d
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not a valid sqlora_export.json"),
-    ('{"method": "lora", "prompt": ["compact"]}', "'prompt' must be an object, got list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not a valid sqlora_export.json"),
+        ('{"method": "lora", "prompt": ["compact"]}', "'prompt' must be an object, got list"),
+    ],
+)
 def test_ask_a_bad_export_info_is_one_line(library_db, tiny_model_dir, tmp_path, text, message):
     exported = tmp_path / "exported"
     shutil.copytree(tiny_model_dir, exported)
@@ -321,10 +339,16 @@ def test_ask_command_prints_sql_table_and_count(library_db, none_model, tiny_mod
     import sqlora.infer.engine
 
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT title, edition FROM book ORDER BY title"))
-    cli.main(["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model),
-              "--base", str(tiny_model_dir), "--rows", "1"])
+    cli.main(
+        ["ask", "--db", str(library_db), "--question", "Books?", "--model", str(none_model), "--base", str(tiny_model_dir), "--rows", "1"]
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:4] == ["SELECT title, edition FROM book ORDER BY title", " title   |   edition", "---------+-----------", " Rivers  |         1"]
+    assert lines[:4] == [
+        "SELECT title, edition FROM book ORDER BY title",
+        " title   |   edition",
+        "---------+-----------",
+        " Rivers  |         1",
+    ]
     assert re.fullmatch(r"\(2 rows, first 1 shown, \d+\.\d s\)", lines[4]) and len(lines) == 5
     monkeypatch.setattr(sqlora.infer.engine, "generate", fixed_generation("SELECT nope FROM book"))
     with pytest.raises(SystemExit) as exit_:
@@ -340,8 +364,18 @@ def run_ask(*args):
 @pytest.mark.slow  # a model materialised or run in a process
 def test_ask_command_with_a_random_model(library_db, none_model, tiny_model_dir):
     """A random model writes garbage: the flow is what is checked, the SQL line then a table or a failure."""
-    result = run_ask("--db", str(library_db), "--question", "How many books are there?", "--model", str(none_model),
-                     "--base", str(tiny_model_dir), "--max-new-tokens", "8")
+    result = run_ask(
+        "--db",
+        str(library_db),
+        "--question",
+        "How many books are there?",
+        "--model",
+        str(none_model),
+        "--base",
+        str(tiny_model_dir),
+        "--max-new-tokens",
+        "8",
+    )
     assert result.returncode in (0, 1), result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) >= 2 and lines[0].strip()
@@ -361,18 +395,25 @@ def test_ask_bad_input_is_one_line_and_exit_2(library_db, none_model, tiny_model
     model = ["--model", str(none_model), "--base", str(tiny_model_dir)]
     (tmp_path / "text.sqlite").write_text("not a database\n")
     assert error("--db", str(tmp_path / "text.sqlite"), "--question", "q", *model).startswith(
-        f"error: {tmp_path / 'text.sqlite'}: not a SQLite database")
+        f"error: {tmp_path / 'text.sqlite'}: not a SQLite database"
+    )
     assert error("--db", str(tmp_path / "nope.sqlite"), "--question", "q", *model) == f"error: {tmp_path / 'nope.sqlite'}: no such file"
     assert error("--db", str(library_db), "--question", "q", "--model", str(tmp_path / "nope"), "--base", str(tiny_model_dir)).startswith(
-        f"error: {tmp_path / 'nope'}: no such fine-tuned model folder")
+        f"error: {tmp_path / 'nope'}: no such fine-tuned model folder"
+    )
     message = error("--db", str(library_db), "--question", "How many books?", *model, "--max-new-tokens", "1000")
-    assert re.fullmatch(r"error: the prompt is \d+ tokens and max_new_tokens is 1000: \d+ tokens, more than the model's "
-                        r"context of 1024 \(max_position_embeddings in .*config.json\).*", message), message
+    assert re.fullmatch(
+        r"error: the prompt is \d+ tokens and max_new_tokens is 1000: \d+ tokens, more than the model's "
+        r"context of 1024 \(max_position_embeddings in .*config.json\).*",
+        message,
+    ), message
     no_template = tmp_path / "no-template"
     shutil.copytree(tiny_model_dir, no_template)
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
     config = json.loads((no_template / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (no_template / "tokenizer_config.json").write_text(json.dumps(config))
-    assert error("--db", str(library_db), "--question", "q", "--model", str(none_model), "--base", str(no_template),
-                 "--chat-template") == f"error: prompt.chat_template is true but the model's tokenizer ({no_template}) has no chat template"
+    assert (
+        error("--db", str(library_db), "--question", "q", "--model", str(none_model), "--base", str(no_template), "--chat-template")
+        == f"error: prompt.chat_template is true but the model's tokenizer ({no_template}) has no chat template"
+    )

@@ -6,7 +6,9 @@ from conftest import SQLORA
 
 def test_prepare_command(sample_dir, tmp_path):
     out = tmp_path / "dev.jsonl"
-    result = subprocess.run(SQLORA + ["prepare", "--source", str(sample_dir), "--split", "dev", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        SQLORA + ["prepare", "--source", str(sample_dir), "--split", "dev", "--out", str(out)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == len(json.loads((sample_dir / "dev.json").read_text()))
@@ -14,7 +16,9 @@ def test_prepare_command(sample_dir, tmp_path):
 
 
 def test_bad_source_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run(SQLORA + ["prepare", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
+    result = subprocess.run(
+        SQLORA + ["prepare", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "error: --source" in result.stderr and "no such folder or file" in result.stderr
     assert not (tmp_path / "x.jsonl").exists()
@@ -34,9 +38,22 @@ def test_evaluate_command_on_the_sample(sample_dir, tmp_path):
     (tmp_path / "pred.sql").write_text("\n".join(preds) + "\n")
     out = tmp_path / "report.json"
     result = subprocess.run(
-        SQLORA + ["evaluate", "--gold", str(gold), "--pred", str(tmp_path / "pred.sql"), "--db", str(sample_dir / "database"),
-                  "--table", str(sample_dir / "tables.json"), "--out", str(out)],
-        capture_output=True, text=True,
+        SQLORA
+        + [
+            "evaluate",
+            "--gold",
+            str(gold),
+            "--pred",
+            str(tmp_path / "pred.sql"),
+            "--db",
+            str(sample_dir / "database"),
+            "--table",
+            str(sample_dir / "tables.json"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "EXECUTION ACCURACY" in result.stdout and "EXACT MATCHING ACCURACY" in result.stdout
@@ -65,10 +82,23 @@ def run_evaluate(sample_dir, tmp_path, gold_lines, pred_lines, *extra):
     (tmp_path / "gold.sql").write_text("".join(line + "\n" for line in gold_lines))
     (tmp_path / "pred.sql").write_text("".join(line + "\n" for line in pred_lines))
     return subprocess.run(
-        SQLORA + ["evaluate", "--gold", str(tmp_path / "gold.sql"), "--pred", str(tmp_path / "pred.sql"),
-                  "--db", str(sample_dir / "database"), "--table", str(sample_dir / "tables.json"),
-                  "--out", str(tmp_path / "report.json"), *extra],
-        capture_output=True, text=True,
+        SQLORA
+        + [
+            "evaluate",
+            "--gold",
+            str(tmp_path / "gold.sql"),
+            "--pred",
+            str(tmp_path / "pred.sql"),
+            "--db",
+            str(sample_dir / "database"),
+            "--table",
+            str(sample_dir / "tables.json"),
+            "--out",
+            str(tmp_path / "report.json"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
     )
 
 

@@ -34,7 +34,7 @@ VALID = [
     "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id",
     "SELECT T2.concert_name FROM singer_in_concert T1 JOIN concert T2 ON T1.concert_id = T2.concert_id",
     "SELECT count(*) AS n FROM singer GROUP BY age ORDER BY n",
-    'SELECT name FROM singer WHERE name = "Joe Sharp" OR name LIKE \'%tom%\'',
+    "SELECT name FROM singer WHERE name = \"Joe Sharp\" OR name LIKE '%tom%'",
     "SELECT singer.name FROM singer WHERE singer.age >= 2.5",
     "SELECT `Name` FROM `singer` WHERE [Age] = 1",
     "SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM singer_in_concert)",

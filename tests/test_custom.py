@@ -39,7 +39,11 @@ def make_db(path: Path, script: str) -> None:
 def questions(n: int = 4) -> list[dict]:
     base = [
         {"question": "How many customers are there?", "sql": "SELECT count(*) FROM customer", "db_id": "shop"},
-        {"question": "Total of each customer's orders?", "sql": "SELECT T1.name, sum(T2.total) FROM customer AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id GROUP BY T1.name", "db_id": "shop"},
+        {
+            "question": "Total of each customer's orders?",
+            "sql": "SELECT T1.name, sum(T2.total) FROM customer AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id GROUP BY T1.name",
+            "db_id": "shop",
+        },
         {"question": "Which animals have four legs?", "sql": "SELECT name FROM animal WHERE legs = 4", "db_id": "zoo"},
         {"question": "How old is the oldest pupil?", "sql": "SELECT max(age) FROM pupil", "db_id": "school"},
     ]
@@ -114,11 +118,14 @@ def test_a_failing_gold_query_names_file_and_line(folder, tmp_path):
     assert len(split.examples) == 3 and len(split.problems) == 1 and "train.jsonl:3" in split.problems[0]
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"question": "x", "sql": "SELECT 1", "db_id": "nowhere"}, "db_id 'nowhere' has no database"),
-    ({"question": "", "sql": "SELECT 1", "db_id": "shop"}, "missing or empty 'question'"),
-    ({"question": "x", "db_id": "shop"}, "missing or empty 'sql'"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"question": "x", "sql": "SELECT 1", "db_id": "nowhere"}, "db_id 'nowhere' has no database"),
+        ({"question": "", "sql": "SELECT 1", "db_id": "shop"}, "missing or empty 'question'"),
+        ({"question": "x", "db_id": "shop"}, "missing or empty 'sql'"),
+    ],
+)
 def test_bad_records_are_one_line(folder, tmp_path, record, message):
     (folder / "dev.csv").unlink()
     (folder / "dev.jsonl").write_text(json.dumps(record) + "\n")
@@ -141,8 +148,11 @@ def test_bad_folders(tmp_path):
 
 def test_sqlora_prepare_custom(folder, tmp_path):
     out = tmp_path / "dev.jsonl"
-    result = subprocess.run(SQLORA + ["prepare", "--dataset", "custom", "--source", str(folder), "--split", "dev", "--out", str(out)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        SQLORA + ["prepare", "--dataset", "custom", "--source", str(folder), "--split", "dev", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["db_id"] for r in records] == ["shop", "zoo"]

@@ -14,7 +14,15 @@ SCHEMA = {
     "db_id": "concerts",
     "table_names_original": ["singer", "concert", "singer_in_concert"],
     "table_names": ["singer", "concert", "singer in concert"],
-    "column_names_original": [[-1, "*"], [0, "Singer_ID"], [0, "Name"], [1, "concert_ID"], [1, "Year"], [2, "concert_ID"], [2, "Singer_ID"]],
+    "column_names_original": [
+        [-1, "*"],
+        [0, "Singer_ID"],
+        [0, "Name"],
+        [1, "concert_ID"],
+        [1, "Year"],
+        [2, "concert_ID"],
+        [2, "Singer_ID"],
+    ],
     "column_names": [[-1, "*"], [0, "singer id"], [0, "name"], [1, "concert id"], [1, "year"], [2, "concert id"], [2, "singer id"]],
     "column_types": ["text", "number", "text", "number", "text", "number", "number"],
     "primary_keys": [1, 3, [5, 6]],
@@ -24,7 +32,11 @@ SCHEMA = {
 
 def write_source(tmp_path: Path, schema=SCHEMA, examples=None) -> Path:
     (tmp_path / "tables.json").write_text(json.dumps([schema]))
-    examples = examples if examples is not None else [{"db_id": "concerts", "question": "How many singers?", "query": "SELECT count(*) FROM singer"}]
+    examples = (
+        examples
+        if examples is not None
+        else [{"db_id": "concerts", "question": "How many singers?", "query": "SELECT count(*) FROM singer"}]
+    )
     (tmp_path / "dev.json").write_text(json.dumps(examples))
     return tmp_path
 
@@ -44,7 +56,9 @@ def test_natural_schema_tells_keys_and_directions(tmp_path):
 def test_records_use_the_one_prompt(tmp_path):
     source = write_source(tmp_path)
     schemas = load_schemas(source / "tables.json")
-    [record] = to_records(Split("spider", schemas, load_examples(source / "dev.json", schemas), source / "database", source / "tables.json"))
+    [record] = to_records(
+        Split("spider", schemas, load_examples(source / "dev.json", schemas), source / "database", source / "tables.json")
+    )
     assert record.output == "SELECT count(*) FROM singer"
     assert record.prompt == render_prompt(record.instruction, "How many singers?")
     assert record.prompt.startswith("I want you to act as a SQL terminal in front of an example database. Below is an instruction")
@@ -82,7 +96,10 @@ def bad_schema(**changes):
         (bad_schema(primary_keys=[0]), "tables.json[0].primary_keys[0]: column index 0 out of range"),
         ({k: v for k, v in SCHEMA.items() if k != "column_types"}, "tables.json[0]: missing key 'column_types'"),
         (bad_schema(column_types=["text"]), "tables.json[0].column_types: expected 7 types"),
-        (bad_schema(column_names_original=[[-1, "*"], [5, "x"]], column_types=["text", "text"]), "column_names_original[1]: table index 5 out of range"),
+        (
+            bad_schema(column_names_original=[[-1, "*"], [5, "x"]], column_types=["text", "text"]),
+            "column_names_original[1]: table index 5 out of range",
+        ),
         (bad_schema(primary_keys=1), "tables.json[0].primary_keys: expected a list of column indices"),
         (bad_schema(primary_keys="Singer_ID"), "tables.json[0].primary_keys: expected a list of column indices"),
         (bad_schema(foreign_keys={"6": 1}), "tables.json[0].foreign_keys: expected a list of [column, referenced_column] pairs"),

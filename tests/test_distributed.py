@@ -23,8 +23,12 @@ def make_project(root: Path, model_dir: Path, batch_size: int) -> Path:
     params["lora"] |= {"r": 4, "alpha": 8, "dropout": 0.0}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     records = [
-        {"db_id": "d", "instruction": f"d contains tables such as t{i % 4}.", "input": f"How many rows in t{i % 4} above {i}?",
-         "output": f"SELECT count(*) FROM t{i % 4} WHERE x > {i}"}
+        {
+            "db_id": "d",
+            "instruction": f"d contains tables such as t{i % 4}.",
+            "input": f"How many rows in t{i % 4} above {i}?",
+            "output": f"SELECT count(*) FROM t{i % 4} WHERE x > {i}",
+        }
         for i in range(32)
     ]
     (root / "data/prepared/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -43,7 +47,10 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29517", str(REPO / "stages/train.py")],
-        cwd=double, capture_output=True, text=True, timeout=600,
+        cwd=double,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
 
@@ -53,7 +60,9 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
     assert metrics["shared_prefix"] == 2 and json.loads((single / "metrics/train.json").read_text())["shared_prefix"] == 4
     assert metrics["tokens"] == json.loads((single / "metrics/train.json").read_text())["tokens"]  # every example once
     # One adapter, written once; the metrics printed by one process only.
-    assert sorted(p.name for p in (double / "models/finetuned").iterdir()) == sorted(p.name for p in (single / "models/finetuned").iterdir())
+    assert sorted(p.name for p in (double / "models/finetuned").iterdir()) == sorted(
+        p.name for p in (single / "models/finetuned").iterdir()
+    )
     assert two.stdout.count('"method": "lora"') == 1
     # One log: every step once, not once per process.
     steps = [int(row.split("\t")[0]) for row in (double / "dvclive/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
@@ -69,7 +78,12 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
 def test_shipped_accelerate_configs_load():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    expected = {"ddp": ("MULTI_GPU", None), "deepspeed_zero2": ("DEEPSPEED", 2), "deepspeed_zero3": ("DEEPSPEED", 3), "fsdp": ("FSDP", None)}
+    expected = {
+        "ddp": ("MULTI_GPU", None),
+        "deepspeed_zero2": ("DEEPSPEED", 2),
+        "deepspeed_zero3": ("DEEPSPEED", 3),
+        "fsdp": ("FSDP", None),
+    }
     for name, (kind, stage) in expected.items():
         config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
         assert config.distributed_type.value == kind, name
@@ -107,12 +121,21 @@ def test_two_processes_predict_like_one(tiny_model_dir, sample_dir, tmp_path):
         assert single.returncode == 0, single.stderr[-3000:]
         double = subprocess.run(
             [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29519", str(REPO / "stages/predict.py")],
-            cwd=two, capture_output=True, text=True, timeout=600,
+            cwd=two,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert double.returncode == 0, double.stderr[-3000:]
         assert "2 processes" in double.stdout and double.stdout.count("predict (") == 1  # one summary, from the main process
         assert (two / "predictions/dev.sql").read_text() == (one / "predictions/dev.sql").read_text()
-        rows = [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in (two / "predictions/dev.jsonl").read_text().splitlines()]
-        expected = [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in (one / "predictions/dev.jsonl").read_text().splitlines()]
+        rows = [
+            {k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in (two / "predictions/dev.jsonl").read_text().splitlines()
+        ]
+        expected = [
+            {k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in (one / "predictions/dev.jsonl").read_text().splitlines()
+        ]
         assert rows == expected and [r["index"] for r in rows] == list(range(len(records)))
         assert not list((two / "predictions/partial").glob("dev.*.jsonl"))  # merged, then removed

@@ -75,8 +75,9 @@ def test_the_same_sql_gives_the_same_rows_on_every_engine(copies):
             database = open_database(spec)
             result = database.run(sql, names=read_schema(database).names())
             assert result.ok, (engine, sql, result.error)
-            results[engine] = [tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in row)
-                               for row in result.rows]
+            results[engine] = [
+                tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in row) for row in result.rows
+            ]
         assert all(rows == results["sqlite"] for rows in results.values()), (sql, results)
 
 
@@ -116,17 +117,22 @@ def test_the_sandbox_holds_on_every_engine(copies, engine):
             assert database.run_native(sql).error.startswith("refused: Permission Error"), sql
     else:
         assert not database.run_native("SELECT nextval('x')").ok
-        assert "read-write mode must be set before any query" in database.run_native(
-            "SELECT set_config('transaction_read_only', 'off', false)").error
+        assert (
+            "read-write mode must be set before any query"
+            in database.run_native("SELECT set_config('transaction_read_only', 'off', false)").error
+        )
     assert _fingerprint(specs[engine]) == before
 
 
 def test_to_dialect_keeps_sqlites_meaning():
     names = {"Singer", "name", "Country"}
-    assert to_dialect('SELECT name FROM singer WHERE country = "France"', "postgres", names) == \
-        "SELECT name FROM \"Singer\" WHERE \"Country\" = 'France'"
-    assert to_dialect("SELECT name FROM Singer WHERE name LIKE 'a%'", "duckdb", names) == \
-        "SELECT name FROM \"Singer\" WHERE name ILIKE 'a%'"
+    assert (
+        to_dialect('SELECT name FROM singer WHERE country = "France"', "postgres", names)
+        == 'SELECT name FROM "Singer" WHERE "Country" = \'France\''
+    )
+    assert (
+        to_dialect("SELECT name FROM Singer WHERE name LIKE 'a%'", "duckdb", names) == "SELECT name FROM \"Singer\" WHERE name ILIKE 'a%'"
+    )
     assert to_dialect("SELECT 1", "sqlite", names) == "SELECT 1"
     with pytest.raises(ValueError):
         to_dialect("SELECT FROM WHERE (", "postgres", names)
@@ -159,9 +165,11 @@ def test_open_database_bad_input(tmp_path, copies):
 def test_evaluate_on_every_engine_gives_the_sqlite_scores(copies, sample_dir):
     from sqlora.evaluate.execution import Gold, evaluate
 
-    questions = [("airline", "SELECT name FROM airline WHERE country = 'Spain'"),
-                 ("airline", "SELECT count(*) FROM flight"),
-                 ("airline", "SELECT max(price) FROM flight")]
+    questions = [
+        ("airline", "SELECT name FROM airline WHERE country = 'Spain'"),
+        ("airline", "SELECT count(*) FROM flight"),
+        ("airline", "SELECT max(price) FROM flight"),
+    ]
     golds = [Gold(sql, db_id, f"gold #{i}") for i, (db_id, sql) in enumerate(questions, 1)]
     preds = ['SELECT Name FROM airline WHERE Country = "Spain"', "SELECT count(flight_id) FROM flight", "SELECT min(price) FROM flight"]
     places = {"sqlite": sample_dir / "database", "duckdb": str(copies["duck_dir"] / "{db_id}.duckdb")}
@@ -186,7 +194,9 @@ def test_ask_prompts_the_same_on_every_engine(copies, tiny_model_dir, tmp_path):
     (model / "sqlora_model.json").write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
     for schema_format in ("natural", "ddl_rows"):
         prompt = PromptParams(schema_format=schema_format, sample_rows=2)
-        prompts = {engine: prepare(spec, "How many flights?", model, tiny_model_dir, prompt=prompt).prompt
-                   for engine, spec in copies["databases"]["airline"].items()}
+        prompts = {
+            engine: prepare(spec, "How many flights?", model, tiny_model_dir, prompt=prompt).prompt
+            for engine, spec in copies["databases"]["airline"].items()
+        }
         assert prompts["sqlite"] == prompts.get("postgresql", prompts["sqlite"])
         assert prompts["duckdb"].count("\n") == prompts["sqlite"].count("\n")  # the same tables, in name order

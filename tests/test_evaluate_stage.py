@@ -21,11 +21,22 @@ def workdir(tmp_path) -> Path:
     conn.commit()
     conn.close()
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "tables.json").write_text(json.dumps([{
-        "db_id": "shop", "table_names_original": ["item"], "table_names": ["item"],
-        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"]], "column_names": [[-1, "*"], [0, "id"], [0, "name"]],
-        "column_types": ["text", "number", "text"], "primary_keys": [1], "foreign_keys": [],
-    }]))
+    (tmp_path / "tables.json").write_text(
+        json.dumps(
+            [
+                {
+                    "db_id": "shop",
+                    "table_names_original": ["item"],
+                    "table_names": ["item"],
+                    "column_names_original": [[-1, "*"], [0, "id"], [0, "name"]],
+                    "column_names": [[-1, "*"], [0, "id"], [0, "name"]],
+                    "column_types": ["text", "number", "text"],
+                    "primary_keys": [1],
+                    "foreign_keys": [],
+                }
+            ]
+        )
+    )
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     (tmp_path / "predictions").mkdir()
     return tmp_path
@@ -33,7 +44,9 @@ def workdir(tmp_path) -> Path:
 
 def run_stage(workdir: Path, dataset: str, records: list[dict], preds: list[str]) -> dict:
     (workdir / "data/prepared/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": dataset, "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")}))
+    (workdir / "data/prepared/meta.json").write_text(
+        json.dumps({"dataset": dataset, "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")})
+    )
     (workdir / "predictions/dev.sql").write_text("".join(p + "\n" for p in preds))
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -46,7 +59,8 @@ def record(output: str, **extra) -> dict:
 
 def test_bird_by_difficulty(workdir):
     metrics = run_stage(
-        workdir, "bird",
+        workdir,
+        "bird",
         [record("SELECT DISTINCT name FROM item", difficulty="simple"), record("SELECT id FROM item", difficulty="moderate")],
         ["SELECT name FROM item", "SELECT name FROM item"],
     )
@@ -63,8 +77,11 @@ def test_error_breakdown_in_the_metrics(workdir):
 
 
 def test_multiturn_interaction_accuracy(workdir):
-    records = [record("SELECT name FROM item", interaction_id="0", turn=0), record("SELECT id FROM item", interaction_id="0", turn=1),
-               record("SELECT id FROM item", interaction_id="1", turn=0)]
+    records = [
+        record("SELECT name FROM item", interaction_id="0", turn=0),
+        record("SELECT id FROM item", interaction_id="0", turn=1),
+        record("SELECT id FROM item", interaction_id="1", turn=0),
+    ]
     metrics = run_stage(workdir, "sparc", records, ["SELECT name FROM item", "SELECT name FROM item", "SELECT id FROM item"])
     assert metrics["ex"]["all"] == pytest.approx(2 / 3, abs=1e-4)
     assert metrics["interactions"] == 2 and metrics["interaction_ex"] == 0.5
@@ -73,7 +90,9 @@ def test_multiturn_interaction_accuracy(workdir):
 
 def test_prediction_count_mismatch_is_one_line(workdir):
     (workdir / "data/prepared/dev.jsonl").write_text(json.dumps(record("SELECT 1")) + "\n")
-    (workdir / "data/prepared/meta.json").write_text(json.dumps({"dataset": "spider", "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")}))
+    (workdir / "data/prepared/meta.json").write_text(
+        json.dumps({"dataset": "spider", "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")})
+    )
     (workdir / "predictions/dev.sql").write_text("SELECT 1\nSELECT 2\n")
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py")], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 2
@@ -82,10 +101,13 @@ def test_prediction_count_mismatch_is_one_line(workdir):
 
 
 BAD_META = [  # data/prepared/meta.json as a stage may find it, and the one line it stops with
-    ("{\"dataset\": ", "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
+    ('{"dataset": ', "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
     ("[]", "data/prepared/meta.json: expected a JSON object, got list; rerun the prepare stage"),
     ('{"dataset": "spider", "database_dir": "dbs"}', "data/prepared/meta.json: missing key 'tables_json'; rerun the prepare stage"),
-    ('{"dataset": "spider", "database_dir": 7, "tables_json": "t.json"}', "data/prepared/meta.json: 'database_dir' must be a string, got 7"),
+    (
+        '{"dataset": "spider", "database_dir": 7, "tables_json": "t.json"}',
+        "data/prepared/meta.json: 'database_dir' must be a string, got 7",
+    ),
 ]
 
 

@@ -325,8 +325,12 @@ def test_spider_dev_gold_as_prediction_all_match(spider_dir: Path) -> None:
     examples = json.loads((spider_dir / "dev.json").read_text(encoding="utf-8"))
     golds = [(e["query"], e["db_id"]) for e in examples]
     report = evaluate(
-        golds, [e["query"] for e in examples], spider_dir / "database",
-        timeout_s=30.0, workers=2, skip_missing_databases=True,
+        golds,
+        [e["query"] for e in examples],
+        spider_dir / "database",
+        timeout_s=30.0,
+        workers=2,
+        skip_missing_databases=True,
     )
     assert isinstance(report, EvalReport)
     assert len(report.examples) == 972
@@ -364,12 +368,18 @@ def test_interaction_accuracy_needs_every_turn(db_dir):
 
 # --- options: EM only, test suites, the gold cache, VES ----------------------------------------
 
-SHOP_TABLES = [{
-    "db_id": "shop", "table_names_original": ["item"], "table_names": ["item"],
-    "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
-    "column_names": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
-    "column_types": ["text", "number", "text", "number"], "primary_keys": [1], "foreign_keys": [],
-}]
+SHOP_TABLES = [
+    {
+        "db_id": "shop",
+        "table_names_original": ["item"],
+        "table_names": ["item"],
+        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
+        "column_names": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
+        "column_types": ["text", "number", "text", "number"],
+        "primary_keys": [1],
+        "foreign_keys": [],
+    }
+]
 
 
 def test_match_only_executes_nothing(tmp_path: Path) -> None:
@@ -436,9 +446,7 @@ def test_gold_results_are_cached_across_runs(db_dir: Path, tmp_path: Path, monke
     assert len([sql for sql in calls if sql in gold_sqls]) == 5
 
 
-def test_gold_results_cached_by_another_build_are_not_reused(
-    db_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gold_results_cached_by_another_build_are_not_reused(db_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gold, pred = "SELECT name FROM item ORDER BY id", "SELECT name FROM item ORDER BY id"
     cache = tmp_path / "gold-cache"
     assert evaluate([(gold, "shop")], [pred], db_dir, workers=1, gold_cache=cache).examples[0].exec == 1
@@ -491,8 +499,7 @@ ADVERSARIAL = [
     "SELECT load_extension('libevil')",
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
     # 10^12 rows: six copies of a 100-row table.
-    "WITH h(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM h WHERE x < 100) "
-    "SELECT count(*) FROM h a, h b, h c, h d, h e, h f",
+    "WITH h(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM h WHERE x < 100) SELECT count(*) FROM h a, h b, h c, h d, h e, h f",
     "",
     "SELECT " + " + ".join(["price"] * 200_000) + " FROM item",  # 1.6 MB of SQL
     "\x00\x01\x02\xfe\xff garbage \x7f",
@@ -557,5 +564,9 @@ def test_error_breakdown_names_why_answers_are_wrong(tmp_path):
     ]
     assert error_kind(examples[-1]) is None
     assert error_breakdown(examples) == {
-        "no_such_column": 2, "no_such_table": 1, "does_not_parse": 4, "other_error": 2, "wrong_rows": 1,
+        "no_such_column": 2,
+        "no_such_table": 1,
+        "does_not_parse": 4,
+        "other_error": 2,
+        "wrong_rows": 1,
     }

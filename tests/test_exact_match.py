@@ -14,22 +14,40 @@ from sqlora.evaluate.spider_sql import parse_spider_sql
 
 # concert_singer, as in Spider's tables.json (its types left out: EM does not read them), read as
 # sqlora reads every tables.json.
-CONCERT_SINGER = _parse_schema({
-    "db_id": "concert_singer",
-    "table_names_original": ["stadium", "singer", "concert", "singer_in_concert"],
-    "column_names_original": [
-        [-1, "*"],
-        [0, "Stadium_ID"], [0, "Location"], [0, "Name"], [0, "Capacity"], [0, "Highest"],
-        [0, "Lowest"], [0, "Average"],
-        [1, "Singer_ID"], [1, "Name"], [1, "Country"], [1, "Song_Name"],
-        [1, "Song_release_year"], [1, "Age"], [1, "Is_male"],
-        [2, "concert_ID"], [2, "concert_Name"], [2, "Theme"], [2, "Stadium_ID"], [2, "Year"],
-        [3, "concert_ID"], [3, "Singer_ID"],
-    ],
-    "foreign_keys": [[18, 1], [21, 8], [20, 15]],
-    "primary_keys": [1, 8, 15, 20],
-    "column_types": ["text"] * 22,
-}, "concert_singer")
+CONCERT_SINGER = _parse_schema(
+    {
+        "db_id": "concert_singer",
+        "table_names_original": ["stadium", "singer", "concert", "singer_in_concert"],
+        "column_names_original": [
+            [-1, "*"],
+            [0, "Stadium_ID"],
+            [0, "Location"],
+            [0, "Name"],
+            [0, "Capacity"],
+            [0, "Highest"],
+            [0, "Lowest"],
+            [0, "Average"],
+            [1, "Singer_ID"],
+            [1, "Name"],
+            [1, "Country"],
+            [1, "Song_Name"],
+            [1, "Song_release_year"],
+            [1, "Age"],
+            [1, "Is_male"],
+            [2, "concert_ID"],
+            [2, "concert_Name"],
+            [2, "Theme"],
+            [2, "Stadium_ID"],
+            [2, "Year"],
+            [3, "concert_ID"],
+            [3, "Singer_ID"],
+        ],
+        "foreign_keys": [[18, 1], [21, 8], [20, 15]],
+        "primary_keys": [1, 8, 15, 20],
+        "column_types": ["text"] * 22,
+    },
+    "concert_singer",
+)
 
 
 def em(gold: str, pred: str, schema: DatabaseSchema = CONCERT_SINGER) -> bool:
@@ -65,14 +83,11 @@ JOIN = "FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.sing
         ("SELECT name FROM singer WHERE age > 1 AND country = 'x'", "SELECT name FROM singer WHERE country = 'y' AND age > 2", True),
         ("SELECT name FROM singer WHERE age > 1 AND country = 'x'", "SELECT name FROM singer WHERE age > 1 OR country = 'x'", False),
         # joins: tables compared as a multiset, ON conditions not compared at all
-        (f"SELECT T1.name {JOIN}",
-         "SELECT T2.name FROM singer_in_concert AS T1 JOIN singer AS T2 ON T2.singer_id = T1.singer_id", True),
-        (f"SELECT T1.name {JOIN}",
-         "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.name = T2.concert_id", True),
+        (f"SELECT T1.name {JOIN}", "SELECT T2.name FROM singer_in_concert AS T1 JOIN singer AS T2 ON T2.singer_id = T1.singer_id", True),
+        (f"SELECT T1.name {JOIN}", "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.name = T2.concert_id", True),
         (f"SELECT T1.name {JOIN}", "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.concert_id", False),
         # alias names do not matter
-        (f"SELECT T1.name {JOIN}",
-         "SELECT T2.name FROM singer AS T2 JOIN singer_in_concert AS T1 ON T2.singer_id = T1.singer_id", True),
+        (f"SELECT T1.name {JOIN}", "SELECT T2.name FROM singer AS T2 JOIN singer_in_concert AS T1 ON T2.singer_id = T1.singer_id", True),
         # foreign-key unification (kmap): singer_in_concert.singer_id ~ singer.singer_id when both
         # tables are in FROM
         (f"SELECT T1.singer_id {JOIN}", f"SELECT T2.singer_id {JOIN}", True),
@@ -81,22 +96,43 @@ JOIN = "FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.sing
         # ... but a different table is still a different FROM
         ("SELECT count(*) FROM singer WHERE singer_id = 1", "SELECT count(*) FROM singer_in_concert WHERE singer_id = 1", False),
         # GROUP BY / HAVING
-        ("SELECT country, count(*) FROM singer GROUP BY country",
-         "SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 1", False),
-        ("SELECT country FROM singer GROUP BY country HAVING count(*) > 1",
-         "SELECT country FROM singer GROUP BY country HAVING count(*) > 7", True),
+        (
+            "SELECT country, count(*) FROM singer GROUP BY country",
+            "SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 1",
+            False,
+        ),
+        (
+            "SELECT country FROM singer GROUP BY country HAVING count(*) > 1",
+            "SELECT country FROM singer GROUP BY country HAVING count(*) > 7",
+            True,
+        ),
         # nested queries: compared whole, values dropped, DISTINCT and FK columns kept as written
-        ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)",
-         "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE age > 3)", False),
-        ("SELECT name FROM singer WHERE singer_id IN (SELECT singer_id FROM singer_in_concert)",
-         "SELECT name FROM singer WHERE singer_id IN (SELECT DISTINCT singer_id FROM singer_in_concert)", False),
-        ("SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM singer_in_concert WHERE concert_id = 1)",
-         "SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM singer_in_concert WHERE concert_id = 2)", True),
+        (
+            "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)",
+            "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE age > 3)",
+            False,
+        ),
+        (
+            "SELECT name FROM singer WHERE singer_id IN (SELECT singer_id FROM singer_in_concert)",
+            "SELECT name FROM singer WHERE singer_id IN (SELECT DISTINCT singer_id FROM singer_in_concert)",
+            False,
+        ),
+        (
+            "SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM singer_in_concert WHERE concert_id = 1)",
+            "SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM singer_in_concert WHERE concert_id = 2)",
+            True,
+        ),
         # set operations compared recursively
-        ("SELECT name FROM singer WHERE age > 1 INTERSECT SELECT name FROM singer WHERE age < 9",
-         "SELECT name FROM singer WHERE age > 5 INTERSECT SELECT name FROM singer WHERE age < 3", True),
-        ("SELECT name FROM singer WHERE age > 1 INTERSECT SELECT name FROM singer WHERE age < 9",
-         "SELECT name FROM singer WHERE age > 1 UNION SELECT name FROM singer WHERE age < 9", False),
+        (
+            "SELECT name FROM singer WHERE age > 1 INTERSECT SELECT name FROM singer WHERE age < 9",
+            "SELECT name FROM singer WHERE age > 5 INTERSECT SELECT name FROM singer WHERE age < 3",
+            True,
+        ),
+        (
+            "SELECT name FROM singer WHERE age > 1 INTERSECT SELECT name FROM singer WHERE age < 9",
+            "SELECT name FROM singer WHERE age > 1 UNION SELECT name FROM singer WHERE age < 9",
+            False,
+        ),
         # case of keywords and identifiers is irrelevant
         ("SELECT Name FROM SINGER WHERE Age > 1", "select name from singer where age > 1", True),
         # as the official tokenizer: spaced comparison operators are one operator ...
@@ -120,20 +156,35 @@ def test_perturbations(gold: str, pred: str, expected: bool) -> None:
         (f"SELECT T1.name {JOIN}", f"SELECT T1.name {JOIN} OR T1.singer_id = T2.concert_id", True),
         (f"SELECT T1.name {JOIN} OR T1.singer_id = T2.concert_id", f"SELECT T1.name {JOIN}", True),
         # ... and in WHERE, up to the next AND; after a number the OR stays
-        ("SELECT name FROM singer WHERE age > 1 AND country = name",
-         "SELECT name FROM singer WHERE age > 1 AND country = name OR age < 5", True),
+        (
+            "SELECT name FROM singer WHERE age > 1 AND country = name",
+            "SELECT name FROM singer WHERE age > 1 AND country = name OR age < 5",
+            True,
+        ),
         ("SELECT name FROM singer WHERE country = name OR age > 1", "SELECT name FROM singer WHERE country = name", True),
         ("SELECT name FROM singer WHERE age = 1 OR country = name", "SELECT name FROM singer WHERE age = 1", False),
-        ("SELECT name FROM singer WHERE age > song_release_year",
-         "SELECT name FROM singer WHERE age > song_release_year + 1 OR age < 3", True),
-        ("SELECT name FROM singer WHERE age BETWEEN song_release_year AND age",
-         "SELECT name FROM singer WHERE age BETWEEN song_release_year OR 1 AND age OR country = 'x'", True),
+        (
+            "SELECT name FROM singer WHERE age > song_release_year",
+            "SELECT name FROM singer WHERE age > song_release_year + 1 OR age < 3",
+            True,
+        ),
+        (
+            "SELECT name FROM singer WHERE age BETWEEN song_release_year AND age",
+            "SELECT name FROM singer WHERE age BETWEEN song_release_year OR 1 AND age OR country = 'x'",
+            True,
+        ),
         # the LEFT of "ON a = b LEFT JOIN" is skipped: a plain JOIN
-        (f"SELECT T3.concert_name {JOIN} JOIN concert AS T3 ON T2.concert_id = T3.concert_id",
-         f"SELECT T3.concert_name {JOIN} LEFT JOIN concert AS T3 ON T2.concert_id = T3.concert_id", True),
+        (
+            f"SELECT T3.concert_name {JOIN} JOIN concert AS T3 ON T2.concert_id = T3.concert_id",
+            f"SELECT T3.concert_name {JOIN} LEFT JOIN concert AS T3 ON T2.concert_id = T3.concert_id",
+            True,
+        ),
         # skipping up to a nested query's SELECT ends the query there: the rest is never read
-        ("SELECT name FROM singer WHERE country = name",
-         "SELECT name FROM singer WHERE country = name OR singer_id IN (SELECT singer_id FROM singer_in_concert) ORDER BY age", True),
+        (
+            "SELECT name FROM singer WHERE country = name",
+            "SELECT name FROM singer WHERE country = name OR singer_id IN (SELECT singer_id FROM singer_in_concert) ORDER BY age",
+            True,
+        ),
     ],
 )
 def test_column_value_skips_up_to_the_next_and(gold: str, pred: str, expected: bool) -> None:
@@ -146,14 +197,26 @@ def test_column_value_skips_up_to_the_next_and(gold: str, pred: str, expected: b
     ("gold", "pred", "expected"),
     [
         ("SELECT name FROM singer ORDER BY age", "SELECT name FROM singer ORDER BY age WHERE age > 20", True),
-        ("SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1",
-         "SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1 GROUP BY country", True),
-        ("SELECT country FROM singer GROUP BY country ORDER BY count(*) DESC LIMIT 1",
-         "SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1 GROUP BY country", False),
-        ("SELECT country FROM singer GROUP BY country HAVING count(*) > 1",
-         "SELECT country FROM singer GROUP BY country HAVING count(*) > 1 WHERE age > 20", True),
-        ("SELECT country FROM singer WHERE age > 20 GROUP BY country HAVING count(*) > 1",
-         "SELECT country FROM singer GROUP BY country HAVING count(*) > 1 WHERE age > 20", False),
+        (
+            "SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1",
+            "SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1 GROUP BY country",
+            True,
+        ),
+        (
+            "SELECT country FROM singer GROUP BY country ORDER BY count(*) DESC LIMIT 1",
+            "SELECT country FROM singer ORDER BY count(*) DESC LIMIT 1 GROUP BY country",
+            False,
+        ),
+        (
+            "SELECT country FROM singer GROUP BY country HAVING count(*) > 1",
+            "SELECT country FROM singer GROUP BY country HAVING count(*) > 1 WHERE age > 20",
+            True,
+        ),
+        (
+            "SELECT country FROM singer WHERE age > 20 GROUP BY country HAVING count(*) > 1",
+            "SELECT country FROM singer GROUP BY country HAVING count(*) > 1 WHERE age > 20",
+            False,
+        ),
         # a set operation after the clause that ends the query is not read either
         ("SELECT name FROM singer ORDER BY age", "SELECT name FROM singer ORDER BY age WHERE age > 1 UNION SELECT name FROM singer", True),
         ("SELECT name FROM singer WHERE age > 1", "SELECT name FROM singer WHERE age > 1 JOIN concert", True),
@@ -248,14 +311,30 @@ def _to_index_form(sql: dict | None, entry: DatabaseSchema):
         return None if u is None else [u[0], col(u[1]), col(u[2])]
 
     def cond(c):
-        return [x if i % 2 else [x[0], x[1], val(x[2]), _to_index_form(x[3], entry) if isinstance(x[3], dict) else None,
-                                 _to_index_form(x[4], entry) if isinstance(x[4], dict) else None] for i, x in enumerate(c)]
+        return [
+            x
+            if i % 2
+            else [
+                x[0],
+                x[1],
+                val(x[2]),
+                _to_index_form(x[3], entry) if isinstance(x[3], dict) else None,
+                _to_index_form(x[4], entry) if isinstance(x[4], dict) else None,
+            ]
+            for i, x in enumerate(c)
+        ]
 
     return {
         "select": [bool(sql["select"][0]), [[a, val(u)] for a, u in sql["select"][1]]],
-        "from": {"table_units": [[t, tables.index(x[2:-2])] if t == "table_unit" else [t, _to_index_form(x, entry)]
-                                 for t, x in sql["from"]["table_units"]], "conds": cond(sql["from"]["conds"])},
-        "where": cond(sql["where"]), "groupBy": [col(c) for c in sql["groupBy"]], "having": cond(sql["having"]),
+        "from": {
+            "table_units": [
+                [t, tables.index(x[2:-2])] if t == "table_unit" else [t, _to_index_form(x, entry)] for t, x in sql["from"]["table_units"]
+            ],
+            "conds": cond(sql["from"]["conds"]),
+        },
+        "where": cond(sql["where"]),
+        "groupBy": [col(c) for c in sql["groupBy"]],
+        "having": cond(sql["having"]),
         "orderBy": [sql["orderBy"][0], [val(u) for u in sql["orderBy"][1]]] if sql["orderBy"] else [],
         "limit": sql["limit"] is not None,
         **{k: _to_index_form(sql[k], entry) for k in ("intersect", "union", "except")},
@@ -267,14 +346,21 @@ def _official_normalised(sql: dict | None):
         return None
 
     def cond(c):
-        return [x if i % 2 else [x[0], x[1], x[2], *(_official_normalised(v) if isinstance(v, dict) else None for v in x[3:])]
-                for i, x in enumerate(c)]
+        return [
+            x if i % 2 else [x[0], x[1], x[2], *(_official_normalised(v) if isinstance(v, dict) else None for v in x[3:])]
+            for i, x in enumerate(c)
+        ]
 
     return {
         "select": sql["select"],
-        "from": {"table_units": [[t, x if t == "table_unit" else _official_normalised(x)] for t, x in sql["from"]["table_units"]],
-                 "conds": cond(sql["from"]["conds"])},
-        "where": cond(sql["where"]), "groupBy": sql["groupBy"], "having": cond(sql["having"]), "orderBy": sql["orderBy"],
+        "from": {
+            "table_units": [[t, x if t == "table_unit" else _official_normalised(x)] for t, x in sql["from"]["table_units"]],
+            "conds": cond(sql["from"]["conds"]),
+        },
+        "where": cond(sql["where"]),
+        "groupBy": sql["groupBy"],
+        "having": cond(sql["having"]),
+        "orderBy": sql["orderBy"],
         "limit": sql["limit"] is not None,
         **{k: _official_normalised(sql[k]) for k in ("intersect", "union", "except")},
     }

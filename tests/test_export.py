@@ -17,8 +17,7 @@ from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name,
 from conftest import REPO, SQLORA
 
 PROMPTS = [
-    Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output="").prompt
-    for i in range(3)
+    Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output="").prompt for i in range(3)
 ]
 
 
@@ -55,7 +54,11 @@ def test_exported_folder_is_a_plain_checkpoint(lora, tiny_model_dir):
     assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= names
     assert not {"adapter_config.json", "adapter_model.safetensors", MODEL_INFO} & names
     assert json.loads((out / EXPORT_INFO).read_text()) == {
-        "method": "lora", "base": str(tiny_model_dir), "source": str(adapter_dir), "dtype": "float32", "prompt": {},
+        "method": "lora",
+        "base": str(tiny_model_dir),
+        "source": str(adapter_dir),
+        "dtype": "float32",
+        "prompt": {},
     }
     assert not list(out.parent.glob(".exported.*"))  # the temporary folder is gone
     assert all(f.stat().st_mode & 0o044 == 0o044 for f in out.iterdir())  # readable by a server running as another user
@@ -161,7 +164,9 @@ def test_qlora_merges_into_the_unquantised_base(tiny_model_dir, tmp_path):
 def test_adapter_for_another_base(lora, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    other = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    other = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+    )
     LlamaForCausalLM(other).save_pretrained(tmp_path / "other")
     with pytest.raises(SqloraError, match="the adapter does not fit the base"):
         export_model(lora[0], tmp_path / "other", tmp_path / "out")

@@ -168,9 +168,22 @@ def sha256(path: Path) -> str:
 
 
 def test_affinity_follows_sqlite_rules():
-    cases = {"INTEGER": "integer", "int(11)": "integer", "varchar(20)": "text", "character varchar(3)": "text",
-             "TEXT": "text", "": "blob", "BLOB": "blob", "REAL": "real", "double": "real", "float(10,2)": "real",
-             "number": "numeric", "datetime": "numeric", "bool": "numeric", "decimal(19,4)": "numeric"}
+    cases = {
+        "INTEGER": "integer",
+        "int(11)": "integer",
+        "varchar(20)": "text",
+        "character varchar(3)": "text",
+        "TEXT": "text",
+        "": "blob",
+        "BLOB": "blob",
+        "REAL": "real",
+        "double": "real",
+        "float(10,2)": "real",
+        "number": "numeric",
+        "datetime": "numeric",
+        "bool": "numeric",
+        "decimal(19,4)": "numeric",
+    }
     assert {declared: column_affinity(declared) for declared in cases} == cases
 
 
@@ -263,8 +276,7 @@ def test_checker_sees_dangling_keys(school: Path, tmp_path: Path):
     other = tmp_path / "loose.sqlite"
     conn = sqlite3.connect(other)
     conn.executescript(
-        "CREATE TABLE p (x int); CREATE TABLE c (y int REFERENCES p(x));"
-        "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1), (2), (NULL);"
+        "CREATE TABLE p (x int); CREATE TABLE c (y int REFERENCES p(x));INSERT INTO p VALUES (1); INSERT INTO c VALUES (1), (2), (NULL);"
     )
     conn.close()
     assert constraint_violations(other) == ["c('y',) -> p('x',): 1 rows without a parent"]

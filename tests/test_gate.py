@@ -117,11 +117,14 @@ def test_ci_runs_the_tests_and_the_gate():
     assert "gate: repro\n\tsqlora gate" in makefile
 
 
-@pytest.mark.parametrize("output, message", [
-    ("WARNING: something\n{}", "output is not JSON (Expecting value at line 1 column 1)"),
-    ('["metrics/eval.json"]', "unexpected output"),
-    ('{"metrics/eval.json": {"ex.all": 0.5}}', "unexpected output"),
-])
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("WARNING: something\n{}", "output is not JSON (Expecting value at line 1 column 1)"),
+        ('["metrics/eval.json"]', "unexpected output"),
+        ('{"metrics/eval.json": {"ex.all": 0.5}}', "unexpected output"),
+    ],
+)
 def test_an_unreadable_metrics_diff_is_one_line(monkeypatch, capsys, output, message):
     """`dvc metrics diff --json` output of another shape: one error line, exit status 2."""
     from sqlora import cli

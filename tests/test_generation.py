@@ -40,8 +40,35 @@ def test_extract_sql(raw, sql):
 
 def test_complete_statement_never_changes():
     """sql_complete(prefix) means no continuation changes the SQL: what lets a row stop there."""
-    pieces = ["SELECT", " a", " FROM t", ";", "\n", "\n\n", "```", "sql", "```sql\n", "###", "<|", "Here is", ":",
-              " (", ")", "UNION", "\nSELECT", "ED", " ", "WITH", "sq", "VALUES", "\n \n", "#", "<", "|", "`"]
+    pieces = [
+        "SELECT",
+        " a",
+        " FROM t",
+        ";",
+        "\n",
+        "\n\n",
+        "```",
+        "sql",
+        "```sql\n",
+        "###",
+        "<|",
+        "Here is",
+        ":",
+        " (",
+        ")",
+        "UNION",
+        "\nSELECT",
+        "ED",
+        " ",
+        "WITH",
+        "sq",
+        "VALUES",
+        "\n \n",
+        "#",
+        "<",
+        "|",
+        "`",
+    ]
     rng = random.Random(0)
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))

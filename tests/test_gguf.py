@@ -32,7 +32,7 @@ def logits(model, ids: list[int]) -> torch.Tensor:
 def greedy(model, ids: list[int], n: int = 8) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 def load_gguf(path: Path):
@@ -119,14 +119,33 @@ def test_modelfile(exported):
     assert "FROM ./sql-q8_0.gguf\n" in text
     template = PROMPT_TEMPLATE.format(instruction="{{ .System }}", input="{{ .Prompt }}")
     assert f'TEMPLATE """{template}"""\n' in text
-    for line in ("PARAMETER temperature 0", "PARAMETER repeat_penalty 1", f'PARAMETER stop "{tokenizer.eos_token}"',
-                 'PARAMETER stop ";"', "PARAMETER num_predict 128", "PARAMETER num_ctx 1024"):
+    for line in (
+        "PARAMETER temperature 0",
+        "PARAMETER repeat_penalty 1",
+        f'PARAMETER stop "{tokenizer.eos_token}"',
+        'PARAMETER stop ";"',
+        "PARAMETER num_predict 128",
+        "PARAMETER num_ctx 1024",
+    ):
         assert line + "\n" in text
 
 
 def test_export_command(exported, tiny_model_dir, tmp_path, capsys):
-    main(["export", "--model", str(exported[0]), "--base", str(tiny_model_dir), "--format", "gguf", "--quant", "q8_0",
-          "--out", str(tmp_path / "m.gguf")])
+    main(
+        [
+            "export",
+            "--model",
+            str(exported[0]),
+            "--base",
+            str(tiny_model_dir),
+            "--format",
+            "gguf",
+            "--quant",
+            "q8_0",
+            "--out",
+            str(tmp_path / "m.gguf"),
+        ]
+    )
     assert f"export: LlamaForCausalLM -> {tmp_path / 'm.gguf'} (q8_0, " in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.Modelfile", "m.gguf"]  # no temporary files left
 
@@ -144,9 +163,13 @@ def test_unsupported_architecture_is_one_line_and_writes_nothing(tiny_model_dir,
     from transformers import GPT2Config
 
     ft = tmp_path / "ft"
-    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(ft)  # refused from its config: no weights needed
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(
+        ft
+    )  # refused from its config: no weights needed
     (ft / MODEL_INFO).write_text(json.dumps({"method": "full", "base": str(tiny_model_dir)}))
-    err = expect_exit_2(["export", "--model", str(ft), "--base", str(tiny_model_dir), "--format", "gguf", "--out", str(tmp_path / "o.gguf")], capsys)
+    err = expect_exit_2(
+        ["export", "--model", str(ft), "--base", str(tiny_model_dir), "--format", "gguf", "--out", str(tmp_path / "o.gguf")], capsys
+    )
     assert "architecture GPT2LMHeadModel" in err and "LlamaForCausalLM" in err and "Gemma3ForCausalLM" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
 
@@ -171,10 +194,17 @@ def tiny_config(arch: str, tokenizer):
     from transformers import Gemma3TextConfig, MistralConfig, Qwen2Config
 
     shape = {
-        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.eos_token_id, "tie_word_embeddings": True,
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": True,
     }
     if arch == "gemma3":  # Gemma 3's pattern: 5 sliding layers, then a global one, each kind with its RoPE base
         # (transformers' GGUF loader rebuilds layer_types from that default pattern, llama.cpp reads them from the

@@ -62,7 +62,10 @@ def test_case_and_whitespace_do_not_matter() -> None:
 @pytest.mark.parametrize(
     ("sql", "level"),
     [
-        ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id OR T1.singer_id = T2.concert_id", "easy"),
+        (
+            "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id OR T1.singer_id = T2.concert_id",
+            "easy",
+        ),
         ("SELECT name FROM singer WHERE country = name OR age > 1", "easy"),
         ("SELECT name FROM singer WHERE age = 1 OR country = name", "medium"),
         ("SELECT name FROM singer WHERE country = name OR singer_id IN (SELECT singer_id FROM singer_in_concert)", "easy"),
@@ -114,10 +117,7 @@ def _official_level(sql: dict) -> str:
     # has_agg(x) is x[0] != 0: select units, WHERE cond units (their not_op), group/order col
     # units, and every element of HAVING including the 'and'/'or' strings.
     order_cols = [col for val in (sql["orderBy"][1] if sql["orderBy"] else []) for col in val[1:] if col]
-    aggs = sum(
-        item[0] != 0
-        for item in [*sql["select"][1], *sql["where"][::2], *sql["groupBy"], *order_cols, *sql["having"]]
-    )
+    aggs = sum(item[0] != 0 for item in [*sql["select"][1], *sql["where"][::2], *sql["groupBy"], *order_cols, *sql["having"]])
     others = (aggs > 1) + (len(sql["select"][1]) > 1) + (len(sql["where"]) > 1) + (len(sql["groupBy"]) > 1)
     return hardness_level(comp1, comp2, others)
 

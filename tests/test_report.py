@@ -119,8 +119,10 @@ def project(tmp_path_factory) -> dict:
     run(["dvc", "exp", "run", "--run-all"], root, check=False)  # fails: a failed experiment, left out
     run(["dvc", "queue", "stop"], root)  # the queue's worker would linger a while otherwise
     # The last one stays in the workspace, as after any `dvc exp run`: the report lists it once.
-    run(["dvc", "exp", "run", "-q", "-n", "bird-qlora", "-S", "data.dataset=bird", "-S", "data.source=data/bird",
-         "-S", "method=qlora"], root)
+    run(
+        ["dvc", "exp", "run", "-q", "-n", "bird-qlora", "-S", "data.dataset=bird", "-S", "data.source=data/bird", "-S", "method=qlora"],
+        root,
+    )
     refs = run(["git", "for-each-ref", "--format=%(refname:lstrip=-1) %(objectname)", "refs/exps"], root).stdout
     shas = {name: sha[:7] for name, sha in (line.split() for line in refs.splitlines())}
     log = run(["git", "log", "--format=%H"], root).stdout.split()
@@ -209,8 +211,7 @@ def test_report_from_real_experiments(project):
     # Each linked run has its snapshot: the numbers' files as DVC read them, and how to rerun it.
     runs = root / "reports/benchmark-runs"
     assert sorted(p.name for p in runs.iterdir()) == sorted(
-        [f"{name}-{exp[name]}.json" for name in ("qlora-run", "zero-shot", "gemma-lora", "lora-r8", "bird-qlora")]
-        + [f"main-{head}.json"]
+        [f"{name}-{exp[name]}.json" for name in ("qlora-run", "zero-shot", "gemma-lora", "lora-r8", "bird-qlora")] + [f"main-{head}.json"]
     )
     qlora = json.loads((runs / f"qlora-run-{exp['qlora-run']}.json").read_text())
     assert qlora["run"]["name"] == "qlora-run" and qlora["run"]["rev"].startswith(exp["qlora-run"])
@@ -247,7 +248,6 @@ def test_report_is_written_atomically(project, tmp_path, monkeypatch):
     assert out.read_text() == "old report\n" and [p.name for p in tmp_path.iterdir()] == ["benchmark.md"]
 
 
-
 def snapshot_repo(tmp_path, monkeypatch) -> Path:
     """A git repository whose report and snapshots were written before, and pages linking to some of
     them; its `dvc exp show` (stubbed) lists one run, main (aaaaaaa)."""
@@ -260,8 +260,10 @@ def snapshot_repo(tmp_path, monkeypatch) -> Path:
     (runs / "notes.txt").write_text("not a snapshot\n")
     (root / "README.md").write_text("See [the run](reports/benchmark-runs/readme-1111111.json#files).\n")
     (root / "docs").mkdir()
-    (root / "docs/page.md").write_text("A [run][r], [elsewhere](https://x.org/reports/benchmark-runs/url-5555555.json).\n\n"
-                                       "[r]: ../reports/benchmark-runs/docs-2222222.json\n")
+    (root / "docs/page.md").write_text(
+        "A [run][r], [elsewhere](https://x.org/reports/benchmark-runs/url-5555555.json).\n\n"
+        "[r]: ../reports/benchmark-runs/docs-2222222.json\n"
+    )
     (root / ".gitignore").write_text("build/\n")
     (root / "build").mkdir()
     (root / "build/copy.md").write_text("[x](../reports/benchmark-runs/ignored-4444444.json)\n")
@@ -279,8 +281,7 @@ def test_report_keeps_the_snapshots_a_page_links_to(tmp_path, monkeypatch):
     root = snapshot_repo(tmp_path, monkeypatch)
     runs = root / "reports/benchmark-runs"
     rp.write_report(root / "reports/benchmark.md", root)
-    assert sorted(p.name for p in runs.iterdir()) == ["docs-2222222.json", "main-aaaaaaa.json", "notes.txt",
-                                                      "readme-1111111.json"]
+    assert sorted(p.name for p in runs.iterdir()) == ["docs-2222222.json", "main-aaaaaaa.json", "notes.txt", "readme-1111111.json"]
     assert json.loads((runs / "main-aaaaaaa.json").read_text())["run"]["rev"] == "a" * 40  # replaced
     assert (runs / "readme-1111111.json").read_text() == '{"old": "readme-1111111"}\n'  # kept as it was
     assert "(benchmark-runs/main-aaaaaaa.json)" in (root / "reports/benchmark.md").read_text()
@@ -305,6 +306,7 @@ def test_a_failed_rename_leaves_the_old_report_and_snapshots(tmp_path, monkeypat
             if Path(src).name == failing:
                 raise OSError("rename failed")
             return real(src, dst)
+
         return move
 
     monkeypatch.setattr(os, "rename", fail_on(rename))
@@ -323,8 +325,21 @@ def test_a_failed_rename_leaves_the_old_report_and_snapshots(tmp_path, monkeypat
 HEAD = "a" * 40
 
 
-def make_row(name="run", kind="experiment", method="lora", model="m", dataset="spider", source="data/spider",
-             ex=None, em=None, count=None, train=None, changed=(), timestamp="2026-01-01T00:00:00", **eval_extra) -> runs.Row:
+def make_row(
+    name="run",
+    kind="experiment",
+    method="lora",
+    model="m",
+    dataset="spider",
+    source="data/spider",
+    ex=None,
+    em=None,
+    count=None,
+    train=None,
+    changed=(),
+    timestamp="2026-01-01T00:00:00",
+    **eval_extra,
+) -> runs.Row:
     scores = {}
     if ex is not None:
         scores["ex"] = ex
@@ -349,8 +364,12 @@ def test_percent_and_missing_values():
 
 def test_score_table_counts_missing_levels_and_sources():
     counts = {"easy": 2, "medium": 3, "hard": 1, "extra": 1, "all": 7}
-    a = make_row("lora-a", ex={"easy": 0.5, "medium": 1 / 3, "hard": 0.0, "extra": 1.0, "all": 3 / 7}, count=counts,
-                 changed=[("train.learning_rate", 0.0005)])
+    a = make_row(
+        "lora-a",
+        ex={"easy": 0.5, "medium": 1 / 3, "hard": 0.0, "extra": 1.0, "all": 3 / 7},
+        count=counts,
+        changed=[("train.learning_rate", 0.0005)],
+    )
     b = make_row("base", method="none", ex={"easy": 0.0, "all": 0.0}, count=counts, changed=[("method", "none")])
     c = make_row("main", kind="commit", ex={"easy": 1.0, "medium": 1.0, "hard": 1.0, "extra": 1.0, "all": 1.0}, count=counts)
     lines = [squeeze(line) for line in tables.score_table(tables.order_rows([a, b, c]), "ex")]
@@ -372,8 +391,11 @@ def test_score_table_counts_missing_levels_and_sources():
 
 
 def test_bird_levels_order_and_ves_scale():
-    row = make_row(dataset="bird", ex={"all": 0.5, "challenging": 0.25, "simple": 0.75, "moderate": 0.5},
-                   count={"simple": 4, "moderate": 2, "challenging": 4, "all": 10})
+    row = make_row(
+        dataset="bird",
+        ex={"all": 0.5, "challenging": 0.25, "simple": 0.75, "moderate": 0.5},
+        count={"simple": 4, "moderate": 2, "challenging": 4, "all": 10},
+    )
     assert tables.levels_of([row], "ex") == ["simple", "moderate", "challenging", "all"]
     ves = runs.Row(row.source, row.params, (), runs.EvalMetrics({"ex": {"all": 0.5}, "ves": {"all": 48.76}}, {"all": 10}))
     text = tables.render(runs.Report(rows=[ves]), now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
@@ -382,16 +404,26 @@ def test_bird_levels_order_and_ves_scale():
 
 
 def test_set_flags_as_dvc_takes_them():
-    row = make_row(changed=[("lora.target_modules", ["q_proj", "v_proj"]), ("prompt.chat_template", True),
-                            ("train.launch", "torchrun --nproc_per_node 2"), ("data.schema_source", "")])
+    row = make_row(
+        changed=[
+            ("lora.target_modules", ["q_proj", "v_proj"]),
+            ("prompt.chat_template", True),
+            ("train.launch", "torchrun --nproc_per_node 2"),
+            ("data.schema_source", ""),
+        ]
+    )
     assert row.describe_params() == (
         "`-S 'lora.target_modules=[q_proj, v_proj]'` `-S prompt.chat_template=true` "
         "`-S 'train.launch=torchrun --nproc_per_node 2'` `-S 'data.schema_source='\"'\"''\"'\"''`"
     )
     # What a shell hands dvc: each flag one word, its value in YAML that reads back as the param.
     words = shlex.split(" ".join(row.flags()))
-    assert words == ["lora.target_modules=[q_proj, v_proj]", "prompt.chat_template=true",
-                     "train.launch=torchrun --nproc_per_node 2", "data.schema_source=''"]
+    assert words == [
+        "lora.target_modules=[q_proj, v_proj]",
+        "prompt.chat_template=true",
+        "train.launch=torchrun --nproc_per_node 2",
+        "data.schema_source=''",
+    ]
     assert [yaml.safe_load(w.split("=", 1)[1]) for w in words] == [["q_proj", "v_proj"], True, "torchrun --nproc_per_node 2", ""]
     assert make_row(kind="workspace", changed=[("method", "qlora")]).describe_params() == "uncommitted: `method=qlora`"
     assert make_row(kind="commit", changed=[("lora.r", 8)]).describe_params() == "vs HEAD: `lora.r=8`"
@@ -413,8 +445,9 @@ def test_training_table_memory_time_and_missing_train():
 
 
 def test_train_metrics_from_json_prefers_gpu_memory():
-    gpu = runs.TrainMetrics.from_json({"device": "cuda", "peak_gpu_allocated_mb": 100.0, "peak_gpu_reserved_mb": 200.0,
-                                     "peak_rss_mb": 5000.0})
+    gpu = runs.TrainMetrics.from_json(
+        {"device": "cuda", "peak_gpu_allocated_mb": 100.0, "peak_gpu_reserved_mb": 200.0, "peak_rss_mb": 5000.0}
+    )
     assert (gpu.peak_memory_mb, gpu.peak_memory_kind) == (100.0, "GPU")
     none = runs.TrainMetrics.from_json({"method": "none", "device": "cpu", "steps": 0})
     assert none.wall_time_s is None and none.peak_memory_mb is None and tables.memory_gib(none) == "—"
@@ -435,7 +468,10 @@ def entry(rev, name, params, eval_data=None, train_data=None, experiments=None, 
     if train_data is not None:
         metrics["metrics/train.json"] = {"data": train_data}
     return {
-        "rev": rev, "name": name, "error": None, "experiments": experiments,
+        "rev": rev,
+        "name": name,
+        "error": None,
+        "experiments": experiments,
         "data": {"rev": rev, "timestamp": timestamp, "params": {"params.yaml": {"data": params}}, "metrics": metrics},
     }
 
@@ -458,7 +494,8 @@ def test_collect_from_exp_show_json():
     ]
     report = runs.collect(entries)
     assert [(r.source.kind, r.source.name, r.changed) for r in report.rows] == [
-        ("commit", "main", ()), ("experiment", "q", (("method", "qlora"),))
+        ("commit", "main", ()),
+        ("experiment", "q", (("method", "qlora"),)),
     ]
     assert [(i.source.name, i.reason) for i in report.left_out] == [("f", "experiment failed"), ("waiting", "experiment queued")]
     assert report.notes == [
@@ -473,9 +510,12 @@ def test_collect_from_exp_show_json():
 
 def test_render_header_and_footer():
     row = make_row("main", kind="commit", ex={"all": 0.5}, count={"all": 2})
-    text = tables.render(runs.Report(rows=[row], left_out=[runs.LeftOut(runs.Source("x", "experiment", "e" * 40, HEAD), "experiment failed")]),
-                     command="sqlora report", now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc),
-                     git=runs.GitState(HEAD, "main", dirty=True))
+    text = tables.render(
+        runs.Report(rows=[row], left_out=[runs.LeftOut(runs.Source("x", "experiment", "e" * 40, HEAD), "experiment failed")]),
+        command="sqlora report",
+        now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc),
+        git=runs.GitState(HEAD, "main", dirty=True),
+    )
     assert text.startswith(
         "# Benchmark report\n\nMade by `sqlora report` on 2026-01-02 03:04 UTC in the repository at commit `aaaaaaa` "
         "(branch `main`), with uncommitted changes."
@@ -503,8 +543,10 @@ def test_not_a_dvc_repository(tmp_path):
 def test_repository_without_commits_or_metrics(tmp_path):
     init_repo(tmp_path)
     result = run(SQLORA + ["report"], tmp_path, check=False)
-    assert (result.returncode, result.stderr) == (2, "error: no experiments: the repository has no commit "
-                                                     "(commit the pipeline, then `dvc repro`)\n")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: no experiments: the repository has no commit (commit the pipeline, then `dvc repro`)\n",
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     run(["git", "add", "-A"], tmp_path)
     run(["git", "commit", "-qm", "params only"], tmp_path)
@@ -533,9 +575,13 @@ def test_report_embeds_the_plots_as_svg(project, tmp_path, monkeypatch):
     """The plots dvc.yaml defines, across the report's runs, drawn to SVG beside the report and shown
     in it; an SVG of a plot no longer drawn is removed."""
     asked = []
-    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": "EX by run",
-            "data": {"values": [{"run": "a", "ex": 40}, {"run": "b", "ex": 42}]},
-            "mark": "bar", "encoding": {"x": {"field": "ex", "type": "quantitative"}, "y": {"field": "run", "type": "nominal"}}}
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "EX by run",
+        "data": {"values": [{"run": "a", "ex": 40}, {"run": "b", "ex": 42}]},
+        "mark": "bar",
+        "encoding": {"x": {"field": "ex", "type": "quantitative"}, "y": {"field": "run", "type": "nominal"}},
+    }
     monkeypatch.setattr(rp, "plot_specs", lambda revisions, repo: asked.append(revisions) or {"EX by run": spec})
     out = tmp_path / "reports/benchmark.md"
     (tmp_path / "reports/benchmark-plots").mkdir(parents=True)

@@ -43,8 +43,9 @@ RUNS = {"separate rows": (40, 1, 1), "shared prefixes": (40, 1, 8), "shared pref
 
 def start(model_dir: Path, out: Path, speed: str, run: tuple[int, int, int] = RUNS["shared prefixes"]) -> subprocess.Popen:
     code = SLOW_BATCHES + SCRIPT if speed == "slow" else SCRIPT
-    return subprocess.Popen([sys.executable, "-c", code, str(model_dir), str(out), *map(str, run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(model_dir), str(out), *map(str, run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.mark.parametrize("case", list(RUNS))

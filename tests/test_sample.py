@@ -99,9 +99,7 @@ def test_tables_json_matches_databases(sample):
             assert pk_in_db == pk_declared, table
             fks_in_db = {(table, r[3], r[2], r[4]) for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')}
             fks_declared = {
-                (table, columns[a][1], tables[columns[b][0]], columns[b][1])
-                for a, b in schema["foreign_keys"]
-                if columns[a][0] == t
+                (table, columns[a][1], tables[columns[b][0]], columns[b][1]) for a, b in schema["foreign_keys"] if columns[a][0] == t
             }
             assert fks_in_db == fks_declared, table
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -18,9 +18,7 @@ def db(tmp_path: Path) -> Path:
     path.parent.mkdir()
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, price REAL)")
-    conn.executemany(
-        "INSERT INTO item VALUES (?, ?, ?)", [(i, f"item{i}", i * 1.5) for i in range(1, 301)]
-    )
+    conn.executemany("INSERT INTO item VALUES (?, ?, ?)", [(i, f"item{i}", i * 1.5) for i in range(1, 301)])
     # Bytes that are not valid UTF-8 stored as TEXT, as in some Spider databases.
     conn.execute("CREATE TABLE note (id INTEGER, body TEXT)")
     conn.execute("INSERT INTO note VALUES (1, CAST(X'4F4BFF21' AS TEXT))")
@@ -158,6 +156,10 @@ def test_memory_limit(db: Path) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(db)],
-        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(SRC)}, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(SRC)},
+        check=True,
     ).stdout.splitlines()
     assert out == ["memory limit: query needed more than 16 MB", "[(300,)]"]

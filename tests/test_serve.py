@@ -124,21 +124,22 @@ def test_openai_client_lists_models_and_answers_sql(server):
     client = OpenAI(base_url=server["url"] + "/v1", api_key="s3cret")
     ids = [m.id for m in client.models.list().data]
     assert ids[:3] == ["sqlora", "sqlora/airline", "sqlora/airline_duck"]
-    reply = client.chat.completions.create(model="sqlora/airline", messages=[
-        {"role": "system", "content": "ignored"}, {"role": "user", "content": "How many flights"}])
+    reply = client.chat.completions.create(
+        model="sqlora/airline", messages=[{"role": "system", "content": "ignored"}, {"role": "user", "content": "How many flights"}]
+    )
     assert reply.choices[0].message.content == "SELECT count(*) FROM flight"
     assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens == 7
     # The database by a field instead of the model name.
-    reply = client.chat.completions.create(model="sqlora", messages=[{"role": "user", "content": "List airlines"}],
-                                           extra_body={"database": "airline_duck"})
+    reply = client.chat.completions.create(
+        model="sqlora", messages=[{"role": "user", "content": "List airlines"}], extra_body={"database": "airline_duck"}
+    )
     assert reply.choices[0].message.content.startswith("SELECT name, country")
 
 
 def test_query_returns_the_same_rows_on_every_engine(server, airline_db):
     import sqlite3
 
-    expected = sqlite3.connect(airline_db).execute(
-        "SELECT name FROM airline WHERE country = 'Spain' ORDER BY name").fetchall()
+    expected = sqlite3.connect(airline_db).execute("SELECT name FROM airline WHERE country = 'Spain' ORDER BY name").fetchall()
     names = ["airline", "airline_duck"] + (["airline_pg"] if server["pg"] else [])
     for name in names:
         status, body = call(server, "/v1/query", {"database": name, "question": "Which airlines are from Spain"})
@@ -161,24 +162,39 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
     assert (sha256(airline_db), sha256(duck_db)) == before
 
 
-@pytest.mark.parametrize("path, body, raw, token, status, message", [
-    ("/v1/query", {"database": "nope", "question": "x"}, None, "s3cret", 404, "unknown database 'nope'"),
-    ("/v1/query", {"database": "airline", "question": "  "}, None, "s3cret", 400, "the question is empty"),
-    ("/v1/query", {"question": "x"}, None, "s3cret", 400, "say which database"),
-    ("/v1/query", None, b"{not json", "s3cret", 400, "malformed JSON"),
-    ("/v1/query", None, b"[1, 2]", "s3cret", 400, "the body must be a JSON object"),
-    ("/v1/query", None, b'{"question": "' + b"x" * 5000 + b'"}', "s3cret", 413, "request body larger than 4096 bytes"),
-    ("/v1/query", {"database": "airline", "question": "x"}, None, None, 401, "missing or wrong bearer token"),
-    ("/v1/models", None, None, "wrong", 401, "missing or wrong bearer token"),
-    ("/v1/chat/completions", {"messages": []}, None, "s3cret", 400, "messages must be a non-empty list"),
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, None, "s3cret", 400, "no user message"),
-    ("/v1/chat/completions", {"model": "sqlora/nope", "messages": [{"role": "user", "content": "x"}]}, None, "s3cret",
-     404, "unknown database 'nope'"),
-    ("/v1/chat/completions", {"stream": True, "messages": [{"role": "user", "content": "x"}]}, None, "s3cret", 400,
-     "stream is not supported"),
-    ("/v1/nothing", None, None, "s3cret", 404, "Not Found"),
-    ("/v1/query", {"database": "airline", "question": "crash"}, None, "s3cret", 500, "internal error (RuntimeError)"),
-])
+@pytest.mark.parametrize(
+    "path, body, raw, token, status, message",
+    [
+        ("/v1/query", {"database": "nope", "question": "x"}, None, "s3cret", 404, "unknown database 'nope'"),
+        ("/v1/query", {"database": "airline", "question": "  "}, None, "s3cret", 400, "the question is empty"),
+        ("/v1/query", {"question": "x"}, None, "s3cret", 400, "say which database"),
+        ("/v1/query", None, b"{not json", "s3cret", 400, "malformed JSON"),
+        ("/v1/query", None, b"[1, 2]", "s3cret", 400, "the body must be a JSON object"),
+        ("/v1/query", None, b'{"question": "' + b"x" * 5000 + b'"}', "s3cret", 413, "request body larger than 4096 bytes"),
+        ("/v1/query", {"database": "airline", "question": "x"}, None, None, 401, "missing or wrong bearer token"),
+        ("/v1/models", None, None, "wrong", 401, "missing or wrong bearer token"),
+        ("/v1/chat/completions", {"messages": []}, None, "s3cret", 400, "messages must be a non-empty list"),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, None, "s3cret", 400, "no user message"),
+        (
+            "/v1/chat/completions",
+            {"model": "sqlora/nope", "messages": [{"role": "user", "content": "x"}]},
+            None,
+            "s3cret",
+            404,
+            "unknown database 'nope'",
+        ),
+        (
+            "/v1/chat/completions",
+            {"stream": True, "messages": [{"role": "user", "content": "x"}]},
+            None,
+            "s3cret",
+            400,
+            "stream is not supported",
+        ),
+        ("/v1/nothing", None, None, "s3cret", 404, "Not Found"),
+        ("/v1/query", {"database": "airline", "question": "crash"}, None, "s3cret", 500, "internal error (RuntimeError)"),
+    ],
+)
 def test_bad_requests_get_json_errors(server, path, body, raw, token, status, message):
     got, answer = call(server, path, body, token=token, raw=raw)
     assert got == status and answer["error"]["message"].startswith(message), answer
@@ -280,8 +296,24 @@ def test_serve_command_starts_and_answers(tmp_path, airline_db, tiny_model_dir):
     model.mkdir()
     (model / "sqlora_model.json").write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
     port = free_port()
-    process = subprocess.Popen([*SQLORA, "serve", "--db", str(airline_db), "--model", str(model), "--base", str(tiny_model_dir),
-                                "--port", str(port), "--max-new-tokens", "8"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            *SQLORA,
+            "serve",
+            "--db",
+            str(airline_db),
+            "--model",
+            str(model),
+            "--base",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--max-new-tokens",
+            "8",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         server = {"url": f"http://127.0.0.1:{port}"}
         for _ in range(300):
@@ -295,7 +327,7 @@ def test_serve_command_starts_and_answers(tmp_path, airline_db, tiny_model_dir):
         status, body = call(server, "/v1/query", {"database": "airline", "question": "How many flights?"}, token=None)
         assert status == 200 and isinstance(body["sql"], str) and set(body) >= {"columns", "rows", "error", "seconds"}
         with urllib.request.urlopen(server["url"] + "/", timeout=30) as page:
-            assert b"<select id=\"database\"" in page.read()
+            assert b'<select id="database"' in page.read()
     finally:
         process.terminate()
         process.wait(30)

@@ -150,7 +150,9 @@ def test_a_model_that_ignores_the_mask_is_caught_and_trains_on_separate_rows(tin
         params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
     )  # fmt: skip
     assert metrics["shared_prefix"] == 1 and "differ from separate rows'" in metrics["shared_prefix_reason"]
-    assert "train: separate rows, not shared-prefix ones: LlamaForCausalLM: the shared-prefix row's losses differ" in capsys.readouterr().out
+    assert (
+        "train: separate rows, not shared-prefix ones: LlamaForCausalLM: the shared-prefix row's losses differ" in capsys.readouterr().out
+    )
 
 
 # --- the steps --------------------------------------------------------------------------------------
@@ -252,13 +254,24 @@ FAST = TrainParams(epochs=1, batch_size=4, learning_rate=1e-3, logging_steps=1, 
 
 @pytest.mark.slow  # models: loaded, probed or trained
 def test_train_with_shared_prefixes_records_what_it_computed(tiny_model_dir, tmp_path, capsys):
-    common = dict(method="lora", base_dir=tiny_model_dir, records=RECORDS, lora=LoraParams(r=4, alpha=8), seed=0, live_dir=tmp_path / "live")
+    common = dict(
+        method="lora", base_dir=tiny_model_dir, records=RECORDS, lora=LoraParams(r=4, alpha=8), seed=0, live_dir=tmp_path / "live"
+    )
     shared = train(**common, params=FAST, out_dir=tmp_path / "shared", metrics_path=tmp_path / "shared.json")
-    assert "train: shared-prefix rows of up to 4 questions (a step holds train.batch_size 4 questions), 2 distinct prompt prefixes" in capsys.readouterr().out
-    separate = train(**common, params=TrainParams(**{**FAST.__dict__, "shared_prefix": 1}), out_dir=tmp_path / "sep", metrics_path=tmp_path / "sep.json")
+    assert (
+        "train: shared-prefix rows of up to 4 questions (a step holds train.batch_size 4 questions), 2 distinct prompt prefixes"
+        in capsys.readouterr().out
+    )
+    separate = train(
+        **common, params=TrainParams(**{**FAST.__dict__, "shared_prefix": 1}), out_dir=tmp_path / "sep", metrics_path=tmp_path / "sep.json"
+    )
     assert "train: separate rows (train.shared_prefix 1)" in capsys.readouterr().out
     assert json.loads((tmp_path / "shared.json").read_text()) == shared
-    assert shared["shared_prefix"] == 4 and separate["shared_prefix"] == 1 and shared["shared_prefix_reason"] == "a step holds train.batch_size 4 questions"
+    assert (
+        shared["shared_prefix"] == 4
+        and separate["shared_prefix"] == 1
+        and shared["shared_prefix_reason"] == "a step holds train.batch_size 4 questions"
+    )
     assert shared["steps"] == separate["steps"] == 4 and shared["train_examples"] == 16
     # The same questions: the same real tokens; far fewer computed with the prefix read once per row.
     assert shared["tokens"] == separate["tokens"]
@@ -275,7 +288,11 @@ def test_each_step_holds_batch_size_questions_whatever_k(tiny_model_dir, tmp_pat
 
     seen = []
     call = batches.SharedPrefixCollator.__call__
-    monkeypatch.setattr(batches.SharedPrefixCollator, "__call__", lambda self, features: (seen.append([f["group"] for f in features]), call(self, features))[1])
+    monkeypatch.setattr(
+        batches.SharedPrefixCollator,
+        "__call__",
+        lambda self, features: (seen.append([f["group"] for f in features]), call(self, features))[1],
+    )
     params = TrainParams(**{**FAST.__dict__, "epochs": 2, "shared_prefix": 2})
     metrics = train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
                     params=params, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")  # fmt: skip

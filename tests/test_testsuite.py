@@ -31,8 +31,10 @@ FALSE_POSITIVES = [
     ("SELECT name FROM player WHERE age >= 25", "SELECT name FROM player WHERE age > 24"),  # right: integers
     ("SELECT name FROM player WHERE age >= 30", "SELECT name FROM player WHERE age > 30"),  # no 30 in the data
     ("SELECT count(*) FROM player WHERE team_id = 1", "SELECT count(*) FROM player WHERE team_id < 2"),  # no team 0 ...
-    ("SELECT T1.name FROM player AS T1 JOIN team AS T2 ON T1.team_id = T2.id WHERE T2.city = 'Eindhoven'",
-     "SELECT T1.name FROM player AS T1 JOIN team AS T2 ON T1.team_id = T2.id WHERE T2.name = 'PSV'"),  # one team per city here
+    (
+        "SELECT T1.name FROM player AS T1 JOIN team AS T2 ON T1.team_id = T2.id WHERE T2.city = 'Eindhoven'",
+        "SELECT T1.name FROM player AS T1 JOIN team AS T2 ON T1.team_id = T2.id WHERE T2.name = 'PSV'",
+    ),  # one team per city here
     ("SELECT name FROM player ORDER BY age DESC LIMIT 1", "SELECT name FROM player WHERE age = 45"),  # the oldest is 45 here
 ]
 
@@ -120,8 +122,7 @@ def test_a_suite_whose_gold_fails_is_an_error_naming_the_file(suite, tmp_path):
 
 
 def test_gold_literals_feed_the_fuzzer():
-    assert gold_literals("SELECT * FROM t WHERE a >= 30 AND b = \"PSV\" AND c LIKE '%ams%' AND d < 2.5") == [
-        30, "PSV", "%ams%", 2.5]
+    assert gold_literals("SELECT * FROM t WHERE a >= 30 AND b = \"PSV\" AND c LIKE '%ams%' AND d < 2.5") == [30, "PSV", "%ams%", 2.5]
 
 
 # --- the stages and the CLI -----------------------------------------------------------------------
@@ -139,7 +140,9 @@ def workdir(tmp_path) -> Path:
     (tmp_path / "data/prepared/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     tables = tmp_path / "tables.json"  # as prepare writes it for a custom dataset: read from the SQLite file
     tables.write_text(json.dumps([spider_entry(read_sqlite_schema(tmp_path / "dbs/league/league.sqlite", "league"))]))
-    (tmp_path / "data/prepared/meta.json").write_text(json.dumps({"dataset": "custom", "database_dir": str(tmp_path / "dbs"), "tables_json": str(tables)}))
+    (tmp_path / "data/prepared/meta.json").write_text(
+        json.dumps({"dataset": "custom", "database_dir": str(tmp_path / "dbs"), "tables_json": str(tables)})
+    )
     (tmp_path / "predictions/dev.sql").write_text("".join(pred + "\n" for _, pred in FALSE_POSITIVES))
     return tmp_path
 

@@ -47,8 +47,15 @@ def test_each_method_trains_and_predicts(tiny_model_dir, tmp_path, method):
         pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
     out = tmp_path / "finetuned"
     metrics = train(
-        method=method, base_dir=tiny_model_dir, records=RECORDS, out_dir=out, lora=LoraParams(r=4, alpha=8),
-        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+        method=method,
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=out,
+        lora=LoraParams(r=4, alpha=8),
+        params=FAST,
+        seed=0,
+        metrics_path=tmp_path / "train.json",
+        live_dir=tmp_path / "live",
     )
     assert json.loads((out / MODEL_INFO).read_text())["method"] == method
     assert json.loads((tmp_path / "train.json").read_text()) == metrics
@@ -75,8 +82,17 @@ def test_lora_changes_the_model(tiny_model_dir, tmp_path):
     import torch
 
     out = tmp_path / "ft"
-    train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=out, lora=LoraParams(r=4, alpha=8),
-          params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+    train(
+        method="lora",
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=out,
+        lora=LoraParams(r=4, alpha=8),
+        params=FAST,
+        seed=0,
+        metrics_path=tmp_path / "m.json",
+        live_dir=tmp_path / "live",
+    )
     tuned, tokenizer = load_for_inference(out, tiny_model_dir)
     (out / MODEL_INFO).write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
     base, _ = load_for_inference(out, tiny_model_dir)
@@ -87,8 +103,17 @@ def test_lora_changes_the_model(tiny_model_dir, tmp_path):
 
 def test_target_modules_that_match_nothing(tiny_model_dir, tmp_path):
     with pytest.raises(SqloraError, match="lora.target_modules"):
-        train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(target_modules=["nope_proj"]),
-              params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+        train(
+            method="lora",
+            base_dir=tiny_model_dir,
+            records=RECORDS,
+            out_dir=tmp_path / "ft",
+            lora=LoraParams(target_modules=["nope_proj"]),
+            params=FAST,
+            seed=0,
+            metrics_path=tmp_path / "m.json",
+            live_dir=tmp_path / "live",
+        )
     assert not (tmp_path / "ft").exists() and not (tmp_path / "m.json").exists()
 
 
@@ -98,9 +123,18 @@ def test_method_none_writes_every_declared_output(tiny_model_dir, tmp_path):
     run's curves are not left behind as this run's."""
     (tmp_path / "live" / "plots" / "metrics").mkdir(parents=True)
     (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").write_text("step\tloss\n1\t2.0\n")
-    metrics = train(method="none", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(),
-                    params=FAST, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live",
-                    checkpoint_dir=tmp_path / "checkpoints")
+    metrics = train(
+        method="none",
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=tmp_path / "ft",
+        lora=LoraParams(),
+        params=FAST,
+        seed=0,
+        metrics_path=tmp_path / "m.json",
+        live_dir=tmp_path / "live",
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
     assert metrics["steps"] == 0 and json.loads((tmp_path / "m.json").read_text())["method"] == "none"
     assert json.loads((tmp_path / "ft" / MODEL_INFO).read_text())["method"] == "none"
     assert (tmp_path / "live").is_dir() and (tmp_path / "checkpoints").is_dir()
@@ -110,11 +144,29 @@ def test_method_none_writes_every_declared_output(tiny_model_dir, tmp_path):
 def test_nothing_fits_max_length(tiny_model_dir, tmp_path):
     short = TrainParams(max_length=8)
     with pytest.raises(SqloraError, match="longer than train.max_length=8"):
-        train(method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(),
-              params=short, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+        train(
+            method="lora",
+            base_dir=tiny_model_dir,
+            records=RECORDS,
+            out_dir=tmp_path / "ft",
+            lora=LoraParams(),
+            params=short,
+            seed=0,
+            metrics_path=tmp_path / "m.json",
+            live_dir=tmp_path / "live",
+        )
     with pytest.raises(SqloraError, match="training set is empty"):
-        train(method="lora", base_dir=tiny_model_dir, records=[], out_dir=tmp_path / "ft", lora=LoraParams(),
-              params=short, seed=0, metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live")
+        train(
+            method="lora",
+            base_dir=tiny_model_dir,
+            records=[],
+            out_dir=tmp_path / "ft",
+            lora=LoraParams(),
+            params=short,
+            seed=0,
+            metrics_path=tmp_path / "m.json",
+            live_dir=tmp_path / "live",
+        )
 
 
 def test_response_loss_equals_the_models_own_loss(tiny_model_dir):
@@ -142,17 +194,30 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path
     for checkpointing in (False, True):
         out = tmp_path / str(checkpointing)
         runs[checkpointing] = train(
-            method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=out / "model", lora=LoraParams(r=4, alpha=8, dropout=0.0),
+            method="lora",
+            base_dir=tiny_model_dir,
+            records=RECORDS,
+            out_dir=out / "model",
+            lora=LoraParams(r=4, alpha=8, dropout=0.0),
             params=TrainParams(epochs=1, batch_size=4, logging_steps=1, max_length=256, gradient_checkpointing=checkpointing),
-            seed=0, metrics_path=out / "train.json", live_dir=out / "live",
+            seed=0,
+            metrics_path=out / "train.json",
+            live_dir=out / "live",
         )
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
 
 
 def test_metrics_report_padding_and_the_tokens_per_second_curve(tiny_model_dir, tmp_path):
     metrics = train(
-        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "model", lora=LoraParams(r=4, alpha=8),
-        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+        method="lora",
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=tmp_path / "model",
+        lora=LoraParams(r=4, alpha=8),
+        params=FAST,
+        seed=0,
+        metrics_path=tmp_path / "train.json",
+        live_dir=tmp_path / "live",
     )
     assert 0 <= metrics["padding_fraction"] < 0.5 and metrics["processes"] == 1 and "peak_rss_mb" in metrics
     curve = (tmp_path / "live/plots/metrics/tokens_per_s.tsv").read_text().splitlines()
@@ -168,8 +233,15 @@ def test_qlora_without_4bit_support_fails_before_loading(tiny_model_dir, tmp_pat
     monkeypatch.setattr(bnb_functional, "quantize_4bit", unsupported)
     with pytest.raises(SqloraError, match=r"method 'qlora': bitsandbytes cannot quantise to 4 bits on cpu .*use method 'lora'"):
         train(
-            method="qlora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "model", lora=LoraParams(r=4, alpha=8),
-            params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+            method="qlora",
+            base_dir=tiny_model_dir,
+            records=RECORDS,
+            out_dir=tmp_path / "model",
+            lora=LoraParams(r=4, alpha=8),
+            params=FAST,
+            seed=0,
+            metrics_path=tmp_path / "train.json",
+            live_dir=tmp_path / "live",
         )
     assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
 
@@ -190,7 +262,6 @@ def test_last_checkpoint_skips_an_interrupted_save(tmp_path):
     assert last_checkpoint(tmp_path, "run") is None
 
 
-
 def test_resuming_forgets_the_steps_logged_after_the_checkpoint(tmp_path, monkeypatch):
     """dvclive's plot files, before a resume from checkpoint-20: rows of later steps go, and the row
     the killed run was writing; the rewrite is atomic (a failure half-way leaves the file as it was)."""
@@ -207,7 +278,10 @@ def test_resuming_forgets_the_steps_logged_after_the_checkpoint(tmp_path, monkey
         _drop_logged_steps_after(tmp_path / "live", 20)
     monkeypatch.undo()
     assert (metrics / "loss.tsv").read_text() == original and sorted(p.name for p in metrics.iterdir()) == [
-        "empty.tsv", "eval", "loss.tsv"]  # no temporary file left beside it
+        "empty.tsv",
+        "eval",
+        "loss.tsv",
+    ]  # no temporary file left beside it
 
     _drop_logged_steps_after(tmp_path / "live", 20)
     assert (metrics / "loss.tsv").read_text() == "step\tloss\n10\t2.5\n20\t1.5\n"
@@ -248,8 +322,16 @@ def test_validation_runs_at_each_epoch_end_with_the_models_own_attention(tiny_mo
 
     params = TrainParams(epochs=3, batch_size=4, learning_rate=1e-3, logging_steps=1, max_length=256, shared_prefix=4)
     metrics = train(
-        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
-        params=params, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live", validate=validate,
+        method="lora",
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=tmp_path / "ft",
+        lora=LoraParams(r=4, alpha=8),
+        params=params,
+        seed=0,
+        metrics_path=tmp_path / "train.json",
+        live_dir=tmp_path / "live",
+        validate=validate,
     )
     assert metrics["shared_prefix"] == 4  # the packed attention was in use between validations
     assert [s[0] for s in seen] == [False] * 3 and all(s[1] in ("sdpa", "eager") and s[2] for s in seen)
@@ -262,7 +344,14 @@ def test_validation_runs_at_each_epoch_end_with_the_models_own_attention(tiny_mo
 
 def test_no_validation_no_validation_metrics(tiny_model_dir, tmp_path):
     metrics = train(
-        method="lora", base_dir=tiny_model_dir, records=RECORDS, out_dir=tmp_path / "ft", lora=LoraParams(r=4, alpha=8),
-        params=FAST, seed=0, metrics_path=tmp_path / "train.json", live_dir=tmp_path / "live",
+        method="lora",
+        base_dir=tiny_model_dir,
+        records=RECORDS,
+        out_dir=tmp_path / "ft",
+        lora=LoraParams(r=4, alpha=8),
+        params=FAST,
+        seed=0,
+        metrics_path=tmp_path / "train.json",
+        live_dir=tmp_path / "live",
     )
     assert "validation" not in metrics and not (tmp_path / "live" / "plots" / "metrics" / "validation_ex.tsv").exists()

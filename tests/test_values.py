@@ -113,9 +113,13 @@ def test_prepared_records_carry_the_hints_in_train_and_dev(sample_dir):
         for p, h in with_hints:
             assert h.instruction.startswith(p.instruction + "\nDatabase values that the question mentions:\n")
             assert h.input == p.input and h.output == p.output
-        used = sum(any(line.split(" = ", 1)[1][1:-1].replace("''", "'") in h.output
-                           for line in h.instruction.split("question mentions:\n")[1].splitlines())
-                   for _, h in with_hints)
+        used = sum(
+            any(
+                line.split(" = ", 1)[1][1:-1].replace("''", "'") in h.output
+                for line in h.instruction.split("question mentions:\n")[1].splitlines()
+            )
+            for _, h in with_hints
+        )
         assert used >= len(with_hints) // 3, (split, used, len(with_hints))
 
 

@@ -76,7 +76,7 @@ QUESTIONS = [
     q(T1, "Highest number of an American player?", 1, 1, [(2, 0, "united states")]),
     q(T1, "Lowest number above 5?", 1, 2, [(1, 1, "5")]),  # string value on a real column
     q(T1, "Sum of numbers below 20?", 1, 4, [(1, 2, 20)]),  # JSON number on a real column
-    q(T1, "When was the player from O'Neill \"Prep\" Academy in Toronto?", 4, 0, [(5, 0, 'O\'Neill "Prep" Academy')]),
+    q(T1, 'When was the player from O\'Neill "Prep" Academy in Toronto?', 4, 0, [(5, 0, 'O\'Neill "Prep" Academy')]),
     q(T1, "Who played in 1998?", 0, 0, [(4, 0, 1998)]),  # JSON number on a text column
     q(T1, "Highest number of a player from Mars?", 1, 1, [(2, 0, "Mars")]),  # empty match
     q(T2, "Average % for more than 1,000 points?", 2, 5, [(3, 1, "1,000")]),  # grouping separator
@@ -181,14 +181,38 @@ def test_names_types_and_columns_match_the_databases(converted):
     raptors = by_id["t_1_10015132_11"]
     assert raptors["table_names_original"] == ["toronto_raptors_all_time_roster"]
     assert raptors["table_names"] == ["toronto raptors all-time roster"]
-    assert [c for _, c in raptors["column_names_original"]] == ["*", "player", "no_col", "nationality", "position", "years_in_toronto", "school_club_team"]
-    assert [c for _, c in raptors["column_names"]] == ["*", "player", "no.", "nationality", "position", "years in toronto", "school/club team"]
+    assert [c for _, c in raptors["column_names_original"]] == [
+        "*",
+        "player",
+        "no_col",
+        "nationality",
+        "position",
+        "years_in_toronto",
+        "school_club_team",
+    ]
+    assert [c for _, c in raptors["column_names"]] == [
+        "*",
+        "player",
+        "no.",
+        "nationality",
+        "position",
+        "years in toronto",
+        "school/club team",
+    ]
     assert raptors["column_types"] == ["text", "text", "number", "text", "text", "text", "text"]
     assert raptors["primary_keys"] == [] and raptors["foreign_keys"] == []
     assert raptors["column_names_original"][0] == [-1, "*"]
     leaders = by_id["t_2_1234567_1"]
     assert leaders["table_names_original"] == ["scoring_leaders"]
-    assert [c for _, c in leaders["column_names_original"][1:]] == ["player", "player_2", "percent", "points", "col4", "col_2010", "order_col"]
+    assert [c for _, c in leaders["column_names_original"][1:]] == [
+        "player",
+        "player_2",
+        "percent",
+        "points",
+        "col4",
+        "col_2010",
+        "order_col",
+    ]
     medals = by_id["t_1_2222_3"]
     assert medals["table_names_original"] == ["data"] and medals["table_names"] == ["data"]
     for entry in tables:
@@ -322,7 +346,11 @@ BAD = {
     "cond column out of range": (6, json.dumps(q(T3, "?", 0, 0, [(4, 0, "x")])), r"conds\[0\] column 4 out of range"),
     "agg out of range": (7, json.dumps(q(T3, "?", 0, 6)), "agg 6 out of range"),
     "op OP": (8, json.dumps(q(T3, "?", 0, 0, [(1, 3, "x")])), r"conds\[0\] op 3 out of range"),
-    "no number for a real column": (9, json.dumps(q(T3, "?", 0, 0, [(2, 0, "none")])), "condition on column 2: value 'none' has no number for a real column"),
+    "no number for a real column": (
+        9,
+        json.dumps(q(T3, "?", 0, 0, [(2, 0, "none")])),
+        "condition on column 2: value 'none' has no number for a real column",
+    ),
 }
 
 

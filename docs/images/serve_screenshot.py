@@ -25,8 +25,9 @@ args = parser.parse_args()
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-server = subprocess.Popen([sys.executable, "-m", "sqlora.cli", "serve", "--db", args.database, "--model", args.model,
-                           "--base", args.base, "--port", str(port)])
+server = subprocess.Popen(
+    [sys.executable, "-m", "sqlora.cli", "serve", "--db", args.database, "--model", args.model, "--base", args.base, "--port", str(port)]
+)
 try:
     url = f"http://127.0.0.1:{port}/"
     for _ in range(600):

@@ -62,8 +62,15 @@ def _prepare(args: argparse.Namespace) -> None:
     reserve = None if args.split == "train" else args.reserve
     with tempfile.TemporaryDirectory() as work_dir:  # WikiSQL's Spider-layout conversion
         split, fitted, stats = prepare_split(
-            args.split, data, prompt, tokenizer=tokenizer, max_length=args.max_length, reserve=reserve, work_dir=work_dir,
-            source_label="--source", schema_source_label="--schema-source",
+            args.split,
+            data,
+            prompt,
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+            reserve=reserve,
+            work_dir=work_dir,
+            source_label="--source",
+            schema_source_label="--schema-source",
         )
     write_jsonl(args.out, record_dicts(fitted.records))
     for problem in split.problems:
@@ -79,9 +86,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     golds = read_gold_file(args.gold)
     preds = read_pred_file(args.pred, len(golds))
     report = evaluate(
-        golds, preds, args.db, etype=args.etype, tables_json=args.table, timeout_s=args.timeout,
-        workers=args.workers, skip_missing_databases=args.skip_missing_databases,
-        skip_bad_gold=args.skip_bad_gold, gold_cache=None if args.no_gold_cache else default_gold_cache(),
+        golds,
+        preds,
+        args.db,
+        etype=args.etype,
+        tables_json=args.table,
+        timeout_s=args.timeout,
+        workers=args.workers,
+        skip_missing_databases=args.skip_missing_databases,
+        skip_bad_gold=args.skip_bad_gold,
+        gold_cache=None if args.no_gold_cache else default_gold_cache(),
         suite_dir=args.test_suite,
     )
     titles = {"exec": "EXECUTION ACCURACY", "exact": "EXACT MATCHING ACCURACY", "ts": "TEST-SUITE ACCURACY"}
@@ -138,10 +152,7 @@ def _export(args: argparse.Namespace) -> None:
     from sqlora.model.export import export_model
 
     result = export_model(args.model, base, args.out, dtype=args.dtype)
-    print(
-        f"export: {result.method} model -> {result.out_dir} "
-        f"({result.parameters:,} parameters, {result.dtype}, {result.seconds:.1f} s)"
-    )
+    print(f"export: {result.method} model -> {result.out_dir} ({result.parameters:,} parameters, {result.dtype}, {result.seconds:.1f} s)")
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -150,12 +161,22 @@ def _ask(args: argparse.Namespace) -> None:
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
     prompt = trained_prompt(
-        args.model, schema_format=args.schema_format, sample_rows=args.sample_rows,
-        chat_template=args.chat_template or None, values=args.values or None,
+        args.model,
+        schema_format=args.schema_format,
+        sample_rows=args.sample_rows,
+        chat_template=args.chat_template or None,
+        values=args.values or None,
     )
     answer = ask(
-        args.db, args.question, args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens,
-        timeout_s=args.timeout, dtype=args.dtype, constrained=args.constrained,
+        args.db,
+        args.question,
+        args.model,
+        args.base,
+        prompt=prompt,
+        max_new_tokens=args.max_new_tokens,
+        timeout_s=args.timeout,
+        dtype=args.dtype,
+        constrained=args.constrained,
     )
     print(answer.sql or f"-- no SQL in the model's output: {answer.raw[:200]!r}")
     if answer.native_sql is not None:
@@ -183,16 +204,24 @@ def _serve(args: argparse.Namespace) -> None:
         raise SqloraError("--max-rows must be 0 or more, --timeout and --request-timeout more than 0")
     databases = open_databases(args.db)  # bad input first: before the seconds a model takes to load
     prompt = trained_prompt(
-        args.model, schema_format=args.schema_format, sample_rows=args.sample_rows,
-        chat_template=args.chat_template or None, values=args.values or None,
+        args.model,
+        schema_format=args.schema_format,
+        sample_rows=args.sample_rows,
+        chat_template=args.chat_template or None,
+        values=args.values or None,
     )
-    assistant = Assistant(args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-                          constrained=args.constrained)
+    assistant = Assistant(
+        args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype, constrained=args.constrained
+    )
     limits = ServeLimits(max_rows=args.max_rows, timeout_s=args.timeout, request_timeout_s=args.request_timeout)
     token = args.token or os.environ.get("SQLORA_TOKEN") or None
     app = create_app(assistant, databases, model_name=args.name, token=token, limits=limits)
-    print(f"serve: {args.model} over {', '.join(databases)} on http://{args.host}:{args.port}/"
-          + (" (bearer token required)" if token else ""), file=sys.stderr, flush=True)
+    print(
+        f"serve: {args.model} over {', '.join(databases)} on http://{args.host}:{args.port}/"
+        + (" (bearer token required)" if token else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -241,22 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score predictions in the official Spider file formats: EX and EM by hardness")
     p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
     p.add_argument("--pred", required=True, help="predictions: one SQL per line, in gold order")
-    p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite, or a template with "
-                   "{db_id}: postgresql://user@host/{db_id} or duck/{db_id}.duckdb (gold and predictions run there)")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="database folder holding <db_id>/<db_id>.sqlite, or a template with "
+        "{db_id}: postgresql://user@host/{db_id} or duck/{db_id}.duckdb (gold and predictions run there)",
+    )
     p.add_argument("--table", help="tables.json, for exact-set-match (EM)")
-    p.add_argument("--etype", choices=ETYPES, default="all",
-                   help="all: EX and EM; exec: EX only; match: EM only (nothing is executed)")
+    p.add_argument("--etype", choices=ETYPES, default="all", help="all: EX and EM; exec: EX only; match: EM only (nothing is executed)")
     p.add_argument("--out", help="write the report (summary and every example) as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="per-query time limit in seconds")
     p.add_argument("--workers", type=int, default=2, help="processes running queries")
     p.add_argument("--skip-missing-databases", action="store_true", help="score only questions whose database exists")
     p.add_argument("--skip-bad-gold", action="store_true", help="list and leave out questions whose gold query fails")
     p.add_argument("--no-gold-cache", action="store_true", help="run every gold query instead of reusing cached results")
-    p.add_argument("--test-suite", help="a test suite folder laid out as the official ones (<db_id>/*.sqlite, e.g. sqlora "
-                   "testsuite's OUT/database): test-suite accuracy (TS) beside EX")
+    p.add_argument(
+        "--test-suite",
+        help="a test suite folder laid out as the official ones (<db_id>/*.sqlite, e.g. sqlora "
+        "testsuite's OUT/database): test-suite accuracy (TS) beside EX",
+    )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("testsuite", help="distil a test suite: fuzzed instances of each database that tell gold queries from their near misses")
+    p = sub.add_parser(
+        "testsuite", help="distil a test suite: fuzzed instances of each database that tell gold queries from their near misses"
+    )
     p.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line (e.g. dev_gold.sql)")
     p.add_argument("--db", required=True, help="database folder holding <db_id>/<db_id>.sqlite")
     p.add_argument("--out", required=True, help="the suite folder to write: OUT/database/<db_id>/*.sqlite and OUT/suite.json")
@@ -270,14 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="merge a fine-tuned adapter into its base: a standalone Hugging Face checkpoint or a GGUF")
     p.add_argument("--model", required=True, help="fine-tuned model folder (the train stage's, with sqlora_model.json)")
-    p.add_argument("--base", help="the base model folder it was trained from (default: models/base when it holds the model "
-                   "sqlora_model.json names, else models/bases/<model>; materialised when missing)")
+    p.add_argument(
+        "--base",
+        help="the base model folder it was trained from (default: models/base when it holds the model "
+        "sqlora_model.json names, else models/bases/<model>; materialised when missing)",
+    )
     p.add_argument("--out", required=True, help="output folder (hf) or FILE.gguf (gguf; FILE.Modelfile is written next to it)")
-    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf: a Hugging Face checkpoint folder; "
-                   "gguf: one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile")
-    p.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"], help="gguf: the weights' format (default f16; "
-                   "q4_k_m needs llama-cpp-python)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="hf: weights' dtype; auto: bf16 where the hardware runs it natively, else fp16 on GPUs, fp32 on CPUs")
+    p.add_argument(
+        "--format",
+        choices=["hf", "gguf"],
+        default="hf",
+        help="hf: a Hugging Face checkpoint folder; gguf: one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile",
+    )
+    p.add_argument(
+        "--quant", choices=["f16", "q8_0", "q4_k_m"], help="gguf: the weights' format (default f16; q4_k_m needs llama-cpp-python)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="hf: weights' dtype; auto: bf16 where the hardware runs it natively, else fp16 on GPUs, fp32 on CPUs",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("gate", help="CI gate: fail when EX or EM fell below the committed metrics (dvc metrics diff)")
@@ -286,16 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_gate)
 
     p = sub.add_parser("ask", help="ask the trained model a question about a database: its SQL and the first rows")
-    p.add_argument("--db", required=True, help="a SQLite or DuckDB file, or a postgresql://user@host/db[?schema=S] URL; "
-                   "its schema is read from the engine's catalog")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="a SQLite or DuckDB file, or a postgresql://user@host/db[?schema=S] URL; its schema is read from the engine's catalog",
+    )
     p.add_argument("--question", required=True, help="the question, in words")
     p.add_argument("--rows", type=int, default=20, help="rows of the result shown")
     _model_arguments(p)
     p.set_defaults(func=_ask)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web page: the model over one or more databases")
-    p.add_argument("--db", required=True, action="append", help="a SQLite or DuckDB file or a postgresql:// URL, addressed "
-                   "by its name (the file's stem, the URL's database); repeat for more")
+    p.add_argument(
+        "--db",
+        required=True,
+        action="append",
+        help="a SQLite or DuckDB file or a postgresql:// URL, addressed by its name (the file's stem, the URL's database); repeat for more",
+    )
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface; then set --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every /v1 request (default: $SQLORA_TOKEN, else none)")
@@ -315,12 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and decoding options ask and serve share."""
-    p.add_argument("--model", default="models/finetuned", help="model folder: the train stage's (with sqlora_model.json), "
-                   "an export (sqlora export) or any Hugging Face checkpoint folder, as predict.model")
-    p.add_argument("--base", help="the base model folder it was trained from (default: models/base when it holds the model "
-                   "sqlora_model.json names, else models/bases/<model>; materialised when missing)")
-    p.add_argument("--schema-format", choices=SCHEMA_FORMATS, help="default: as the model was trained (its sqlora_model.json "
-                   "or sqlora_export.json), else natural")
+    p.add_argument(
+        "--model",
+        default="models/finetuned",
+        help="model folder: the train stage's (with sqlora_model.json), "
+        "an export (sqlora export) or any Hugging Face checkpoint folder, as predict.model",
+    )
+    p.add_argument(
+        "--base",
+        help="the base model folder it was trained from (default: models/base when it holds the model "
+        "sqlora_model.json names, else models/bases/<model>; materialised when missing)",
+    )
+    p.add_argument(
+        "--schema-format",
+        choices=SCHEMA_FORMATS,
+        help="default: as the model was trained (its sqlora_model.json or sqlora_export.json), else natural",
+    )
     p.add_argument("--sample-rows", type=int, help="ddl_rows: rows shown per table (default: as trained, else 3)")
     p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the model's chat template (default: as trained)")
     p.add_argument("--values", action="store_true", help="hint the database values the question mentions (default: as trained)")

@@ -30,8 +30,13 @@ def read_schema(database: Database | str) -> DatabaseSchema:
     return schema
 
 
-def _assemble(db_id: str, tables: list[str], columns: dict[str, list[tuple[str, str]]],
-              keys: list[tuple[str, list[str]]], references: list[tuple[str, list[str], str, list[str]]]) -> DatabaseSchema:
+def _assemble(
+    db_id: str,
+    tables: list[str],
+    columns: dict[str, list[tuple[str, str]]],
+    keys: list[tuple[str, list[str]]],
+    references: list[tuple[str, list[str], str, list[str]]],
+) -> DatabaseSchema:
     """A DatabaseSchema from names: columns per table (name, declared type), primary keys (table,
     columns) and foreign keys (table, columns, referenced table, referenced columns)."""
     flat: list[Column] = []
@@ -45,16 +50,21 @@ def _assemble(db_id: str, tables: list[str], columns: dict[str, list[tuple[str, 
     # pragma_foreign_key_list (and so Spider's tables.json) has them.
     keys = sorted(keys, key=lambda k: position.get(k[0], len(tables)))
     references = sorted(reversed(references), key=lambda r: position.get(r[0], len(tables)))
-    primary_keys = [tuple(index[(table, c)] for c in cols) for table, cols in keys
-                    if cols and all((table, c) in index for c in cols)]
+    primary_keys = [tuple(index[(table, c)] for c in cols) for table, cols in keys if cols and all((table, c) in index for c in cols)]
     foreign_keys: list[tuple[int, int]] = []
     for table, cols, target, target_cols in references:
         for col, ref in zip(cols, target_cols):
             pair = (index.get((table, col)), index.get((target, ref)))
             if None not in pair and pair not in foreign_keys:
                 foreign_keys.append(pair)
-    return DatabaseSchema(db_id=db_id, tables=tables, columns=flat, primary_keys=primary_keys, foreign_keys=foreign_keys,
-                          table_natural=[name.lower().replace("_", " ") for name in tables])
+    return DatabaseSchema(
+        db_id=db_id,
+        tables=tables,
+        columns=flat,
+        primary_keys=primary_keys,
+        foreign_keys=foreign_keys,
+        table_natural=[name.lower().replace("_", " ") for name in tables],
+    )
 
 
 def _read_duckdb(db: Database) -> DatabaseSchema:
@@ -66,15 +76,17 @@ def _read_duckdb(db: Database) -> DatabaseSchema:
         raise SqloraError(f"{db}: cannot open ({' '.join(str(exc).split())})") from None
     try:
         # By name: DuckDB keeps no creation order (a foreign key re-creates the table it references).
-        tables = [name for (name,) in conn.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal AND NOT temporary "
-            "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal "
-            "AND NOT temporary ORDER BY 1"
-        ).fetchall()]
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal AND NOT temporary "
+                "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal "
+                "AND NOT temporary ORDER BY 1"
+            ).fetchall()
+        ]
         columns: dict[str, list[tuple[str, str]]] = {}
         for table, name, declared in conn.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
-            "ORDER BY table_oid, column_index"
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' ORDER BY table_oid, column_index"
         ).fetchall():
             columns.setdefault(table, []).append((name, declared))
         constraints = conn.execute(
@@ -85,8 +97,9 @@ def _read_duckdb(db: Database) -> DatabaseSchema:
     finally:
         conn.close()
     keys = [(table, list(cols)) for table, kind, cols, _, _ in constraints if kind == "PRIMARY KEY"]
-    references = [(table, list(cols), target, list(target_cols))
-                  for table, kind, cols, target, target_cols in constraints if kind == "FOREIGN KEY"]
+    references = [
+        (table, list(cols), target, list(target_cols)) for table, kind, cols, target, target_cols in constraints if kind == "FOREIGN KEY"
+    ]
     return _assemble(db.name, tables, columns, keys, references)
 
 

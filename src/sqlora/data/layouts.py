@@ -51,23 +51,39 @@ def _parse_schema(entry: dict, where: str) -> DatabaseSchema:
     tables = entry["table_names_original"]
     raw_columns = entry["column_names_original"]
     types = entry["column_types"]
-    _require(isinstance(tables, list) and all(isinstance(t, str) for t in tables), f"{where}.table_names_original", "expected a list of names")
+    _require(
+        isinstance(tables, list) and all(isinstance(t, str) for t in tables), f"{where}.table_names_original", "expected a list of names"
+    )
     _require(
         isinstance(raw_columns, list) and all(isinstance(c, list) and len(c) == 2 and isinstance(c[1], str) for c in raw_columns),
         f"{where}.column_names_original",
         "expected a list of [table_index, name] pairs",
     )
-    _require(isinstance(types, list) and len(types) == len(raw_columns), f"{where}.column_types", f"expected {len(raw_columns)} types, one per column")
+    _require(
+        isinstance(types, list) and len(types) == len(raw_columns),
+        f"{where}.column_types",
+        f"expected {len(raw_columns)} types, one per column",
+    )
     natural = entry.get("column_names")
-    natural_ok = isinstance(natural, list) and len(natural) == len(raw_columns) and all(isinstance(c, list) and len(c) == 2 for c in natural)
+    natural_ok = (
+        isinstance(natural, list) and len(natural) == len(raw_columns) and all(isinstance(c, list) and len(c) == 2 for c in natural)
+    )
     natural = natural if natural_ok else raw_columns
     columns = []
     for i, (table, name) in enumerate(raw_columns[1:], 1):  # entry 0 is Spider's [-1, "*"]
-        _require(isinstance(table, int) and 0 <= table < len(tables), f"{where}.column_names_original[{i}]", f"table index {table!r} out of range")
+        _require(
+            isinstance(table, int) and 0 <= table < len(tables),
+            f"{where}.column_names_original[{i}]",
+            f"table index {table!r} out of range",
+        )
         columns.append(Column(table=table, name=name, type=types[i], natural=str(natural[i][1])))
 
     def column_index(value, key: str) -> int:
-        _require(isinstance(value, int) and 1 <= value <= len(columns), f"{where}.{key}", f"column index {value!r} out of range 1..{len(columns)}")
+        _require(
+            isinstance(value, int) and 1 <= value <= len(columns),
+            f"{where}.{key}",
+            f"column index {value!r} out of range 1..{len(columns)}",
+        )
         return value
 
     _require(isinstance(entry["primary_keys"], list), f"{where}.primary_keys", "expected a list of column indices")
@@ -114,7 +130,9 @@ def _known_db(db_id, schemas: dict, where: str, problems: Problems) -> bool:
     return False
 
 
-def load_examples(path: str | Path, schemas: dict[str, DatabaseSchema], problems: Problems | None = None, sql_key: str = "query") -> list[Example]:
+def load_examples(
+    path: str | Path, schemas: dict[str, DatabaseSchema], problems: Problems | None = None, sql_key: str = "query"
+) -> list[Example]:
     """Questions of a Spider- or BIRD-style file, each checked to have its fields and a known db_id."""
     problems = problems or Problems()
     path = Path(path)
@@ -207,7 +225,9 @@ def _first_existing(folder: Path, names: list[str]) -> Path:
 def _spider(source: Path, split: str, problems: Problems) -> Split:
     schemas = load_schemas(source / "tables.json", problems)
     if split == "train":
-        files = [p for p in (source / "train_spider.json", source / "train_others.json") if p.is_file()] or [_first_existing(source, ["train.json"])]
+        files = [p for p in (source / "train_spider.json", source / "train_others.json") if p.is_file()] or [
+            _first_existing(source, ["train.json"])
+        ]
     else:
         files = [_first_existing(source, [f"{split}.json"])]
     examples = [e for path in files for e in load_examples(path, schemas, problems)]
@@ -225,8 +245,7 @@ def _multiturn(dataset: str, source: Path, split: str, problems: Problems, schem
     schema_dir = source if (source / "tables.json").is_file() else schema_source
     if schema_dir is None or not (schema_dir / "tables.json").is_file():
         raise SqloraError(
-            f"{source}: no tables.json; {dataset} runs on Spider's databases: set data.schema_source "
-            "(--schema-source) to the Spider folder"
+            f"{source}: no tables.json; {dataset} runs on Spider's databases: set data.schema_source (--schema-source) to the Spider folder"
         )
     schemas = load_schemas(schema_dir / "tables.json", problems)
     examples = load_interactions(questions, schemas, problems)
@@ -275,7 +294,9 @@ def load_split(
     if dataset == "bird":
         return _bird(source_dir, split, problems)
     if dataset in ("cosql", "sparc"):
-        return _multiturn(dataset, source_dir, split, problems, resolve_source(schema_source, schema_source_label) if schema_source else None)
+        return _multiturn(
+            dataset, source_dir, split, problems, resolve_source(schema_source, schema_source_label) if schema_source else None
+        )
     if dataset == "custom":
         from sqlora.data.custom import load_custom
 

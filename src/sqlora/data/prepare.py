@@ -47,6 +47,7 @@ def fit_to_budget(
     chat_template: bool = False,
 ) -> Fitted:
     """``reserve=None``: training, room for each record's own SQL; an int: dev, room to generate."""
+
     def length(r: Record) -> int:
         return len(encode_prompt(tokenizer, r.prompt, chat_template))
 
@@ -101,7 +102,14 @@ def percentiles(values: list[int]) -> dict:
     def at(q: float) -> int:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {"mean": round(sum(ordered) / len(ordered), 1), "p50": at(0.5), "p90": at(0.9), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+    return {
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": at(0.5),
+        "p90": at(0.9),
+        "p95": at(0.95),
+        "p99": at(0.99),
+        "max": ordered[-1],
+    }
 
 
 def split_stats(split: Split, fitted: Fitted, read: int) -> dict:
@@ -142,7 +150,9 @@ def held_out_databases(db_ids: list[str], fraction: float, seed: int) -> frozens
         return frozenset()
     distinct = sorted(set(db_ids))
     if len(distinct) < 2:
-        raise SqloraError(f"data.validation {fraction}: the train split has {len(distinct)} database(s); holding out whole databases needs 2 or more")
+        raise SqloraError(
+            f"data.validation {fraction}: the train split has {len(distinct)} database(s); holding out whole databases needs 2 or more"
+        )
     count = min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
     return frozenset(random.Random(seed).sample(distinct, count))
 
@@ -175,8 +185,14 @@ def prepare_split(
     from sqlora.data.records import subsample, to_record
 
     split = load_split(
-        data.dataset, data.source, split_name, schema_source=data.schema_source or None, skip_bad=data.skip_bad,
-        work_dir=work_dir, source_label=source_label, schema_source_label=schema_source_label,
+        data.dataset,
+        data.source,
+        split_name,
+        schema_source=data.schema_source or None,
+        skip_bad=data.skip_bad,
+        work_dir=work_dir,
+        source_label=source_label,
+        schema_source_label=schema_source_label,
     )
     if portion not in PORTIONS:
         raise ValueError(f"portion must be one of {PORTIONS}, got {portion!r}")
@@ -190,7 +206,9 @@ def prepare_split(
     if tokenizer is None:
         fitted = Fitted(records=records, prompt_tokens=[], measured=False)
     else:
-        fitted = fit_to_budget(split, records, render, tokenizer, max_length=max_length, reserve=reserve, chat_template=prompt.chat_template)
+        fitted = fit_to_budget(
+            split, records, render, tokenizer, max_length=max_length, reserve=reserve, chat_template=prompt.chat_template
+        )
     stats = split_stats(split, fitted, read)
     if render.without_values:
         stats["value_hints_missing_database"] = render.without_values

@@ -87,7 +87,9 @@ class SchemaRenderer:
         return sorted(db_id for db_id, index in self._indexes.items() if index is None)
 
 
-def to_records(split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False, values: bool = False) -> list[Record]:
+def to_records(
+    split: Split, schema_format: str = "natural", sample_rows: int = 3, history_sql: bool = False, values: bool = False
+) -> list[Record]:
     render = SchemaRenderer(split, schema_format, sample_rows, values)
     return [to_record(e, render(split.schemas[e.db_id], e.question), history_sql) for e in split.examples]
 

@@ -66,8 +66,6 @@ class DatabaseSchema:
         )
 
 
-
-
 def read_sqlite_schema(db_path: str | Path, db_id: str | None = None) -> DatabaseSchema:
     """The schema of a SQLite file, read from the file itself (opened read-only), as tables.json tells it.
 
@@ -251,7 +249,9 @@ def _sample_rows(db: Path | Database, schema: DatabaseSchema, table: int, n: int
     rows = result.rows or []
     # Long cell values (BLOBs, essays) would crowd out the schema: cut each to 40 characters.
     body = "\n".join(" | ".join(cell(v) for v in row) for row in rows)
-    return f"/*\n{len(rows)} example rows:\n{query};\n{' | '.join(names)}\n{body}\n*/" if rows else f"/* {schema.tables[table]} has no rows */"
+    return (
+        f"/*\n{len(rows)} example rows:\n{query};\n{' | '.join(names)}\n{body}\n*/" if rows else f"/* {schema.tables[table]} has no rows */"
+    )
 
 
 def cell(value, max_width: int = 40) -> str:

@@ -34,7 +34,7 @@ MAX_NGRAM = 4
 STOPWORDS = frozenset(
     "a an the of in on at to for from by with and or not no is are was were be been what which who whom whose "
     "how many much show list give find all each every that this these those their its his her there than "
-    "as me my name names number count". split()
+    "as me my name names number count".split()
 )
 _WORD = re.compile(r"[0-9a-z]+(?:['.\-][0-9a-z]+)*")
 INDEX_VERSION = 1

@@ -206,7 +206,9 @@ def read_tables(path: Path) -> dict[str, WikiTable]:
             raise SqloraError(f"{where}: 'header' must be a non-empty list of strings")
         if table_id in tables:
             raise SqloraError(f"{where}: table id {table_id!r} already defined at {tables[table_id].where}")
-        title = next((obj[k].strip() for k in ("page_title", "section_title", "caption") if isinstance(obj.get(k), str) and obj[k].strip()), "")
+        title = next(
+            (obj[k].strip() for k in ("page_title", "section_title", "caption") if isinstance(obj.get(k), str) and obj[k].strip()), ""
+        )
         tables[table_id] = WikiTable(table_id, tuple(header), title, where)
     return tables
 
@@ -374,9 +376,7 @@ def _source_types(conn: sqlite3.Connection, name: str, width: int, db_path: Path
 
 
 def describe_table(table: WikiTable, source_types: list[str], db_id: str) -> ConvertedTable:
-    columns = unique_names(
-        [to_identifier(h, f"col{i}", digit_prefix="col", reserved_suffix="col") for i, h in enumerate(table.header)]
-    )
+    columns = unique_names([to_identifier(h, f"col{i}", digit_prefix="col", reserved_suffix="col") for i, h in enumerate(table.header)])
     table_name = to_identifier(table.title, "data", digit_prefix="t", reserved_suffix="table")
     naturals = [" ".join(h.split()).lower() or columns[i].replace("_", " ") for i, h in enumerate(table.header)]
     return ConvertedTable(

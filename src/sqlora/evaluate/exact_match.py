@@ -28,6 +28,7 @@ from sqlora.evaluate.spider_sql import ALL_COLUMN, OP_IN, OP_LIKE, SpiderParseEr
 
 __all__ = ["exact_match", "foreign_key_map"]
 
+
 def foreign_key_map(schema: DatabaseSchema) -> dict[str, str]:
     """Column id -> representative column id of its foreign-key group (official kmap).
 
@@ -181,13 +182,11 @@ def _component_mismatch(pred: dict, gold: dict) -> str | None:
     if not _bag_match(group_names(pred), group_names(gold)):
         return "group(no Having)"
     if bool(pred["groupBy"]) != bool(gold["groupBy"]) or (
-        gold["groupBy"]
-        and ([c[1] for c in pred["groupBy"]] != [c[1] for c in gold["groupBy"]] or pred["having"] != gold["having"])
+        gold["groupBy"] and ([c[1] for c in pred["groupBy"]] != [c[1] for c in gold["groupBy"]] or pred["having"] != gold["having"])
     ):
         return "group"
     if bool(pred["orderBy"]) != bool(gold["orderBy"]) or (
-        gold["orderBy"]
-        and (pred["orderBy"] != gold["orderBy"] or (pred["limit"] is None) != (gold["limit"] is None))
+        gold["orderBy"] and (pred["orderBy"] != gold["orderBy"] or (pred["limit"] is None) != (gold["limit"] is None))
     ):
         return "order"
     if set(pred["where"][1::2]) != set(gold["where"][1::2]):

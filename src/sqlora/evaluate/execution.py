@@ -62,6 +62,8 @@ ETYPES = ("all", "exec", "match")
 GOLD_CACHE_VERSION = 1
 
 _CRASHED = "worker process crashed while running this query"
+
+
 @dataclass(frozen=True)
 class Gold:
     sql: str
@@ -253,8 +255,10 @@ def evaluate(
     schemas = _load_schemas(tables_json, golds) if match else {}
     template = str(db_dir) if "{db_id}" in str(db_dir) else None
     if suite_dir is not None and (template is not None or not execute):
-        raise SqloraError(f"{suite_dir}: a test suite is scored by executing queries on its SQLite files: "
-                          "evaluate on the dataset's SQLite files, with etype exec or all")
+        raise SqloraError(
+            f"{suite_dir}: a test suite is scored by executing queries on its SQLite files: "
+            "evaluate on the dataset's SQLite files, with etype exec or all"
+        )
     if template is not None and bird and ves_iterations > 0:
         raise SqloraError(f"{template}: VES times queries on the SQLite files only; evaluate with ves_iterations 0 there")
     db_dir = Path(db_dir)
@@ -292,7 +296,9 @@ def evaluate(
     if match:
         _score_exact_match(report, schemas)
     levels = BIRD_DIFFICULTIES if bird else HARDNESS_LEVELS
-    metrics = ["exec"] * execute + ["exact"] * match + ["ves"] * (execute and bird and ves_iterations > 0) + ["ts"] * (suite_dir is not None)
+    metrics = (
+        ["exec"] * execute + ["exact"] * match + ["ves"] * (execute and bird and ves_iterations > 0) + ["ts"] * (suite_dir is not None)
+    )
     report.summary = _summarize(report.examples, levels, metrics)
     return report
 
@@ -330,8 +336,11 @@ def _score_execution(
     for example in examples:
         gold = golds[example.index]
         failure = next(
-            (f"{path.name if isinstance(path, Path) else path}: {gold_results[(path, text(gold.sql))].error}" for path in files[example.db_id]
-             if not gold_results[(path, text(gold.sql))].ok),
+            (
+                f"{path.name if isinstance(path, Path) else path}: {gold_results[(path, text(gold.sql))].error}"
+                for path in files[example.db_id]
+                if not gold_results[(path, text(gold.sql))].ok
+            ),
             None,
         )
         if failure is None:
@@ -353,7 +362,13 @@ def _score_execution(
 
 
 def _score_test_suite(
-    report: EvalReport, golds: list[Gold], db_dir: Path, suite_dir: Path, bird: bool, timeout_s: float, workers: int,
+    report: EvalReport,
+    golds: list[Gold],
+    db_dir: Path,
+    suite_dir: Path,
+    bird: bool,
+    timeout_s: float,
+    workers: int,
     gold_cache: str | Path | None,
 ) -> None:
     """TS of every scored example: a prediction wrong on the dataset's database (EX 0) is wrong on the suite,
@@ -380,12 +395,19 @@ def _score_test_suite(
             where = next(golds[e.index].where for e in right if path in files[e.db_id] and text(golds[e.index].sql) == sql)
             raise SqloraError(f"{where}: gold query fails on test-suite database {path}: {gold_results[(path, sql)].error}")
     tasks = _prediction_tasks(right, golds, files, gold_results, bird, timeout_s)
-    for example, (matched, _, failed_on) in zip(right, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, "(its worker process crashed)"))):
+    for example, (matched, _, failed_on) in zip(
+        right, run_tasks(_score_prediction, tasks, workers=workers, crashed=(False, _CRASHED, "(its worker process crashed)"))
+    ):
         example.ts, example.ts_failed_on = int(matched), failed_on
 
 
 def _prediction_tasks(
-    examples: list[ExampleResult], golds: list[Gold], files: dict, gold_results: dict, bird: bool, timeout_s: float,
+    examples: list[ExampleResult],
+    golds: list[Gold],
+    files: dict,
+    gold_results: dict,
+    bird: bool,
+    timeout_s: float,
 ) -> list[tuple]:
     """One :func:`_score_prediction` task per example: its prediction and gold's result on each of its databases."""
     text = execution_text(bird)
@@ -428,8 +450,9 @@ def _run_gold_queries(
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
             pass  # not cached yet, or an unreadable entry: run it again
     todo = [key for key in keys if key not in results]
-    runs = run_tasks(run_sql, [(path, sql, timeout_s) for path, sql in todo], workers=workers,
-                      crashed=QueryResult(rows=None, error=_CRASHED))
+    runs = run_tasks(
+        run_sql, [(path, sql, timeout_s) for path, sql in todo], workers=workers, crashed=QueryResult(rows=None, error=_CRASHED)
+    )
     for key, result in zip(todo, runs):
         results[key] = result
         # Timeouts, memory limits and crashes depend on the machine and its load: never cached.

@@ -220,9 +220,7 @@ def _count_component1(select: exp.Select) -> int:
 
 
 def _count_component2(root: exp.Expression, select: exp.Select) -> int:
-    count = sum(
-        _nested_query_count(leaf) for condition in _conditions(select) for leaf in condition.leaves
-    )
+    count = sum(_nested_query_count(leaf) for condition in _conditions(select) for leaf in condition.leaves)
     # A compound query is one nested sql, however many set operations follow the first SELECT.
     if isinstance(_unwrap(root), exp.SetOperation):
         count += 1

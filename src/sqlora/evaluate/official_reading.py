@@ -12,8 +12,22 @@ from sqlora.sql.parse import tokenize
 # Where its parse_value stops reading a column value: "," ")" AND, clause and join keywords; OR is
 # not one. Nor is ";", but it reads on to the next statement's SELECT, which stops it all the same.
 _VALUE_STOPS = {
-    T.COMMA, T.R_PAREN, T.AND, T.SEMICOLON, T.SELECT, T.FROM, T.WHERE, T.GROUP_BY, T.ORDER_BY, T.LIMIT,
-    T.INTERSECT, T.UNION, T.EXCEPT, T.JOIN, T.ON, T.ALIAS,
+    T.COMMA,
+    T.R_PAREN,
+    T.AND,
+    T.SEMICOLON,
+    T.SELECT,
+    T.FROM,
+    T.WHERE,
+    T.GROUP_BY,
+    T.ORDER_BY,
+    T.LIMIT,
+    T.INTERSECT,
+    T.UNION,
+    T.EXCEPT,
+    T.JOIN,
+    T.ON,
+    T.ALIAS,
 }
 _VALUE_OPS = {T.EQ, T.NEQ, T.GT, T.GTE, T.LT, T.LTE, T.LIKE, T.IN, T.IS, T.BETWEEN}
 # Words it reads as a column and then fails on: left as they are, for the parser to reject too.

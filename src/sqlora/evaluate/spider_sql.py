@@ -37,8 +37,17 @@ _UNIT_IDS = {exp.Sub: 1, exp.Add: 2, exp.Mul: 3, exp.Div: 4}
 _COMPARISON_IDS = {exp.EQ: 2, exp.GT: 3, exp.LT: 4, exp.GTE: 5, exp.LTE: 6, exp.NEQ: 7}
 _SET_OPS = {exp.Intersect: "intersect", exp.Union: "union", exp.Except: "except"}
 _ALLOWED_SELECT_ARGS = {
-    "expressions", "from_", "joins", "where", "group", "having", "order", "limit", "offset",
-    "distinct", "kind",
+    "expressions",
+    "from_",
+    "joins",
+    "where",
+    "group",
+    "having",
+    "order",
+    "limit",
+    "offset",
+    "distinct",
+    "kind",
 }
 
 
@@ -90,7 +99,7 @@ def _check_tokens(sql: str) -> list:
         if tok.token_type == TokenType.STRING or (tok.token_type == TokenType.IDENTIFIER and first == '"'):
             spans.add((tok.start, tok.end))
         elif tok.token_type == TokenType.IDENTIFIER:
-            raise _fail(f"quoted identifier {sql[tok.start:tok.end + 1]} is not supported")
+            raise _fail(f"quoted identifier {sql[tok.start : tok.end + 1]} is not supported")
         elif tok.text in ("<>", "=="):
             raise _fail(f"operator {tok.text} is not supported")
     if spans != pairs:
@@ -116,8 +125,11 @@ class _Parser:
     def _scan_aliases(self, root: exp.Expression, tokens: list, unread: list) -> dict[str, str]:
         found = self._aliases_in(root, tokens)
         # Text read past without parsing (after the query, later statements): its tokens alone.
-        found += [(1, k, unread[k + 1].text.lower(), unread[k - 1].text.lower())
-                  for k in range(1, len(unread) - 1) if unread[k].token_type == TokenType.ALIAS]
+        found += [
+            (1, k, unread[k + 1].text.lower(), unread[k - 1].text.lower())
+            for k in range(1, len(unread) - 1)
+            if unread[k].token_type == TokenType.ALIAS
+        ]
         mapping: dict[str, str] = {}
         for _, _, alias, table in sorted(found):
             mapping[alias] = table

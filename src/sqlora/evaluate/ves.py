@@ -16,6 +16,7 @@ from sqlora.sql.sandbox import run_query
 if TYPE_CHECKING:  # execution imports this module: the report type only, for the annotation
     from sqlora.evaluate.execution import EvalReport
 
+
 def score_ves(report: EvalReport, db_dir: Path, iterations: int, timeout_s: float, workers: int) -> None:
     """BIRD's VES: each correct prediction earns sqrt(mean gold/pred time ratio), wrong ones 0."""
     correct = [e for e in report.examples if e.exec]

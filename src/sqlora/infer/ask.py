@@ -110,8 +110,10 @@ def resolve_base(model_dir: str | Path, base_dir: str | Path | None = None) -> P
     base_dir = Path(base_dir)
     held = base_model_name(base_dir) if base_dir.exists() else None
     if held is not None and held != wanted:
-        raise SqloraError(f"{model_dir} was trained on {wanted!r}, but {base_dir} holds {held!r}: "
-                          f"leave out --base, or pass a folder that holds {wanted!r} (or none yet, to materialise it there)")
+        raise SqloraError(
+            f"{model_dir} was trained on {wanted!r}, but {base_dir} holds {held!r}: "
+            f"leave out --base, or pass a folder that holds {wanted!r} (or none yet, to materialise it there)"
+        )
     if not base_dir.exists():
         print(f"sqlora: materialising {model_dir}'s base model {wanted!r} in {base_dir}", file=sys.stderr)
         materialize(wanted, base_dir)
@@ -175,8 +177,15 @@ def _context(weights_dir: Path, tokenizer) -> tuple[int, str]:
     return context_limit(AutoConfig.from_pretrained(weights_dir), tokenizer, weights_dir)
 
 
-def _render(database: Database, schema: DatabaseSchema, question: str, prompt: PromptParams, tokenizer,
-            context: tuple[int, str], max_new_tokens: int) -> Prepared:
+def _render(
+    database: Database,
+    schema: DatabaseSchema,
+    question: str,
+    prompt: PromptParams,
+    tokenizer,
+    context: tuple[int, str],
+    max_new_tokens: int,
+) -> Prepared:
     """The training prompt for ``question`` on ``database``; SqloraError when it does not fit the context."""
     from sqlora.data.prompt import encode_prompt, render_prompt
 
@@ -223,8 +232,15 @@ def ask(
     return _answer(model, tokenizer, prepared, max_new_tokens, constrained, timeout_s)
 
 
-def _answer(model, tokenizer, prepared: Prepared, max_new_tokens: int, constrained: bool, timeout_s: float,
-            lock: AbstractContextManager | None = None) -> Answer:
+def _answer(
+    model,
+    tokenizer,
+    prepared: Prepared,
+    max_new_tokens: int,
+    constrained: bool,
+    timeout_s: float,
+    lock: AbstractContextManager | None = None,
+) -> Answer:
     """Generate (holding ``lock``: one generation at a time on a shared model) and run the SQL (not holding it)."""
     from sqlora.infer.constrained import SchemaNames
     from sqlora.infer.engine import generate
@@ -232,8 +248,14 @@ def _answer(model, tokenizer, prepared: Prepared, max_new_tokens: int, constrain
     start = time.perf_counter()
     with lock or nullcontext():
         [generation] = generate(
-            model=model, tokenizer=tokenizer, prompts=[prepared.prompt], batch_size=1, max_new_tokens=max_new_tokens,
-            progress=False, chat_template=prepared.chat_template, constrained=constrained,
+            model=model,
+            tokenizer=tokenizer,
+            prompts=[prepared.prompt],
+            batch_size=1,
+            max_new_tokens=max_new_tokens,
+            progress=False,
+            chat_template=prepared.chat_template,
+            constrained=constrained,
             constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
         )
     generated = time.perf_counter()
@@ -258,8 +280,16 @@ class Assistant:
     """One model, loaded once, answering questions about any database (``sqlora serve``): generations
     take turns on the model, their queries run side by side."""
 
-    def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, *, prompt: PromptParams | None = None,
-                 max_new_tokens: int = 128, dtype: str = "auto", constrained: bool = False) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        base_dir: str | Path | None = None,
+        *,
+        prompt: PromptParams | None = None,
+        max_new_tokens: int = 128,
+        dtype: str = "auto",
+        constrained: bool = False,
+    ) -> None:
         from sqlora.infer.loading import load_for_inference
 
         if max_new_tokens < 1:

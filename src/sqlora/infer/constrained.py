@@ -34,7 +34,8 @@ import torch
 from sqlora.data.schema import DatabaseSchema
 
 # SQLite's keywords (sqlite.org/lang_keywords.html).
-KEYWORDS = frozenset("""
+KEYWORDS = frozenset(
+    """
 abort action add after all alter always analyze and as asc attach autoincrement before begin between by cascade
 case cast check collate column commit conflict constraint create cross current current_date current_time
 current_timestamp database default deferrable deferred delete desc detach distinct do drop each else end escape
@@ -45,7 +46,8 @@ outer over partition plan pragma preceding primary query raise range recursive r
 rename replace restrict returning right rollback row rows savepoint select set table temp temporary then ties to
 transaction trigger unbounded union unique update using vacuum values view virtual when where window with without
 true false
-""".split())
+""".split()
+)
 _CLAUSE_ENDS_FROM = frozenset("where group order having limit union intersect except select window values".split())
 ALIAS_SHAPE = re.compile(r"[a-z][0-9]*")  # an alias used before the FROM item that defines it: T1, t2, a
 ANY = None  # columns_for(): an alias of a subquery or a CTE, whose columns are not known here
@@ -213,7 +215,7 @@ class SqlState:
             elif not self._complete(word, quoted=False, next_char=ch):
                 return False
         elif self.qualifier is not None and not ch.isspace():
-            if ch not in "*`[\"":
+            if ch not in '*`["':
                 return False  # "T1." must be followed by a column or *
             if ch == "*":
                 self.qualifier = None

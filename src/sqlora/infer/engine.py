@@ -166,7 +166,14 @@ def generate(
     params = PredictParams(batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding)
     results: dict[int, Generation] = {}
     for batch in iter_generate(
-        model, tokenizer, prompts, params, seed=seed, chat_template=chat_template, progress=progress, engine=engine,
+        model,
+        tokenizer,
+        prompts,
+        params,
+        seed=seed,
+        chat_template=chat_template,
+        progress=progress,
+        engine=engine,
         constraints=constraints,
     ):
         results.update(batch)

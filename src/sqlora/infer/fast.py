@@ -40,8 +40,15 @@ PREFILL_ROWS = 8  # questions per prefill pass when rows join: enough rows for e
 PLAIN_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 # Keyword arguments models pass to their attention function that do not change what it computes.
 _INERT = {
-    "position_ids", "cache_position", "use_cache", "past_key_values", "output_attentions", "output_hidden_states",
-    "return_dict", "is_causal", "layer_idx",
+    "position_ids",
+    "cache_position",
+    "use_cache",
+    "past_key_values",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "is_causal",
+    "layer_idx",
 }
 
 

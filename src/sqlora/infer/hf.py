@@ -60,10 +60,7 @@ class TransformersEngine(Engine):
                 generation_config=config, stopping_criteria=StoppingCriteriaList([SqlEnd(self.tokenizer, width)]),
                 logits_processor=processors,
             )  # fmt: skip
-            rows = [
-                self._row(batch, batch.indexes[n // samples], n % samples, ids)
-                for n, ids in enumerate(output[:, width:].tolist())
-            ]
+            rows = [self._row(batch, batch.indexes[n // samples], n % samples, ids) for n, ids in enumerate(output[:, width:].tolist())]
             share_time(rows, time.perf_counter() - start)
             yield batch, rows
 

@@ -55,9 +55,7 @@ def _pack_linear_layers(module: torch.nn.Module) -> None:
             from torch.utils.mkldnn import MkldnnLinear
         except ImportError:  # a torch without it: MKL's layers, same results, slower
             return
-    if not torch.backends.mkldnn.is_available() or any(
-        p.device.type != "cpu" or p.dtype != torch.float32 for p in module.parameters()
-    ):
+    if not torch.backends.mkldnn.is_available() or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in module.parameters()):
         return
     for parent in list(module.modules()):
         for name, child in parent.named_children():

@@ -16,9 +16,7 @@ _HARD_END = re.compile(r";|###|<\|")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _FENCE = "```"
 _FENCE_LANGUAGE = re.compile(r"(?:sqlite|sql)?", re.I)
-_SQL_START = re.compile(
-    r"\(*\s*(?:select|with|values|insert|update|delete|create|drop|alter|pragma|explain|replace)(?=\W)", re.I
-)
+_SQL_START = re.compile(r"\(*\s*(?:select|with|values|insert|update|delete|create|drop|alter|pragma|explain|replace)(?=\W)", re.I)
 # In a SELECT statement, a line opening another SELECT outside parentheses, not after UNION/INTERSECT/
 # EXCEPT [ALL]: the model starts a second statement without ending the first. (?=\W), not \b: at the
 # end of the text "SELECT" may still grow into "SELECTED".

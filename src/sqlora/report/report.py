@@ -85,8 +85,9 @@ def write_report_plots(report: Report, repo: str | os.PathLike, plots_dir: Path)
     """dvc.yaml's plots across the report's runs (and the workspace), as SVG files in ``plots_dir``;
     SVGs of plots no longer drawn are removed."""
     # Experiments by name (the plots' legend shows it), commits by their short sha.
-    revisions = list(dict.fromkeys(row.source.name if row.source.kind == "experiment" else row.source.short
-                                   for row in report.rows if row.source.rev))
+    revisions = list(
+        dict.fromkeys(row.source.name if row.source.kind == "experiment" else row.source.short for row in report.rows if row.source.rev)
+    )
     paths = write_plots(plot_specs(revisions, repo=repo), plots_dir)
     for old in plots_dir.glob("*.svg") if plots_dir.is_dir() else ():
         if old not in paths.values():
@@ -98,7 +99,13 @@ def plots_section(paths: dict[str, Path], out: Path) -> str:
     """The Markdown that shows the plots, linked relative to the report."""
     if not paths:
         return ""
-    lines = ["", "## Plots", "", "dvc.yaml's plots across the runs above (rendered offline by vl-convert from `dvc plots diff --json`).", ""]
+    lines = [
+        "",
+        "## Plots",
+        "",
+        "dvc.yaml's plots across the runs above (rendered offline by vl-convert from `dvc plots diff --json`).",
+        "",
+    ]
     for title, path in paths.items():
         lines += [f"### {title}", "", f"![{title}]({os.path.relpath(path, out.parent)})", ""]
     return "\n".join(lines)
@@ -109,8 +116,9 @@ def markdown_files(repo: str | os.PathLike) -> list[Path]:
     pages of the project); without git, its README.md and the Markdown under docs/ and reports/."""
     repo = Path(repo)
     try:
-        result = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.md"],
-                                cwd=repo, capture_output=True, text=True)
+        result = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.md"], cwd=repo, capture_output=True, text=True
+        )
     except OSError:
         result = None
     if result is not None and result.returncode == 0:
@@ -156,8 +164,11 @@ def _replace_pair(out: Path, text: str, runs_dir: Path, snapshots: dict[str, Any
     new_runs, new_out, old_runs = work / "new-runs", work / "new-report", work / "old-runs"
     try:
         if runs_dir.is_dir():
-            shutil.copytree(runs_dir, new_runs, ignore=lambda folder, names: [
-                n for n in names if Path(folder) == runs_dir and n.endswith(".json") and n not in keep])
+            shutil.copytree(
+                runs_dir,
+                new_runs,
+                ignore=lambda folder, names: [n for n in names if Path(folder) == runs_dir and n.endswith(".json") and n not in keep],
+            )
         else:
             new_runs.mkdir()
         for name, snapshot in snapshots.items():

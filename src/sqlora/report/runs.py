@@ -33,6 +33,7 @@ SCORES = (
     ("ves", "Valid efficiency score (VES, BIRD)", 1.0),
 )
 
+
 def runs_dir_of(out: str | os.PathLike) -> Path:
     """Where the report at ``out`` keeps its runs' snapshots: ``benchmark.md`` -> ``benchmark-runs/``."""
     out = Path(out)
@@ -188,8 +189,7 @@ class Row:
             rerun += "".join(f" -S {flag}" for flag in self.flags())
         elif source.kind == "commit":
             rerun = f"git checkout {source.short} && dvc repro"
-        run = {"name": source.name, "kind": source.kind, "rev": source.rev, "baseline": source.baseline,
-               "timestamp": source.timestamp}
+        run = {"name": source.name, "kind": source.kind, "rev": source.rev, "baseline": source.baseline, "timestamp": source.timestamp}
         return {"run": run, "rerun": rerun, "files": self.files}
 
     def describe_params(self) -> str:
@@ -362,8 +362,10 @@ def _drop_duplicate_workspace(report: Report) -> None:
                 note = f"workspace: its metrics are those of {other.source.plain()}; listed once, under that run"
                 differ = params_diff(other.params, ws.params)
                 if differ:
-                    note += (f" (its {PARAMS_FILE} differs from that run's in {len(differ)} key{'s' * (len(differ) != 1)}; "
-                             "`dvc status` tells whether the metrics are stale)")
+                    note += (
+                        f" (its {PARAMS_FILE} differs from that run's in {len(differ)} key{'s' * (len(differ) != 1)}; "
+                        "`dvc status` tells whether the metrics are stale)"
+                    )
                 report.notes.append(note)
                 break
 

@@ -129,17 +129,19 @@ def training_table(rows: list[Row], runs_dir: str = RUNS_DIR) -> list[str]:
         if train is not None and train.resumed_from_step and time != MISSING:
             time += f" (resumed at step {train.resumed_from_step})"
         speed = MISSING if train is None or train.tokens_per_s is None else f"{train.tokens_per_s:.1f}"
-        body.append([
-            row.label(),
-            percent(row.eval.scores.get("ex", {}).get("all")),
-            percent(row.eval.scores.get("em", {}).get("all")),
-            time,
-            memory_gib(train),
-            speed,
-            (train.device if train and train.device else MISSING),
-            row.run_cell(runs_dir),
-            row.describe_params(),
-        ])
+        body.append(
+            [
+                row.label(),
+                percent(row.eval.scores.get("ex", {}).get("all")),
+                percent(row.eval.scores.get("em", {}).get("all")),
+                time,
+                memory_gib(train),
+                speed,
+                (train.device if train and train.device else MISSING),
+                row.run_cell(runs_dir),
+                row.describe_params(),
+            ]
+        )
     return markdown_table(header, body)
 
 
@@ -211,7 +213,8 @@ def render(
         skipped = [
             f"{row.source.plain()}: {row.eval.skipped_missing_database} questions skipped (database missing), "
             f"{row.eval.skipped_bad_gold} (gold query fails)"
-            for row in group if row.eval.skipped_missing_database or row.eval.skipped_bad_gold
+            for row in group
+            if row.eval.skipped_missing_database or row.eval.skipped_bad_gold
         ]
         if skipped:
             lines += ["Not scored (in no column above):", ""] + [f"- {s}" for s in skipped] + [""]

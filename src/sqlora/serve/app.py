@@ -93,8 +93,9 @@ def json_value(value):
     return str(value)
 
 
-def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sqlora", token: str | None = None,
-               limits: ServeLimits = ServeLimits()):
+def create_app(
+    assistant, databases: dict[str, Served], *, model_name: str = "sqlora", token: str | None = None, limits: ServeLimits = ServeLimits()
+):
     """The FastAPI application; ``assistant``: a :class:`sqlora.infer.ask.Assistant` (anything with its ``answer``)."""
     app = FastAPI(title="sqlora", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -124,8 +125,7 @@ def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sq
             if token is not None:
                 given = request.headers.get("authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                                          "authentication_error")
+                    return error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error")
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
                 return error_response(413, f"request body larger than {limits.max_body_bytes} bytes")
@@ -174,8 +174,12 @@ def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sq
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Content-Security-Policy": "default-src 'self'; "
-                            "script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"})
+        return HTMLResponse(
+            PAGE.read_text(encoding="utf-8"),
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+            },
+        )
 
     @app.get("/v1/models")
     async def models():
@@ -184,8 +188,9 @@ def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sq
 
     @app.get("/v1/databases")
     async def list_databases():
-        return {"databases": [{"name": name, "engine": s.database.engine, "tables": list(s.schema.tables)}
-                              for name, s in databases.items()]}
+        return {
+            "databases": [{"name": name, "engine": s.database.engine, "tables": list(s.schema.tables)} for name, s in databases.items()]
+        }
 
     @app.post("/v1/query")
     async def query(request: Request):
@@ -204,8 +209,11 @@ def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sq
             "rows": [[json_value(v) for v in row] for row in rows[: limits.max_rows]] if result.rows is not None else None,
             "row_count": len(rows) if result.rows is not None else None,
             "truncated": len(rows) > limits.max_rows,
-            "seconds": {"total": round(result.seconds, 4), "generate": round(result.generate_seconds, 4),
-                        "execute": round(result.seconds - result.generate_seconds, 4)},
+            "seconds": {
+                "total": round(result.seconds, 4),
+                "generate": round(result.generate_seconds, 4),
+                "execute": round(result.seconds - result.generate_seconds, 4),
+            },
             "error": result.error,
         }
 
@@ -234,10 +242,18 @@ def create_app(assistant, databases: dict[str, Served], *, model_name: str = "sq
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.sql},
-                         "finish_reason": "length" if result.hit_max_new_tokens else "stop"}],
-            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.new_tokens,
-                      "total_tokens": result.prompt_tokens + result.new_tokens},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.sql},
+                    "finish_reason": "length" if result.hit_max_new_tokens else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.new_tokens,
+                "total_tokens": result.prompt_tokens + result.new_tokens,
+            },
             # Not OpenAI's, ignored by its clients: where it ran and what the database said.
             "sqlora": {"database": served.database.name, "sql_run": result.native_sql or result.sql, "error": result.error},
         }

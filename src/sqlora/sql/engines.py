@@ -56,8 +56,9 @@ class Database:
     def __str__(self) -> str:  # for messages: never a password
         return _without_password(self.location)
 
-    def run(self, sql: str, *, timeout_s: float = 30.0, max_rows: int = 100_000, memory_limit_mb: int = 512,
-            names: set[str] | None = None) -> QueryResult:
+    def run(
+        self, sql: str, *, timeout_s: float = 30.0, max_rows: int = 100_000, memory_limit_mb: int = 512, names: set[str] | None = None
+    ) -> QueryResult:
         """Run SQLite-style ``sql`` read-only (transpiled first on another engine; ``names``: the
         schema's table and column names, see :func:`to_dialect`; default: ``self.names``). Never raises for bad SQL."""
         if self.engine == "sqlite":
@@ -101,7 +102,7 @@ def open_database(spec: str | Path, *, schema: str | None = None, check: bool = 
     if scheme and scheme.group(1).lower() in ("postgresql", "postgres"):
         return _open_postgres(text, schema, check)
     if scheme and scheme.group(1).lower() == "duckdb":
-        return _open_file(Path(text[len("duckdb:"):]), "duckdb")
+        return _open_file(Path(text[len("duckdb:") :]), "duckdb")
     if scheme and len(scheme.group(1)) > 1:  # "C:" is a drive, not an engine
         raise SqloraError(
             f"{_without_password(text)}: unknown database engine {scheme.group(1)!r}; "
@@ -133,7 +134,10 @@ def _open_postgres(url: str, schema: str | None, check: bool) -> Database:
     if not name:
         raise SqloraError(f"{_without_password(url)}: the URL names no database (postgresql://host/DATABASE)")
     database = Database(
-        engine="postgresql", location=urlunsplit(parts._replace(query=urlencode(libpq_query))), name=name, schema=chosen,
+        engine="postgresql",
+        location=urlunsplit(parts._replace(query=urlencode(libpq_query))),
+        name=name,
+        schema=chosen,
     )
     if check:
         with postgres_connection(database.location) as conn:
@@ -165,8 +169,13 @@ def to_dialect(sql: str, dialect: str, names: set[str] | None = None) -> str:
             return exp.ILike(this=node.this, expression=node.expression)
         if spelling is None:
             return node
-        if (isinstance(node, exp.Column) and not node.table and isinstance(node.this, exp.Identifier)
-                and node.this.quoted and node.name.lower() not in spelling):
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and isinstance(node.this, exp.Identifier)
+            and node.this.quoted
+            and node.name.lower() not in spelling
+        ):
             return exp.Literal.string(node.name)  # SQLite: "text" that names no column is a string
         if isinstance(node, exp.Identifier) and node.name.lower() in spelling:
             exact = spelling[node.name.lower()]
@@ -184,14 +193,18 @@ def connect_duckdb(path: str | Path, memory_limit_mb: int = 512):
     """A read-only DuckDB connection that can reach nothing but its own file."""
     import duckdb
 
-    return duckdb.connect(str(path), read_only=True, config={
-        "enable_external_access": False,  # no read_csv('/etc/passwd'), no ATTACH, no COPY, no httpfs
-        "autoload_known_extensions": False,
-        "autoinstall_known_extensions": False,
-        "memory_limit": f"{int(memory_limit_mb)}MB",
-        "threads": 1,  # one query, one core: concurrent questions share the machine
-        "lock_configuration": True,  # a query cannot SET any of the above back
-    })
+    return duckdb.connect(
+        str(path),
+        read_only=True,
+        config={
+            "enable_external_access": False,  # no read_csv('/etc/passwd'), no ATTACH, no COPY, no httpfs
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "memory_limit": f"{int(memory_limit_mb)}MB",
+            "threads": 1,  # one query, one core: concurrent questions share the machine
+            "lock_configuration": True,  # a query cannot SET any of the above back
+        },
+    )
 
 
 def _run_duckdb(path: str, sql: str, timeout_s: float, max_rows: int, memory_limit_mb: int) -> QueryResult:

@@ -100,8 +100,7 @@ def read_layout(db_path: str | Path, max_values: int = 50) -> DatabaseLayout:
             tables.append(_read_table(conn, name, sql))
             for column in tables[-1].columns:
                 rows = conn.execute(
-                    f"SELECT DISTINCT {_quote(column.name)} FROM {_quote(name)} "
-                    f"WHERE {_quote(column.name)} IS NOT NULL LIMIT ?",
+                    f"SELECT DISTINCT {_quote(column.name)} FROM {_quote(name)} WHERE {_quote(column.name)} IS NOT NULL LIMIT ?",
                     (max_values,),
                 ).fetchall()
                 values[(name, column.name)] = tuple(row[0] for row in rows)
@@ -428,9 +427,7 @@ def _row_count(rng: random.Random, max_rows: int) -> int:
     return 1 + int(max_rows * rng.random() ** 2) if max_rows > 1 else 1
 
 
-def _draw_row(
-    plan: _TablePlan, rows: dict[str, list[tuple]], own: list[tuple], rng: random.Random, fresh_keys: bool
-) -> tuple | None:
+def _draw_row(plan: _TablePlan, rows: dict[str, list[tuple]], own: list[tuple], rng: random.Random, fresh_keys: bool) -> tuple | None:
     """A candidate row (values as SQLite will store them), or None when its foreign keys cannot be met.
     ``fresh_keys``: key columns take fresh values only (a retry: the few originals and literals clash)."""
     row: list[object] = [None] * len(plan.columns)
@@ -444,8 +441,7 @@ def _draw_row(
         candidates = [
             values
             for values in (tuple(parent[p] for p in fk.parent_pos) for parent in parents)
-            if None not in values
-            and all(row[c] == v for c, v in zip(fk.child, values, strict=True) if c in assigned)
+            if None not in values and all(row[c] == v for c, v in zip(fk.child, values, strict=True) if c in assigned)
         ]
         if self_reference and not candidates and all(row[p] is not None for p in fk.parent_pos):
             candidates = [tuple(row[p] for p in fk.parent_pos)]  # the first row may point at itself
@@ -468,9 +464,7 @@ def _draw_row(
     return tuple(row)
 
 
-def _fill_table(
-    conn: sqlite3.Connection, plan: _TablePlan, rows: dict[str, list[tuple]], rng: random.Random, max_rows: int
-) -> None:
+def _fill_table(conn: sqlite3.Connection, plan: _TablePlan, rows: dict[str, list[tuple]], rng: random.Random, max_rows: int) -> None:
     """Insert up to a random number of rows into one table; ``rows`` gets the rows SQLite kept."""
     own: list[tuple] = []
     rows[plan.table.name] = own  # children (and self-references) see exactly the rows SQLite kept

@@ -32,9 +32,7 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, chat_tem
             too_long += 1  # never cut: a truncated SQL target would teach the model wrong SQL
             continue
         ids = prompt + response
-        features.append(
-            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + response}
-        )
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + response})
     return TokenizedSet(features=features, too_long=too_long)
 
 

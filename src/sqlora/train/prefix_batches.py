@@ -178,14 +178,22 @@ class Batching:
         """The train log's line on how questions are batched (``asked``: train.shared_prefix)."""
         if self.sampler is not None:
             because = f" ({self.reason})" if self.reason else ""
-            return f"train: shared-prefix rows of up to {self.per_row} questions{because}, {len(self.sampler.groups)} distinct prompt prefixes"
+            return (
+                f"train: shared-prefix rows of up to {self.per_row} questions{because}, {len(self.sampler.groups)} distinct prompt prefixes"
+            )
         if asked > 1:
             return f"train: separate rows, not shared-prefix ones: {self.reason}"
         return "train: separate rows (train.shared_prefix 1)"
 
 
 def choose_batching(
-    model, features: list[dict], asked: int, batch_size: int, seed: int, probe: bool = True, data_parallel: bool = False,
+    model,
+    features: list[dict],
+    asked: int,
+    batch_size: int,
+    seed: int,
+    probe: bool = True,
+    data_parallel: bool = False,
 ) -> Batching:
     """Shared-prefix rows of ``asked`` questions (at most ``batch_size``: a step holds that many) where
     they are exact for ``model`` (:func:`sqlora.train.shared_prefix.shared_prefix_problem`; ``probe``

@@ -219,7 +219,9 @@ def losses_and_grads(model, batch: dict, trained: list, **passed) -> tuple[torch
     outputs = model(**batch, **passed)
     response_loss(outputs, labels).backward()
     targets = labels[:, batch["logits_to_keep"] + 1]
-    per_token = torch.nn.functional.cross_entropy(outputs.logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    per_token = torch.nn.functional.cross_entropy(
+        outputs.logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     losses = per_token[targets != IGNORE_INDEX].detach()  # row by row: the same order packed or not
     grads = torch.cat([p.grad.flatten().float() for p in trained if p.grad is not None])
     return losses.cpu(), grads.cpu()

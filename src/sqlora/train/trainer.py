@@ -185,7 +185,9 @@ def epoch_validator(validate, live, tokenizer, attention):
                 model.train()
                 attention.__enter__()
             self.results.append(result)
-            print(f"train: epoch {result['epoch']} validation EX {result['ex']:.4f} ({result['questions']} questions, {result['seconds']} s)")
+            print(
+                f"train: epoch {result['epoch']} validation EX {result['ex']:.4f} ({result['questions']} questions, {result['seconds']} s)"
+            )
             live.step = state.global_step
             live.log_metric("validation_ex", result["ex"])
             live.make_summary()
@@ -289,9 +291,7 @@ def train(
     tokenizer = load_tokenizer(base_dir)
     data = tokenize_records(records, tokenizer, params.max_length, chat_template)
     if not data.features:
-        raise SqloraError(
-            f"train: all {len(records)} examples are longer than train.max_length={params.max_length} tokens"
-        )
+        raise SqloraError(f"train: all {len(records)} examples are longer than train.max_length={params.max_length} tokens")
     if data.too_long and state.is_main_process:
         print(f"train: left out {data.too_long} of {len(records)} examples longer than {params.max_length} tokens")
 
@@ -299,9 +299,14 @@ def train(
     if compute == torch.float16 and device().type != "cuda":
         raise SqloraError("model.dtype float16: fp16 training (with loss scaling) runs on CUDA GPUs only; use bfloat16 or float32")
     fingerprint = run_fingerprint(
-        method=method, base=folder_stamp(base_dir), lora=asdict(lora), dtype=dtype_name(compute),
+        method=method,
+        base=folder_stamp(base_dir),
+        lora=asdict(lora),
+        dtype=dtype_name(compute),
         train={k: v for k, v in asdict(params).items() if k not in ("launch", "logging_steps")},
-        seed=seed, chat_template=chat_template, world_size=state.num_processes,
+        seed=seed,
+        chat_template=chat_template,
+        world_size=state.num_processes,
         data=hashlib.sha256(json.dumps(data.features).encode()).hexdigest(),
     )
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -455,7 +460,9 @@ def _validation_metrics(results: list[dict]) -> dict:
         return {"validation": []}
     best = max(results, key=lambda r: r["ex"])
     return {
-        "validation": results, "validation_ex": results[-1]["ex"], "best_validation_epoch": best["epoch"],
+        "validation": results,
+        "validation_ex": results[-1]["ex"],
+        "best_validation_epoch": best["epoch"],
         "validation_seconds": round(sum(r["seconds"] for r in results), 1),  # inside wall_time_s
     }
 
