@@ -14,7 +14,7 @@ from sqlora.data.layouts import load_schemas, load_split
 from sqlora.data.schema import read_sqlite_schema
 from sqlora.errors import SqloraError
 from sqlora.evaluate.exact_match import exact_match
-from sqlora.evaluate.hardness import spider_hardness
+from sqlora.sql.hardness import spider_hardness
 
 from conftest import SQLORA
 

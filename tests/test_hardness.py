@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlora.evaluate.hardness import hardness_level, hardness_or_unparsed, spider_hardness
+from sqlora.sql.hardness import hardness_level, hardness_or_unparsed, spider_hardness
 
 
 @pytest.mark.parametrize(

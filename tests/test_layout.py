@@ -17,14 +17,11 @@ def module_name(path: Path) -> str:
 
 
 def sqlora_imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(module, names) for every sqlora import in ``path``, in functions too, but not under TYPE_CHECKING."""
+    """(module, names) for every sqlora import in ``path``: in functions and under TYPE_CHECKING too (a
+    type-only import is an arrow all the same: the module cannot be read without the other)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for child in node.body for n in ast.walk(child)}  # fmt: skip
     found = []
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sqlora"):
             found.append((node.module, [a.name for a in node.names]))
         elif isinstance(node, ast.Import):
@@ -70,14 +67,47 @@ def test_no_import_cycle():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+# The library's layers, bottom first: a module imports only from its own layer or those below. Within a
+# layer, only the no-cycle rule applies. (Top-level modules and subpackages by their first name.)
+LAYERS = [
+    {"errors", "io", "config"},  # what every stage shares: errors, atomic files, params
+    {"sql"},  # databases, the sandbox, SQL text (parsing, Spider hardness, the official reading)
+    {"data"},  # datasets into records and prompts
+    {"model"},  # base models: loading, attention routing, export
+    {"train", "infer"},  # fine-tuning; generation
+    {"evaluate"},  # scoring (validation EX generates through infer)
+    {"testsuite", "report", "serve"},
+    {"ask", "cli"},  # the public entry points
+]
+
+
+def layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else module
+    [index] = [i for i, names in enumerate(LAYERS) if part in names]
+    return index
+
+
+def test_every_module_has_a_layer():
+    parts = {name.split(".")[1] for name in MODULES if "." in name}
+    assert parts == set().union(*LAYERS), parts ^ set().union(*LAYERS)
+
+
+def test_arrows_point_down_the_layers():
+    upward = sorted(f"{a} -> {b}" for a, targets in graph().items() for b in targets if layer(b) > layer(a))
+    assert not upward, "imports that point up the layers: " + "; ".join(upward)
+
+
 def test_no_private_names_imported_across_modules():
     found = [f"{name} imports {module}.{n}" for name, path in MODULES.items() for module, names in sqlora_imports(path)
              for n in names if n.startswith("_") and module != name]  # fmt: skip
     assert not found, found
 
 
-def test_the_checks_see_lazy_imports_and_cycles(tmp_path):
+def test_the_checks_see_lazy_and_type_only_imports_and_cycles(tmp_path):
     (tmp_path / "a.py").write_text("def f():\n    from sqlora.b import x\n")
     assert sqlora_imports(tmp_path / "a.py") == [("sqlora.b", ["x"])]
+    (tmp_path / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sqlora.d import Y\n")
+    assert sqlora_imports(tmp_path / "c.py") == [("sqlora.d", ["Y"])]
+    assert layer("sqlora.data.prepare") > layer("sqlora.sql.hardness") and layer("sqlora.config") == 0
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert find_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []

@@ -172,7 +172,7 @@ def test_several_phrasings_per_question_type(sample):
 
 def test_hardness_levels_are_all_well_represented(sample):
     pytest.importorskip("sqlglot")
-    from sqlora.evaluate.hardness import spider_hardness
+    from sqlora.sql.hardness import spider_hardness
 
     folder, _ = sample
     for split in ("train", "dev"):

@@ -8,9 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sqlora.config import DTYPES
-from sqlora.data.layouts import DATASETS
-from sqlora.data.schema import SCHEMA_FORMATS, database_path
+from sqlora.config import DATASETS, DTYPES, SCHEMA_FORMATS
+from sqlora.data.schema import database_path
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.evaluate.execution import ETYPES
 from sqlora.report.runs import REPORT_FILE

@@ -13,14 +13,14 @@ from typing import Any
 
 import yaml
 
-from sqlora.data.layouts import DATASETS
-from sqlora.data.schema import SCHEMA_FORMATS
 from sqlora.errors import SqloraError
 
 METHODS = ("lora", "qlora", "full", "none")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 # model.dtype: the precision train, predict, ask and export compute in (auto: chosen by the hardware).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql", "custom")  # data.dataset: the layouts sqlora.data reads
+SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")  # prompt.schema_format: how sqlora.data.schema describes a schema
 DECODINGS = ("greedy", "beam", "sample", "self_consistency", "execution_guided")
 
 

@@ -21,12 +21,12 @@ import hashlib
 import zipfile
 from pathlib import Path
 
+from sqlora.config import DATASETS
 from sqlora.data.schema import Column, DatabaseSchema
 from sqlora.data.split import Example, Problems, Split, required_field
 from sqlora.errors import SqloraError
 from sqlora.io import read_json
 
-DATASETS = ("sample", "spider", "bird", "cosql", "sparc", "wikisql", "custom")
 # How errors name the dataset folders by default: as the prepare stage gets them, from params.yaml.
 SOURCE_LABEL = "params.yaml: 'data.source'"
 SCHEMA_SOURCE_LABEL = "params.yaml: 'data.schema_source'"

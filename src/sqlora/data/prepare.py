@@ -114,7 +114,7 @@ def percentiles(values: list[int]) -> dict:
 
 def split_stats(split: Split, fitted: Fitted, read: int) -> dict:
     """Counts, Spider hardness of the gold SQL, BIRD difficulty, prompt lengths, budget effects."""
-    from sqlora.evaluate.hardness import hardness_or_unparsed
+    from sqlora.sql.hardness import hardness_or_unparsed
 
     stats = {
         "questions": read,

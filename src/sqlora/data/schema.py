@@ -20,8 +20,6 @@ from sqlora.errors import SqloraError
 from sqlora.sql.engines import SQLITE_HEADER, Database
 from sqlora.sql.sandbox import connect_read_only
 
-SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")
-
 
 @dataclass(frozen=True)
 class Column:

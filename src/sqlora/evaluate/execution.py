@@ -46,10 +46,10 @@ from sqlglot.tokens import TokenType
 from sqlora.data.layouts import load_schemas
 from sqlora.data.schema import DatabaseSchema, database_path
 from sqlora.errors import SqloraError
-from sqlora.evaluate.hardness import hardness_or_unparsed
-from sqlora.evaluate.ves import score_ves
+from sqlora.evaluate.ves import ves_scores
 from sqlora.io import atomic_path, cache_dir
 from sqlora.sql.engines import Database, open_database, run_sql, with_names
+from sqlora.sql.hardness import hardness_or_unparsed
 from sqlora.sql.pool import run_tasks
 from sqlora.sql.sandbox import QueryResult
 
@@ -290,7 +290,12 @@ def evaluate(
     if execute:
         _score_execution(report, golds, targets, bird, timeout_s, workers, skip_bad_gold, gold_cache)
         if bird and ves_iterations > 0:
-            score_ves(report, db_dir, ves_iterations, timeout_s, workers)
+            correct = [e for e in report.examples if e.exec]
+            scores = ves_scores(db_dir, [(e.db_id, e.pred, e.gold) for e in correct], ves_iterations, timeout_s, workers)
+            for example in report.examples:
+                example.ves = 0.0
+            for example, score in zip(correct, scores):
+                example.ves = score
         if suite_dir is not None:
             _score_test_suite(report, golds, db_dir, Path(suite_dir), bird, timeout_s, workers, gold_cache)
     if match:

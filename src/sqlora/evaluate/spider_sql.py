@@ -1,7 +1,7 @@
 """A query as the official Spider evaluator's parser (``process_sql.get_sql``) structures it: the
 "sql" dict that exact match compares, built from a sqlglot parse (:func:`parse_spider_sql`).
 
-What is parsed is the part of the text the official parser reads (``sqlora.evaluate.official_reading``):
+What is parsed is the part of the text the official parser reads (``sqlora.sql.official_reading``):
 a condition value that is a column swallows what follows it up to the next AND, so
 ``ON a = b OR a = c`` is ``ON a = b`` (and no OR keyword); a clause out of the parser's fixed order
 (FROM, WHERE, GROUP BY, HAVING, ORDER BY, LIMIT, then INTERSECT/UNION/EXCEPT) ends the query, so
@@ -25,7 +25,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from sqlora.data.schema import DatabaseSchema
-from sqlora.evaluate.official_reading import official_reading
+from sqlora.sql.official_reading import official_reading
 from sqlora.sql.parse import describe_error, parse_statement
 
 # process_sql's WHERE_OPS indexes of the operators that need more than a comparison.

@@ -7,25 +7,17 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlora.data.schema import database_path
 from sqlora.sql.pool import run_tasks
 from sqlora.sql.sandbox import run_query
 
-if TYPE_CHECKING:  # execution imports this module: the report type only, for the annotation
-    from sqlora.evaluate.execution import EvalReport
 
-
-def score_ves(report: EvalReport, db_dir: Path, iterations: int, timeout_s: float, workers: int) -> None:
-    """BIRD's VES: each correct prediction earns sqrt(mean gold/pred time ratio), wrong ones 0."""
-    correct = [e for e in report.examples if e.exec]
-    tasks = [(database_path(db_dir, e.db_id), e.pred, e.gold, iterations, timeout_s) for e in correct]
-    ratios = run_tasks(_time_ratio, tasks, workers=workers, crashed=0.0)
-    for example in report.examples:
-        example.ves = 0.0
-    for example, ratio in zip(correct, ratios):
-        example.ves = math.sqrt(ratio)
+def ves_scores(db_dir: Path, correct: list[tuple[str, str, str]], iterations: int, timeout_s: float, workers: int) -> list[float]:
+    """BIRD's VES of each correct prediction, given as (db_id, predicted SQL, gold SQL): sqrt of the mean
+    gold/predicted time ratio (a wrong prediction scores 0, which is the caller's to give)."""
+    tasks = [(database_path(db_dir, db_id), pred, gold, iterations, timeout_s) for db_id, pred, gold in correct]
+    return [math.sqrt(ratio) for ratio in run_tasks(_time_ratio, tasks, workers=workers, crashed=0.0)]
 
 
 def _time_ratio(db_file: Path, pred_sql: str, gold_sql: str, iterations: int, timeout_s: float) -> float:

@@ -15,9 +15,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from sqlora.config import PromptParams
+from sqlora.config import SCHEMA_FORMATS, PromptParams
 from sqlora.data.catalog import read_schema
-from sqlora.data.schema import SCHEMA_FORMATS, DatabaseSchema, cell, describe
+from sqlora.data.schema import DatabaseSchema, cell, describe
 from sqlora.errors import SqloraError
 from sqlora.sql.engines import Database, open_database
 

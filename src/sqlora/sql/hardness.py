@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from sqlora.evaluate.official_reading import official_reading
+from sqlora.sql.official_reading import official_reading
 from sqlora.sql.parse import parse_statement, tokenize
 
 # The official evaluator only knows these five aggregates (AGG_OPS in process_sql.py).
