@@ -15,11 +15,17 @@ from pathlib import Path
 
 from sqlora.config import load_params
 from sqlora.data.records import load_records, read_meta
-from sqlora.data.schema import database_path
 from sqlora.errors import SqloraError, exit_on_error
 from sqlora.infer.loading import load_for_inference
-from sqlora.infer.predict import RUNS_CANDIDATES, PartialPredictions, predict_records, schema_constraints
-from sqlora.infer.sql_text import STATUSES
+from sqlora.infer.plan import plan_decoding
+from sqlora.infer.predict import (
+    PartialPredictions,
+    candidate_databases,
+    describe_prediction,
+    predict_records,
+    prediction_metrics,
+    schema_constraints,
+)
 from sqlora.io import folder_stamp, run_fingerprint, write_json, write_jsonl, write_text
 from sqlora.model.loader import device, dtype_name, resolve_dtype
 
@@ -34,85 +40,40 @@ def main() -> None:
     from accelerate import PartialState
 
     params = load_params()
-    predict = params.predict
+    plan = plan_decoding(params.predict)
     state = PartialState(cpu=device().type == "cpu")  # joins the process group under a launcher
-    main_process = state.is_main_process
     records = load_records("data/prepared/dev.jsonl")
     meta = read_meta("data/prepared/meta.json")
-    voting = predict.decoding in RUNS_CANDIDATES
-    if voting:
-        db_files = [database_path(meta["database_dir"], r.db_id) for r in records]
-        missing = sorted({str(p) for p in db_files if not p.is_file()})
-        if missing and not params.eval.skip_missing_databases:
-            raise SqloraError(
-                f"predict.decoding {predict.decoding} runs the candidates, but {missing[0]} does not exist "
-                "(eval.skip_missing_databases: true keeps the first candidate of such questions, which evaluation leaves out)"
-            )
-        if missing and main_process:
-            print(f"predict: {len(missing)} database(s) missing ({missing[0]}, ...): the first candidate of their questions is kept")
-    constraints = schema_constraints(records, meta["tables_json"]) if predict.constrained else None
-    model_dir = Path(predict.model)
+    db_files = candidate_databases(records, meta["database_dir"], plan, params.eval.skip_missing_databases, state.is_main_process)
+    constraints = schema_constraints(records, meta["tables_json"]) if plan.constrained else None
+    model_dir = Path(params.predict.model)
     if not model_dir.is_dir():
-        raise SqloraError(f"params.yaml: 'predict.model' is {predict.model!r}, which is not a folder")
+        raise SqloraError(f"params.yaml: 'predict.model' is {params.predict.model!r}, which is not a folder")
     model, tokenizer = load_for_inference(model_dir, BASE, dtype=params.model.dtype)  # first: it checks the model folders
     fingerprint = run_fingerprint(
         model=folder_stamp(model_dir),
         base=folder_stamp(BASE) if BASE.is_dir() else None,
-        predict={k: v for k, v in asdict(predict).items() if k != "launch"},
+        predict={k: v for k, v in asdict(params.predict).items() if k != "launch"},
         seed=params.seed,
         dtype=dtype_name(resolve_dtype(params.model.dtype)),
         chat_template=params.prompt.chat_template,
         prompts=hashlib.sha256(json.dumps([r.prompt for r in records]).encode()).hexdigest(),
     )
-    if main_process:
-        partial = PartialPredictions(PARTIAL, fingerprint)
-        resumed = len(partial.done)
-        if partial.done:
-            print(f"predict: resuming, {len(partial.done)} of {len(records)} questions already done")
-    state.wait_for_everyone()  # the main process has thrown away another run's partial files
-    if not main_process:
-        partial = PartialPredictions(PARTIAL, fingerprint, rank=state.process_index, reset=False)
+    partial = PartialPredictions.joined(PARTIAL, fingerprint, state, len(records))
     run = predict_records(
-        model,
-        tokenizer,
-        records,
-        predict,
-        partial,
-        seed=params.seed,
-        chat_template=params.prompt.chat_template,
-        db_files=db_files if voting else None,
-        constraints=constraints,
-        rank=state.process_index,
-        world=state.num_processes,
-    )
+        model, tokenizer, records, plan, partial, seed=params.seed, chat_template=params.prompt.chat_template,
+        db_files=db_files, constraints=constraints, rank=state.process_index, world=state.num_processes,
+    )  # fmt: skip
     state.wait_for_everyone()  # every process's share is in its partial file
-    if not main_process:
+    if not state.is_main_process:
         return
     rows = partial.rows(len(records))
     write_jsonl(OUT / "dev.jsonl", rows)
     write_text(OUT / "dev.sql", "".join(r["sql"] + "\n" for r in rows))
     partial.finish()
-    statuses = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    engine = f"{run.engine.name} engine ({run.engine.reason})" if run.engine else "nothing left to generate"
-    processes = f", {state.num_processes} processes" if state.num_processes > 1 else ""
-    metrics = {
-        "decoding": predict.decoding, "dtype": dtype_name(resolve_dtype(params.model.dtype)),
-        "engine": run.engine.name if run.engine else None, "processes": state.num_processes,
-        "questions": len(records), "resumed_questions": resumed, "seconds": round(run.seconds, 1),
-        "seconds_per_question": round(run.seconds / max(len(records) - resumed, 1), 3), "status": statuses,
-    }  # fmt: skip
-    if predict.constrained:
-        # Answers (and, with candidates, all candidates) for which no token was admissible at some step.
-        metrics["constraint_released"] = sum(r.get("constraint") == "released" for r in rows)
-        metrics["candidates_released"] = sum(c.get("constraint") == "released" for r in rows for c in r.get("candidates", ()))
+    metrics = prediction_metrics(rows, plan, run, dtype_name(resolve_dtype(params.model.dtype)), state.num_processes)
     write_json(METRICS, metrics)
-    released = f"; constraint released for {metrics['constraint_released']}" if predict.constrained else ""
-    print(
-        f"predict ({predict.decoding}, {metrics['dtype']}, {engine}{processes}): "
-        f"{len(records)} questions in {run.seconds:.1f} s ({metrics['seconds_per_question']:.2f} s/question); "
-        + ", ".join(f"{k} {v}" for k, v in statuses.items())
-        + released
-    )
+    print(describe_prediction(metrics, plan, run))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from transformers import StoppingCriteriaList
 from sqlora.config import LoraParams, PredictParams, TrainParams
 from sqlora.data.prompt import encode_prompt
 from sqlora.infer.engine import generate, select_engine
+from sqlora.infer.plan import plan_decoding
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import SqlEnd
 from sqlora.model.loader import load_tokenizer
@@ -194,7 +195,7 @@ def test_shared_prefix_rows_train_as_separate_rows(name, tiny_model_dir, sample_
 
 def test_the_engine_is_the_expected_one(trained):
     name, model, tokenizer, _ = trained
-    choice = select_engine(model, tokenizer, PredictParams(max_new_tokens=NEW_TOKENS), longest=400)
+    choice = select_engine(model, tokenizer, plan_decoding(PredictParams(max_new_tokens=NEW_TOKENS)), longest=400)
     assert choice.name == ARCHITECTURES[name][2], choice.reason
 
 

@@ -210,10 +210,11 @@ def test_execution_guided_candidates_are_greedy_then_samples_on_our_engine(chaot
 def test_resumed_batches_equal_an_uninterrupted_run(chaotic_model):
     from sqlora.config import PredictParams
     from sqlora.infer.engine import iter_generate
+    from sqlora.infer.plan import plan_decoding
 
     model, tokenizer = chaotic_model
     prompts = [f"{SCHEMA}\nQuestion {i}?" for i in range(7)] + [f"Short {i}" for i in range(3)]
-    params = PredictParams(batch_size=3, max_new_tokens=8, decoding="sample")
+    params = plan_decoding(PredictParams(batch_size=3, max_new_tokens=8, decoding="sample"))
     full = {}
     batches = list(iter_generate(model, tokenizer, prompts, params, seed=1, progress=False))
     for batch in batches:
@@ -411,10 +412,11 @@ def test_sampled_tokens_follow_the_distribution():
     deviations of the probabilities, no draw outside the nucleus."""
     from sqlora.config import PredictParams
     from sqlora.infer.fast import FastEngine, sampling_distribution
+    from sqlora.infer.plan import plan_decoding
 
     logits = torch.tensor([[3.0, 2.5, 2.0, 1.0, 0.0, -1.0, -5.0, -9.0]])
     engine = FastEngine.__new__(FastEngine)  # only _choose and its parameters, no model
-    engine.sampling, engine.params, engine.dev, engine.seed = True, PredictParams(decoding="sample", temperature=0.8, top_p=0.9), "cpu", 0
+    engine.plan, engine.dev, engine.seed = plan_decoding(PredictParams(decoding="sample", temperature=0.8, top_p=0.9)), "cpu", 0
     draws = 4000
     rows = [type("R", (), {"generator": engine._generator(i, 0), "constraint": None})() for i in range(draws)]
     tokens = engine._choose(logits.expand(draws, -1), rows)
@@ -434,10 +436,11 @@ def test_a_transformers_without_our_engines_internals_gets_its_own_generate(tiny
 
     from sqlora.config import PredictParams
     from sqlora.infer.engine import select_engine
+    from sqlora.infer.plan import plan_decoding
 
     model, tokenizer = load_for_inference(tiny_model_dir)
     monkeypatch.setitem(sys.modules, "sqlora.infer.fast", None)  # its import now raises ImportError
-    choice = select_engine(model, tokenizer, PredictParams())
+    choice = select_engine(model, tokenizer, plan_decoding(PredictParams()))
     assert choice.name == "transformers" and f"transformers {transformers.__version__}'s internals" in choice.reason
     [g] = generate(model, tokenizer, ["SELECT"], 1, 4, progress=False)
     assert g.engine == "transformers" and g.new_tokens <= 4

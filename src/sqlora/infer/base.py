@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from sqlora.config import PredictParams
+from sqlora.infer.plan import DecodingPlan
 from sqlora.infer.sql_text import extract_sql, sql_status
 
 
@@ -62,14 +62,13 @@ class Engine:
 
     name = ""
 
-    def __init__(self, model, tokenizer, params: PredictParams, seed: int, constraints: list | None = None):
-        self.model, self.tokenizer, self.params, self.seed = model, tokenizer, params, seed
+    def __init__(self, model, tokenizer, plan: DecodingPlan, seed: int, constraints: list | None = None):
+        self.model, self.tokenizer, self.plan, self.seed = model, tokenizer, plan, seed
         self.dev = model.device
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos = {t for t in [*eos, tokenizer.eos_token_id] if t is not None}
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.sampling = params.decoding in ("sample", "self_consistency")  # every row draws its tokens
         self.dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # 4-bit: the compute dtype
         # Schema-constrained decoding: per prompt, the SchemaNames its identifiers are checked against (None: free).
         self.constraints = constraints if constraints and any(c is not None for c in constraints) else None
@@ -78,11 +77,6 @@ class Engine:
             from sqlora.infer.constrained import TokenChecker
 
             self.checker = TokenChecker(tokenizer, self.eos)
-
-    def draws_candidate(self, sample: int) -> bool:
-        """Whether candidate ``sample`` of a prompt is drawn (else greedy): every one when sampling; for
-        execution_guided on our engine, all but the first, so that the greedy answer is tried first."""
-        return self.sampling or (self.params.decoding == "execution_guided" and sample > 0)
 
     # Batches that run alone (no rows joining them) pool small groups, each step of which costs nearly a full one.
     pools_small_batches = True
@@ -103,7 +97,7 @@ class Engine:
             constraint = "held" if state_of(names, raw) is not None else "released"
         return Generation(
             sql=sql, raw=raw, new_tokens=len(row.tokens), hit_max_new_tokens=row.stop == "max_new_tokens", tokens=tuple(row.tokens),
-            status=sql_status(sql), stop=row.stop, decoding=self.params.decoding, constraint=constraint, engine=self.name, dtype=self.dtype,
+            status=sql_status(sql), stop=row.stop, decoding=self.plan.decoding, constraint=constraint, engine=self.name, dtype=self.dtype,
             batch_seconds=round(batch_seconds, 4), seconds=round(seconds, 4),
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ from sqlora.config import PredictParams
 from sqlora.data.prompt import common_prefix, encode_prompt, prefix_groups
 from sqlora.errors import SqloraError
 from sqlora.infer.base import Batch, Engine, FastPathProblem, Generation, Row
+from sqlora.infer.plan import DecodingPlan, plan_decoding
 from sqlora.model.loader import context_limit
 
 
@@ -37,14 +38,14 @@ ENGINES = ("auto", "sqlora", "transformers")
 _fast_path_checks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> problem (None: exact)
 
 
-def select_engine(model, tokenizer, params: PredictParams, longest: int = 0, engine: str = "auto") -> EngineChoice:
-    """The engine for ``model`` and ``params``, ``longest`` being the most tokens a row will hold (prompt +
+def select_engine(model, tokenizer, plan: DecodingPlan, longest: int = 0, engine: str = "auto") -> EngineChoice:
+    """The engine for ``model`` and ``plan``, ``longest`` being the most tokens a row will hold (prompt +
     max_new_tokens). ``engine``: auto (ours where it is exact), or one of them by name (tests, benchmarks)."""
     if engine not in ENGINES:
         raise SqloraError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "transformers":
         return EngineChoice("transformers", "asked for")
-    if params.decoding == "beam":
+    if plan.search == "beam":
         return EngineChoice("transformers", "beam search runs through transformers' generate()")
     if model not in _fast_path_checks:
         _fast_path_checks[model] = _fast_path_problem(model, tokenizer)
@@ -70,24 +71,14 @@ def _fast_path_problem(model, tokenizer):
     return fast_path_problem(model, tokenizer)
 
 
-def _engine(choice: EngineChoice, model, tokenizer, params: PredictParams, seed: int, constraints: list | None) -> Engine:
+def _engine(choice: EngineChoice, model, tokenizer, plan: DecodingPlan, seed: int, constraints: list | None) -> Engine:
     if choice.name == "sqlora":
         from sqlora.infer.fast import FastEngine
 
-        return FastEngine(model, tokenizer, params, seed, constraints)
+        return FastEngine(model, tokenizer, plan, seed, constraints)
     from sqlora.infer.hf import TransformersEngine
 
-    return TransformersEngine(model, tokenizer, params, seed, constraints)
-
-
-def candidates_per_prompt(params: PredictParams) -> int:
-    """Sequences generated per prompt: self_consistency's and execution_guided's candidates, and the
-    beams of a constrained beam search (the first whose aliases resolve is kept); else one."""
-    if params.decoding in ("self_consistency", "execution_guided"):
-        return params.num_samples
-    if params.decoding == "beam" and params.constrained:
-        return params.num_beams
-    return 1
+    return TransformersEngine(model, tokenizer, plan, seed, constraints)
 
 
 # --- batches --------------------------------------------------------------------------------------------
@@ -163,13 +154,13 @@ def generate(
     """One Generation per prompt, in input order (greedy unless ``decoding`` says otherwise:
     the other PredictParams fields, e.g. ``decoding="beam", num_beams=4``; ``seed`` for sampling)."""
     seed = decoding.pop("seed", 42)
-    params = PredictParams(batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding)
+    plan = plan_decoding(PredictParams(batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding))
     results: dict[int, Generation] = {}
     for batch in iter_generate(
         model,
         tokenizer,
         prompts,
-        params,
+        plan,
         seed=seed,
         chat_template=chat_template,
         progress=progress,
@@ -185,7 +176,7 @@ def iter_generate(
     model,
     tokenizer,
     prompts: list[str],
-    params: PredictParams,
+    plan: DecodingPlan,
     *,
     seed: int = 42,
     chat_template: bool = False,
@@ -199,7 +190,7 @@ def iter_generate(
 ) -> Iterator[dict[int, Generation]]:
     """Generate, yielding each finished batch's {prompt index: Generation} (in the order batches finish).
 
-    The batches depend on the prompts and ``params`` only; batches whose prompts are all in ``skip``
+    The batches depend on the prompts and ``plan`` only; batches whose prompts are all in ``skip``
     (done by an earlier, interrupted run) are left out, and under ``world`` processes this one runs
     its ``rank``'s share (:func:`shard`). Sampling (our engine) draws from one random stream per
     question and candidate, seeded by ``seed`` and the question's index, so what a question gets does
@@ -208,16 +199,16 @@ def iter_generate(
     prompt, the :class:`sqlora.infer.constrained.SchemaNames` its identifiers are checked against.
     """
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
-    encoded = encode_all(model, tokenizer, prompts, params.max_new_tokens, chat_template)
-    if params.constrained and constraints is None:
+    encoded = encode_all(model, tokenizer, prompts, plan.max_new_tokens, chat_template)
+    if plan.constrained and constraints is None:
         raise SqloraError("predict.constrained needs each prompt's schema (constraints)")
-    samples = candidates_per_prompt(params)
-    longest = max((len(ids) for ids in encoded), default=0) + params.max_new_tokens
-    choice = select_engine(model, tokenizer, params, longest, engine)
+    samples = plan.candidates
+    longest = max((len(ids) for ids in encoded), default=0) + plan.max_new_tokens
+    choice = select_engine(model, tokenizer, plan, longest, engine)
     if on_engine is not None:
         on_engine(choice)
-    runner = _engine(choice, model, tokenizer, params, seed, constraints if params.constrained else None)
-    batches = plan_batches(encoded, max(1, params.batch_size // samples), pool_small=runner.pools_small_batches)
+    runner = _engine(choice, model, tokenizer, plan, seed, constraints if plan.constrained else None)
+    batches = plan_batches(encoded, plan.questions_per_batch, pool_small=runner.pools_small_batches)
     skip = set(skip)
     todo = [b for b in shard(batches, rank, world) if not set(b.indexes) <= skip]
     with tqdm(total=sum(len(b.indexes) for b in todo), desc="predict", unit="q", disable=not progress) as bar:
@@ -232,7 +223,7 @@ def iter_generate(
                 generations = [runner.finish(r, batch_seconds, seconds) for r in mine]
                 if samples == 1:
                     out[index] = generations[0]
-                elif params.decoding == "beam":  # constrained: the best beam whose aliases resolve
+                elif plan.choose == "first_resolving":  # constrained beams: the best whose aliases resolve
                     out[index] = first_resolving(generations, constraints[index])
                 else:
                     out[index] = replace(generations[0], candidates=tuple(generations))

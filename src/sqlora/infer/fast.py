@@ -28,9 +28,9 @@ from typing import Iterator
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from sqlora.config import PredictParams
 from sqlora.infer.base import Batch, Engine, FastPathProblem, Row, runs, share_time
 from sqlora.infer.constrained import RowConstraint
+from sqlora.infer.plan import DecodingPlan
 from sqlora.infer.sql_text import sql_complete
 from sqlora.model.attention import OurAttention, base_of, probe_tolerance, routing_problem, windows_problem
 
@@ -179,7 +179,7 @@ def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
     if odd:
         return FastPathProblem(f"{name} keeps {', '.join(odd)} caches, not plain per-layer keys and values")
     try:
-        error, seen = FastEngine(model, tokenizer, PredictParams(), seed=0).probe()
+        error, seen = FastEngine(model, tokenizer, DecodingPlan(decoding="greedy", search="greedy", candidates=1), seed=0).probe()
     except NotExact as exc:
         return FastPathProblem(f"{name}: {exc}")
     except Exception as exc:  # noqa: BLE001 - whatever breaks in a model we do not know, the answer is the same
@@ -207,8 +207,8 @@ class FastEngine(Engine):
     name = "sqlora"
     pools_small_batches = False  # rows join running batches: small groups cost nothing extra
 
-    def __init__(self, model, tokenizer, params: PredictParams, seed: int, constraints: list | None = None):
-        super().__init__(model, tokenizer, params, seed, constraints)
+    def __init__(self, model, tokenizer, plan: DecodingPlan, seed: int, constraints: list | None = None):
+        super().__init__(model, tokenizer, plan, seed, constraints)
         self.original = model.config._attn_implementation
         self.layers = len(DynamicCache(config=model.config).layers)
         self.prefix_key: tuple[int, ...] | None = None
@@ -316,14 +316,14 @@ class FastEngine(Engine):
             return tokens
         draws = [float(torch.rand((), generator=rows[k].generator)) for k in drawn]
         chosen = torch.tensor(drawn, device=self.dev)
-        values, indexes = _nucleus(logits[chosen], self.params.temperature, self.params.top_p)
+        values, indexes = _nucleus(logits[chosen], self.plan.temperature, self.plan.top_p)
         cdf = values.cumsum(dim=-1)
         picks = torch.searchsorted(cdf, (torch.tensor(draws, device=self.dev) * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
         tokens[chosen] = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
         for k, draw in zip(drawn, draws):
             state = rows[k].constraint.state if rows[k].constraint is not None else None
             if state is not None:
-                allowed, masses = self.checker.nucleus(state, logits[k], self.params.temperature, self.params.top_p)
+                allowed, masses = self.checker.nucleus(state, logits[k], self.plan.temperature, self.plan.top_p)
                 if allowed:
                     cumulative = torch.tensor(masses).cumsum(0)
                     pick = int(torch.searchsorted(cumulative, torch.tensor([draw * float(cumulative[-1])])).clamp(max=len(allowed) - 1))
@@ -337,10 +337,10 @@ class FastEngine(Engine):
         Every row's own keys/values sit right-aligned in one cache, padded and masked on the left;
         joining pads whichever side is shorter, and columns no row uses any more are cropped as rows leave.
         """
-        capacity = max(self.params.batch_size, samples)
+        capacity = max(self.plan.batch_size, samples)
         queue = [
             _StreamRow(
-                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.draws_candidate(k) else None,
+                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.plan.draws(k) else None,
                 constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
             )
             for b in batches for i in b.indexes for k in range(samples)
@@ -378,7 +378,7 @@ class FastEngine(Engine):
                         row.stop = "eos"
                     elif sql_complete(text):
                         row.stop = "sql_end"
-                    elif len(row.tokens) < self.params.max_new_tokens:
+                    elif len(row.tokens) < self.plan.max_new_tokens:
                         keep.append(k)
                         continue
                     done[row.batch.number].append(row)

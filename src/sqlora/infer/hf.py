@@ -22,21 +22,24 @@ from sqlora.infer.sql_text import SqlEnd, sql_complete
 class TransformersEngine(Engine):
     name = "transformers"
 
+    @property
+    def sampling(self) -> bool:
+        """Every row samples (its generate() samples all rows or none: greedy-first candidates are beams here)."""
+        return self.plan.search == "sample" and not self.plan.transformers_beams
+
     def _config(self, samples: int):
         from transformers import GenerationConfig
 
-        params = self.params
+        plan = self.plan
         decoding = {}
-        if params.decoding == "beam":
-            decoding = {"num_beams": params.num_beams, "length_penalty": 1.0}
-        if params.decoding == "execution_guided":  # the fallback's candidates: that many beams, best first
-            decoding = {"num_beams": params.num_samples, "length_penalty": 1.0}
-        if self.sampling:
+        if plan.transformers_beams:
+            decoding = {"num_beams": plan.transformers_beams, "length_penalty": 1.0}
+        elif self.sampling:
             # Constrained: the processor draws the nucleus over the allowed tokens itself (top_p 1 here).
-            top_p = 1.0 if self.constraints else params.top_p
-            decoding = {"do_sample": True, "temperature": params.temperature, "top_p": top_p, "top_k": 0}
+            top_p = 1.0 if self.constraints else plan.top_p
+            decoding = {"do_sample": True, "temperature": plan.temperature, "top_p": top_p, "top_k": 0}
         return GenerationConfig(
-            max_new_tokens=params.max_new_tokens, num_return_sequences=samples, repetition_penalty=1.0,
+            max_new_tokens=plan.max_new_tokens, num_return_sequences=samples, repetition_penalty=1.0,
             no_repeat_ngram_size=0, pad_token_id=self.pad, eos_token_id=sorted(self.eos), use_cache=True,
             **({"do_sample": False, "num_beams": 1} | decoding),
         )  # fmt: skip
@@ -88,7 +91,7 @@ class SchemaConstraintProcessor:
         self.states: dict[tuple[int, ...], RowConstraint] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        engine, params = self.engine, self.engine.params
+        engine, plan = self.engine, self.engine.plan
         per_prompt = input_ids.shape[0] // len(self.names)
         states: dict[tuple[int, ...], RowConstraint] = {}
         keep = torch.zeros_like(scores, dtype=torch.bool)
@@ -108,10 +111,9 @@ class SchemaConstraintProcessor:
                 keep[n] = True
                 continue
             if engine.sampling:
-                allowed, _ = engine.checker.nucleus(state, scores[n], params.temperature, params.top_p)
+                allowed, _ = engine.checker.nucleus(state, scores[n], plan.temperature, plan.top_p)
             else:
-                beams = {"beam": params.num_beams, "execution_guided": params.num_samples}.get(params.decoding, 0)
-                allowed = engine.checker.first_allowed(state, scores[n], 2 * beams or 1)
+                allowed = engine.checker.first_allowed(state, scores[n], 2 * plan.transformers_beams or 1)
             if allowed:
                 keep[n, allowed] = True
             else:

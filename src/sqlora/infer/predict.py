@@ -16,11 +16,13 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sqlora.config import PredictParams
 from sqlora.data.prompt import Record
+from sqlora.data.schema import database_path
 from sqlora.errors import SqloraError
 from sqlora.infer.base import Generation
 from sqlora.infer.engine import EngineChoice, iter_generate
+from sqlora.infer.plan import DecodingPlan
+from sqlora.infer.sql_text import STATUSES
 from sqlora.io import write_text
 
 
@@ -41,7 +43,21 @@ class PartialPredictions:
                 self._remove()
                 write_text(stamp, fingerprint + "\n")
         self.done: dict[int, dict] = {}
+        self.resumed = 0  # questions an earlier, killed run had done (set by joined)
         self.reload()
+
+    @classmethod
+    def joined(cls, folder: Path, fingerprint: str, state, count: int) -> PartialPredictions:
+        """Every process's partial predictions under ``state`` (accelerate's PartialState): the main process
+        resets another run's first, and says what it resumes; the others open theirs after."""
+        partial = None
+        if state.is_main_process:
+            partial = cls(folder, fingerprint)
+            partial.resumed = len(partial.done)
+            if partial.done:
+                print(f"predict: resuming, {len(partial.done)} of {count} questions already done")
+        state.wait_for_everyone()  # the main process has thrown away another run's partial files
+        return partial or cls(folder, fingerprint, rank=state.process_index, reset=False)
 
     def reload(self) -> None:
         """Read every process's rows (the main process does again once all are done)."""
@@ -100,9 +116,6 @@ def voted_row(index: int, db_id: str, generation: Generation, vote, vote_seconds
     return row
 
 
-RUNS_CANDIDATES = ("self_consistency", "execution_guided")  # decodings that run their candidates to choose
-
-
 def schema_constraints(records: list[Record], tables_json: str | Path) -> list:
     """Each record's SchemaNames for ``predict.constrained``, from the tables.json its prompt was made from."""
     from sqlora.data.layouts import load_schemas
@@ -122,13 +135,14 @@ def schema_constraints(records: list[Record], tables_json: str | Path) -> list:
 class PredictRun:
     seconds: float  # this process's generation (and voting) time
     engine: EngineChoice | None  # None: every question was already done
+    resumed: int = 0  # questions an earlier, killed run had done
 
 
 def predict_records(
     model,
     tokenizer,
     records: list[Record],
-    params: PredictParams,
+    plan: DecodingPlan,
     partial: PartialPredictions,
     *,
     seed: int,
@@ -142,13 +156,13 @@ def predict_records(
     appending each finished batch to it. ``db_files`` (one per record) are where self_consistency and
     execution_guided run the candidates; ``constraints`` (``predict.constrained``): each record's
     :class:`sqlora.infer.constrained.SchemaNames`."""
-    voting = params.decoding in RUNS_CANDIDATES
+    voting = plan.runs_candidates
     if voting and db_files is None:
-        raise ValueError(f"{params.decoding} needs each record's database file")
+        raise ValueError(f"{plan.decoding} needs each record's database file")
     chosen: list[EngineChoice] = []
     start = time.perf_counter()
     for batch in iter_generate(
-        model, tokenizer, [r.prompt for r in records], params, seed=seed, chat_template=chat_template,
+        model, tokenizer, [r.prompt for r in records], plan, seed=seed, chat_template=chat_template,
         skip=partial.done, rank=rank, world=world, on_engine=chosen.append, progress=rank == 0,
         constraints=constraints,
     ):  # fmt: skip
@@ -158,14 +172,62 @@ def predict_records(
 
             began = time.perf_counter()
             candidates = [[c.sql for c in batch[i].candidates] for i in indexes]
-            keys = run_candidates(candidates, [db_files[i] for i in indexes], params.timeout_s)
-            if params.decoding == "self_consistency":
+            keys = run_candidates(candidates, [db_files[i] for i in indexes], plan.timeout_s)
+            if plan.choose == "vote":
                 votes = [choose(k) for k in keys]
             else:
                 released = [[n for n, c in enumerate(batch[i].candidates) if c.constraint == "released"] for i in indexes]
-                votes = [first_running(k, params.require_rows, r) for k, r in zip(keys, released)]
+                votes = [first_running(k, plan.require_rows, r) for k, r in zip(keys, released)]
             vote_seconds = round(time.perf_counter() - began, 4)
             partial.append([voted_row(i, records[i].db_id, batch[i], v, vote_seconds) for i, v in zip(indexes, votes)])
         else:
             partial.append([prediction_row(i, records[i].db_id, batch[i]) for i in indexes])
-    return PredictRun(seconds=time.perf_counter() - start, engine=chosen[0] if chosen else None)
+    return PredictRun(seconds=time.perf_counter() - start, engine=chosen[0] if chosen else None, resumed=partial.resumed)
+
+
+def candidate_databases(
+    records: list[Record], database_dir: str | Path, plan: DecodingPlan, skip_missing: bool, announce: bool
+) -> list[Path] | None:
+    """Each record's database file, where the plan runs its candidates (None otherwise). A missing one is an
+    error unless ``skip_missing`` (eval.skip_missing_databases): its questions keep their first candidate."""
+    if not plan.runs_candidates:
+        return None
+    db_files = [database_path(database_dir, r.db_id) for r in records]
+    missing = sorted({str(p) for p in db_files if not p.is_file()})
+    if missing and not skip_missing:
+        raise SqloraError(
+            f"predict.decoding {plan.decoding} runs the candidates, but {missing[0]} does not exist "
+            "(eval.skip_missing_databases: true keeps the first candidate of such questions, which evaluation leaves out)"
+        )
+    if missing and announce:
+        print(f"predict: {len(missing)} database(s) missing ({missing[0]}, ...): the first candidate of their questions is kept")
+    return db_files
+
+
+def prediction_metrics(rows: list[dict], plan: DecodingPlan, run: PredictRun, dtype: str, processes: int) -> dict:
+    """metrics/predict.json: time per question, statuses and (constrained) constraint releases."""
+    done = len(rows) - run.resumed
+    metrics = {
+        "decoding": plan.decoding, "dtype": dtype, "engine": run.engine.name if run.engine else None,
+        "processes": processes, "questions": len(rows), "resumed_questions": run.resumed, "seconds": round(run.seconds, 1),
+        "seconds_per_question": round(run.seconds / max(done, 1), 3),
+        "status": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
+    }  # fmt: skip
+    if plan.constrained:
+        # Answers (and, with candidates, all candidates) for which no token was admissible at some step.
+        metrics["constraint_released"] = sum(r.get("constraint") == "released" for r in rows)
+        metrics["candidates_released"] = sum(c.get("constraint") == "released" for r in rows for c in r.get("candidates", ()))
+    return metrics
+
+
+def describe_prediction(metrics: dict, plan: DecodingPlan, run: PredictRun) -> str:
+    """The predict log's last line."""
+    engine = f"{run.engine.name} engine ({run.engine.reason})" if run.engine else "nothing left to generate"
+    processes = f", {metrics['processes']} processes" if metrics["processes"] > 1 else ""
+    released = f"; constraint released for {metrics['constraint_released']}" if plan.constrained else ""
+    return (
+        f"predict ({plan.decoding}, {metrics['dtype']}, {engine}{processes}): "
+        f"{metrics['questions']} questions in {run.seconds:.1f} s ({metrics['seconds_per_question']:.2f} s/question); "
+        + ", ".join(f"{k} {v}" for k, v in metrics["status"].items())
+        + released
+    )
