@@ -21,8 +21,8 @@ from transformers import StoppingCriteriaList
 from sqlora.config import LoraParams, PredictParams, TrainParams
 from sqlora.data.prompt import encode_prompt
 from sqlora.infer.engine import generate, select_engine
-from sqlora.infer.plan import plan_decoding
 from sqlora.infer.loading import load_for_inference
+from sqlora.infer.plan import plan_decoding
 from sqlora.infer.sql_text import SqlEnd
 from sqlora.model.loader import load_tokenizer
 from sqlora.train.trainer import train

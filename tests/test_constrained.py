@@ -266,9 +266,9 @@ def test_transformers_sampling_draws_from_the_constrained_distribution(random_mo
     """The logits processor leaves exactly the support and masses of constrained_distribution (what our
     engine draws from), once transformers applies the temperature, with top_p off."""
     from sqlora.config import PredictParams
-    from sqlora.infer.plan import plan_decoding
     from sqlora.infer.fast import constrained_distribution
     from sqlora.infer.hf import SchemaConstraintProcessor, TransformersEngine
+    from sqlora.infer.plan import plan_decoding
 
     model, tokenizer = random_model
     params = plan_decoding(PredictParams(decoding="sample", constrained=True, temperature=0.7, top_p=0.9))
@@ -290,10 +290,10 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     """Our engine's constrained draws (inverse CDF over the allowed nucleus, one uniform per row and step)
     follow constrained_distribution: empirical frequencies over many rows."""
     from sqlora.config import PredictParams
-    from sqlora.infer.plan import plan_decoding
     from sqlora.infer.base import Batch
     from sqlora.infer.constrained import RowConstraint
     from sqlora.infer.fast import FastEngine, _StreamRow, constrained_distribution
+    from sqlora.infer.plan import plan_decoding
 
     model, tokenizer = random_model
     params = plan_decoding(PredictParams(decoding="sample", constrained=True, temperature=1.0, top_p=0.9))

@@ -26,8 +26,15 @@ from conftest import REPO
         ),
         (
             PredictParams(decoding="execution_guided", num_samples=4, require_rows=True),
-            dict(search="sample", candidates=4, choose="first_running", runs_candidates=True, draws=[False, True, True, True],
-                 transformers_beams=4, require_rows=True),
+            dict(
+                search="sample",
+                candidates=4,
+                choose="first_running",
+                runs_candidates=True,
+                draws=[False, True, True, True],
+                transformers_beams=4,
+                require_rows=True,
+            ),
         ),  # fmt: skip
     ],
     ids=lambda v: getattr(v, "decoding", ""),
