@@ -9,7 +9,7 @@ from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate, plan_batches
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
-from sqlora.infer.voting import canonical_key, choose, first_running, vote
+from sqlora.infer.voting import canonical_key, choose, first_running, run_candidates
 
 from conftest import save_scripted_llama, token_id
 
@@ -314,7 +314,7 @@ def test_vote_picks_the_majority_result(votes_db):
         "SELECT nothing FROM t",  # does not run
         "SELECT a, b FROM t WHERE a > 0",
     ]
-    [result] = vote([candidates], [votes_db], timeout_s=5, workers=2)
+    [result] = [choose(k) for k in run_candidates([candidates], [votes_db], timeout_s=5, workers=2)]
     assert result.chosen == 1 and result.votes == 3
     assert result.keys[3] is None and result.keys[1] == result.keys[2] == result.keys[4] != result.keys[0]
 
@@ -322,7 +322,7 @@ def test_vote_picks_the_majority_result(votes_db):
 def test_vote_ties_and_failures(votes_db):
     tie = ["SELECT a FROM t WHERE a = 1", "SELECT a FROM t WHERE a = 2", "SELECT a FROM t WHERE a = 2", "SELECT 1"]
     none_run = ["SELECT x FROM nowhere", "DROP TABLE t", ""]
-    results = vote([tie, none_run], [votes_db, votes_db], timeout_s=5, workers=2)
+    results = [choose(k) for k in run_candidates([tie, none_run], [votes_db, votes_db], timeout_s=5, workers=2)]
     assert (results[0].chosen, results[0].votes) == (0, 2)  # {0, 3} and {1, 2}: the group of the earliest
     assert (results[1].chosen, results[1].votes) == (0, 0) and results[1].keys == [None, None, None]
 

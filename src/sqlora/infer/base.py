@@ -105,17 +105,6 @@ class Engine:
 # --- which engine -------------------------------------------------------------------------------------
 
 
-def runs(items: list, key) -> list[list]:
-    """Consecutive items with equal keys, grouped."""
-    grouped: list[list] = []
-    for item in items:
-        if grouped and key(grouped[-1][-1]) == key(item):
-            grouped[-1].append(item)
-        else:
-            grouped.append([item])
-    return grouped
-
-
 def share_time(rows: list[Row], seconds: float) -> None:
     for row in rows:
         row.seconds += seconds / len(rows)

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from sqlora.infer.base import Batch, Engine, FastPathProblem, Row, runs, share_time
+from sqlora.infer.base import Batch, Engine, FastPathProblem, Row, share_time
 from sqlora.infer.constrained import RowConstraint
 from sqlora.infer.plan import DecodingPlan
 from sqlora.infer.sql_text import sql_complete
@@ -260,8 +261,8 @@ class FastEngine(Engine):
     def _step(self, rows: list[_StreamRow], tokens, cache, mask, last, hidden: bool = False):
         """One token for every row: the next logits (``hidden``: as in _prefill)."""
         attend = Attend(
-            self.original, runs=[(slice(run[0], run[-1] + 1), rows[run[0]].prefix) for run in runs(
-                list(range(len(rows))), key=lambda k: id(rows[k].prefix))], positions=last[:, None],
+            self.original, runs=[(slice(run[0], run[-1] + 1), rows[run[0]].prefix) for run in (list(g) for _, g in groupby(
+                range(len(rows)), key=lambda k: id(rows[k].prefix)))], positions=last[:, None],
         )  # fmt: skip
         out = self.model(
             input_ids=tokens[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache,
@@ -356,7 +357,9 @@ class FastEngine(Engine):
                 # Join when the batch is empty, or when enough room is free to make a prefill pass worth it.
                 if queue and (not rows or free >= max(samples, capacity // 4) or free >= len(queue)):
                     joining = [queue.pop() for _ in range(min(free - free % samples, len(queue)))]
-                    groups = runs(joining, key=lambda r: (r.batch.prefix, tuple(encoded[r.index][: r.batch.prefix])))
+                    groups = [
+                        list(g) for _, g in groupby(joining, key=lambda r: (r.batch.prefix, tuple(encoded[r.index][: r.batch.prefix])))
+                    ]
                     # Prefill in chunks of PREFILL_ROWS questions (sorted by length in the plan): each chunk
                     # is padded to its own longest tail, not to the group's.
                     size = PREFILL_ROWS * samples

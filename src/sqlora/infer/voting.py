@@ -111,8 +111,3 @@ def run_candidates(candidates: list[list[str]], db_files: list[Path], timeout_s:
     tasks = [(db_file, sql, timeout_s) for sqls, db_file in zip(candidates, db_files) for sql in sqls]
     keys = iter(run_tasks(result_key, tasks, workers=workers, crashed=None))
     return [[next(keys) for _ in sqls] for sqls in candidates]
-
-
-def vote(candidates: list[list[str]], db_files: list[Path], timeout_s: float, workers: int = 2) -> list[Vote]:
-    """For each question, run its candidates (:func:`run_candidates`) and choose the answer most agree on."""
-    return [choose(keys) for keys in run_candidates(candidates, db_files, timeout_s, workers)]

@@ -47,8 +47,7 @@ log = logging.getLogger("sqlora.serve")
 class ServeLimits:
     max_body_bytes: int = 64 * 1024  # a question with its JSON wrapping; more is refused (413)
     max_question_chars: int = 4000
-    max_rows: int = 200  # rows returned per answer (the query itself may produce up to sandbox_rows)
-    sandbox_rows: int = 100_000
+    max_rows: int = 200  # rows returned per answer (the sandbox refuses a result of more than 100 000)
     timeout_s: float = 30.0  # the query's time limit in the sandbox
     request_timeout_s: float = 120.0  # a whole request: waiting for the model, generating, running
 
