@@ -25,7 +25,7 @@ import torch
 from sqlora.config import DataParams, load_params
 from sqlora.data.prepare import prepare_split
 from sqlora.data.sample import generate_sample
-from sqlora.infer.ask import ensure_base, trained_prompt
+from sqlora.infer.assistant import ensure_base, trained_prompt
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql

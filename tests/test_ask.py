@@ -12,7 +12,7 @@ import pytest
 from sqlora import cli
 from sqlora.data.schema import cell, describe, read_sqlite_schema
 from sqlora.errors import SqloraError
-from sqlora.infer.ask import Answer, ask, format_table, prepare
+from sqlora.infer.assistant import Answer, ask, format_table, prepare
 from sqlora.infer.base import Generation
 from sqlora.model.loader import MODEL_INFO
 
@@ -183,7 +183,7 @@ def test_compact_schema_format(library_db):
 def test_ask_prompts_as_the_model_was_trained(library_db, none_model, tiny_model_dir, monkeypatch):
     """sqlora_model.json's prompt settings are the defaults (values hints included); a flag overrides them."""
     from sqlora.config import PromptParams
-    from sqlora.infer.ask import trained_prompt
+    from sqlora.infer.assistant import trained_prompt
 
     assert trained_prompt(none_model) == PromptParams()  # a folder that records nothing: the defaults
     info = json.loads((none_model / MODEL_INFO).read_text())
@@ -229,7 +229,7 @@ def test_the_base_is_the_one_the_adapter_names(library_db, tiny_model_dir, tmp_p
     --base that holds another model, one line and exit 2, before any weights load."""
     import sqlora.model.loader
     from sqlora import cli
-    from sqlora.infer.ask import resolve_base
+    from sqlora.infer.assistant import resolve_base
     from sqlora.model.loader import BASE_INFO, base_model_name
 
     monkeypatch.chdir(tmp_path)
@@ -271,7 +271,7 @@ def test_ask_an_export_prompts_as_its_source_was_trained(library_db, none_model,
     and prompts it with the settings sqlora_export.json copied from the fine-tuned folder."""
     import sqlora.infer.engine
     from sqlora.config import PromptParams
-    from sqlora.infer.ask import trained_prompt
+    from sqlora.infer.assistant import trained_prompt
     from sqlora.model.export import EXPORT_INFO, export_model
 
     info = json.loads((none_model / MODEL_INFO).read_text())
@@ -295,7 +295,7 @@ def test_ask_a_plain_checkpoint_with_the_default_prompt(library_db, tiny_model_d
     takes it: the default prompt, no base folder needed (the CLI's default --base does not exist here)."""
     import sqlora.infer.engine
     from sqlora.config import PromptParams
-    from sqlora.infer.ask import trained_prompt
+    from sqlora.infer.assistant import trained_prompt
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model_dir, plain)
@@ -328,7 +328,7 @@ def test_ask_a_bad_export_info_is_one_line(library_db, tiny_model_dir, tmp_path,
 
 
 def test_ask_prompt_is_the_training_prompt(library_db, none_model, tiny_model_dir):
-    from sqlora.data.prompt import Record
+    from sqlora.data.records import Record
 
     prepared = prepare(library_db, "  How many books? ", none_model, tiny_model_dir)
     record = Record(db_id="library", instruction=describe(read_sqlite_schema(library_db), "natural"), input="How many books?", output="")

@@ -187,7 +187,7 @@ def test_ask_prompts_the_same_on_every_engine(copies, tiny_model_dir, tmp_path):
     import json
 
     from sqlora.config import PromptParams
-    from sqlora.infer.ask import prepare
+    from sqlora.infer.assistant import prepare
 
     model = tmp_path / "none"
     model.mkdir()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sqlora.data.prompt import Record, encode_prompt
+from sqlora.data.prompt import encode_prompt
+from sqlora.data.records import Record
 from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate
 from sqlora.model.export import EXPORT_INFO, export_model

@@ -10,7 +10,8 @@ import torch
 from test_export import PROMPTS, make_adapter
 
 from sqlora.cli import main
-from sqlora.data.prompt import PROMPT_TEMPLATE, Record
+from sqlora.data.prompt import PROMPT_TEMPLATE
+from sqlora.data.records import Record
 from sqlora.model.export import merged_model
 from sqlora.model.gguf import export_gguf, prompt_template, render_template
 from sqlora.model.loader import MODEL_INFO

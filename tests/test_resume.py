@@ -21,7 +21,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from sqlora.config import LoraParams, TrainParams
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 import sqlora.train.trainer as training
 
 model_dir, out, examples, epochs, shared_prefix = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:])

@@ -71,7 +71,7 @@ def server(request, airline_db, duck_db, tiny_model_dir, tmp_path_factory):
     import uvicorn
 
     import sqlora.infer.engine
-    from sqlora.infer.ask import Assistant
+    from sqlora.infer.assistant import Assistant
     from sqlora.serve.app import ServeLimits, create_app, open_databases
 
     specs = [str(airline_db), str(duck_db)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sqlora.config import LoraParams, TrainParams
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 from sqlora.model.loader import load_base_model, load_tokenizer
 from sqlora.train.batches import IGNORE_INDEX, ResponseCollator, tokenize_records
 from sqlora.train.prefix_batches import SharedPrefixCollator, SharedPrefixSampler, choose_batching, question_groups

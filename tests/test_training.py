@@ -5,7 +5,8 @@ import json
 import pytest
 
 from sqlora.config import LoraParams, TrainParams
-from sqlora.data.prompt import Record, encode_prompt, encode_response
+from sqlora.data.prompt import encode_prompt, encode_response
+from sqlora.data.records import Record
 from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate
 from sqlora.infer.loading import load_for_inference

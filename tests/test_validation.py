@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 import sqlora.evaluate.validation as validation
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 from sqlora.evaluate.validation import Validator
 from sqlora.infer.base import Generation
 

@@ -126,7 +126,7 @@ def _testsuite(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from sqlora.infer.ask import resolve_base
+    from sqlora.infer.assistant import resolve_base
 
     if args.format == "hf" and args.quant is not None:
         raise SqloraError("--quant applies to --format gguf only; an hf export's precision is --dtype")
@@ -155,7 +155,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from sqlora.infer.ask import ask, format_table, trained_prompt
+    from sqlora.infer.assistant import ask, format_table, trained_prompt
 
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
@@ -196,7 +196,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from sqlora.infer.ask import Assistant, trained_prompt
+    from sqlora.infer.assistant import Assistant, trained_prompt
     from sqlora.serve.app import ServeLimits, create_app, open_databases
 
     if args.max_rows < 0 or args.timeout <= 0 or args.request_timeout <= 0:

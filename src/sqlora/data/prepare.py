@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlora.data.layouts import SCHEMA_SOURCE_LABEL, SOURCE_LABEL, Example, Split
-from sqlora.data.prompt import Record, encode_prompt, encode_response
-from sqlora.data.records import SchemaRenderer, render_input
+from sqlora.data.prompt import encode_prompt, encode_response
+from sqlora.data.records import Record, SchemaRenderer, render_input
 from sqlora.errors import SqloraError
 
 if TYPE_CHECKING:

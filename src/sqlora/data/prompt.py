@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlora.errors import SqloraError
 
 PROMPT_TEMPLATE = (
@@ -11,24 +9,6 @@ PROMPT_TEMPLATE = (
     "Below is an instruction that describes a task, Write a response that appropriately completes the request."
     "\n\n###Instruction:\n{instruction}\n\n###Input:\n{input}\n\n###Response: "
 )
-
-
-@dataclass(frozen=True)
-class Record:
-    """One prepared example: the schema told in words, the question, the gold SQL."""
-
-    db_id: str
-    instruction: str
-    input: str
-    output: str
-    # Kept for evaluation, where the dataset has them:
-    difficulty: str | None = None  # BIRD
-    interaction_id: str | None = None  # CoSQL / SParC
-    turn: int | None = None  # CoSQL / SParC
-
-    @property
-    def prompt(self) -> str:
-        return render_prompt(self.instruction, self.input)
 
 
 def render_prompt(instruction: str, input: str) -> str:

@@ -8,9 +8,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlora.data.layouts import Example, Split
-from sqlora.data.prompt import Record
+from sqlora.data.prompt import render_prompt
 from sqlora.data.schema import DatabaseSchema, describe
 from sqlora.errors import SqloraError
+
+
+@dataclass(frozen=True)
+class Record:
+    """One prepared example: the schema told in words, the question, the gold SQL."""
+
+    db_id: str
+    instruction: str
+    input: str
+    output: str
+    # Kept for evaluation, where the dataset has them:
+    difficulty: str | None = None  # BIRD
+    interaction_id: str | None = None  # CoSQL / SParC
+    turn: int | None = None  # CoSQL / SParC
+
+    @property
+    def prompt(self) -> str:
+        return render_prompt(self.instruction, self.input)
 
 
 def render_input(example: Example, history_sql: bool = False) -> str:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 from sqlora.evaluate.execution import Gold, default_gold_cache, evaluate
 from sqlora.infer.engine import generate
 

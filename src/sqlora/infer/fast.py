@@ -10,7 +10,7 @@ on a CPU (``make bench-predict``), and exact: the logits it chooses from are the
 - **continuous batching**: a row that wrote EOS or a complete SQL statement leaves the batch (and
   the KV cache) at once, and the next questions join in its place, so steps run full batches; on a
   CPU a step of 64 rows costs about what 6 steps of one row cost.
-- **KV cache in place** (:class:`_Columns`: appending a token copies nothing), inference mode, one
+- **KV cache in place** (:class:`_InPlaceKVLayer`: appending a token copies nothing), inference mode, one
   forward pass per step for the whole batch.
 
 It runs a model only where that is exact (:func:`fast_path_problem`): attention that goes through
@@ -243,7 +243,7 @@ class FastEngine(Engine):
         positions = prefix + (mask.cumsum(-1) - 1).clamp(min=0)
         for row in rows:
             row.prefix = shared if prefix else None
-        cache = Cache(layers=[_Columns() for _ in range(self.layers)])
+        cache = Cache(layers=[_InPlaceKVLayer() for _ in range(self.layers)])
         attend = Attend(self.original, runs=[(slice(0, len(prompts)), rows[0].prefix)], positions=positions, seen=seen)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
@@ -461,7 +461,7 @@ def _join(parts: list[tuple]) -> tuple:
     return caches[0], torch.cat(masks), torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts])
 
 
-class _Columns(DynamicLayer):
+class _InPlaceKVLayer(DynamicLayer):
     """A cache layer whose keys/values are views of a larger buffer.
 
     Appending a token and cropping on the left move no data; DynamicLayer concatenates instead,
@@ -504,7 +504,7 @@ class _Columns(DynamicLayer):
         self._start += columns
         self._view()
 
-    def stack(self, layers: list[_Columns], width: int) -> None:
+    def stack(self, layers: list[_InPlaceKVLayer], width: int) -> None:
         """Become ``layers`` (self among them) stacked along the batch, each right-aligned to ``width``
         columns with zeros on the left."""
         rows = sum(layer.keys.shape[0] for layer in layers)

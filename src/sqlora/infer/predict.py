@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 from sqlora.data.schema import database_path
 from sqlora.errors import SqloraError
 from sqlora.infer.base import Generation

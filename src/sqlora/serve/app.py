@@ -95,7 +95,7 @@ def json_value(value):
 def create_app(
     assistant, databases: dict[str, Served], *, model_name: str = "sqlora", token: str | None = None, limits: ServeLimits = ServeLimits()
 ):
-    """The FastAPI application; ``assistant``: a :class:`sqlora.infer.ask.Assistant` (anything with its ``answer``)."""
+    """The FastAPI application; ``assistant``: a :class:`sqlora.infer.assistant.Assistant` (anything with its ``answer``)."""
     app = FastAPI(title="sqlora", docs_url=None, redoc_url=None, openapi_url=None)
 
     def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:

@@ -30,7 +30,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from sqlora.errors import SqloraError
 from sqlora.sql.sandbox import QueryResult, check_text, fetch_capped, one_line, run_query
 
-ENGINES = ("sqlite", "duckdb", "postgresql")
 DIALECTS = {"sqlite": "sqlite", "duckdb": "duckdb", "postgresql": "postgres"}  # sqlglot's names
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of a DuckDB database file

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sqlora.data.prompt import Record, encode_prompt, encode_response
+from sqlora.data.prompt import encode_prompt, encode_response
+from sqlora.data.records import Record
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
 

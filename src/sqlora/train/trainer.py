@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from sqlora.config import LoraParams, TrainParams
-from sqlora.data.prompt import Record
+from sqlora.data.records import Record
 from sqlora.errors import SqloraError
 from sqlora.io import atomic_path, folder_stamp, run_fingerprint, write_json, write_text
 from sqlora.model.loader import MODEL_INFO, device, dtype_name, load_base_model, load_tokenizer, machine, resolve_dtype, sharded_training

@@ -6,7 +6,7 @@ import random
 import sqlite3
 from pathlib import Path
 
-from .schema import Column, Domain, Kind, Table, skewed_weights
+from .tables import Column, Domain, Kind, Table, skewed_weights
 
 Rows = dict[str, list[dict[str, object]]]  # table name -> rows as {column: value}
 

@@ -7,7 +7,7 @@ mixed on purpose (Spider has both ``Singer_ID`` and ``singer_id``).
 
 from __future__ import annotations
 
-from .schema import (
+from .tables import (
     CITIES,
     COUNTRIES,
     NATIONALITIES,

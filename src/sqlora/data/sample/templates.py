@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .database import Rows, table_of
-from .schema import Column, Domain, Kind, Table
+from .tables import Column, Domain, Kind, Table
 
 Slots = dict[str, str]
 
