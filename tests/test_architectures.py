@@ -27,6 +27,8 @@ from sqlora.infer.sql_text import SqlEnd
 from sqlora.model.loader import load_tokenizer
 from sqlora.train.trainer import train
 
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
+
 WINDOW = 64  # sliding windows, shorter than every prompt (200-260 tokens)
 NEW_TOKENS = 12
 BATCH_SIZES = (1, 4, 8, 64)

@@ -15,8 +15,7 @@ from sqlora.errors import SqloraError
 from sqlora.infer.assistant import Answer, ask, format_table, prepare
 from sqlora.infer.base import Generation
 from sqlora.model.loader import MODEL_INFO
-
-from conftest import SQLORA
+from tests.helpers import SQLORA
 
 
 @pytest.fixture()

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 ON_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
 

@@ -1,7 +1,7 @@
 import json
 import subprocess
 
-from conftest import SQLORA
+from tests.helpers import SQLORA
 
 
 def test_prepare_command(sample_dir, tmp_path):

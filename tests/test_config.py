@@ -4,8 +4,7 @@ import pytest
 
 from sqlora.config import METHODS, load_params
 from sqlora.errors import SqloraError
-
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def test_repository_params_load():

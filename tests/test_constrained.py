@@ -12,8 +12,7 @@ from sqlora.data.layouts import load_schemas
 from sqlora.data.schema import Column, DatabaseSchema
 from sqlora.infer.constrained import SchemaNames, TokenChecker, sql_resolves, state_of
 from sqlora.infer.loading import load_for_inference
-
-from conftest import save_scripted_llama, token_id
+from tests.helpers import save_scripted_llama, token_id
 
 SCHEMA = DatabaseSchema(
     db_id="music",

@@ -15,8 +15,7 @@ from sqlora.data.schema import read_sqlite_schema
 from sqlora.errors import SqloraError
 from sqlora.evaluate.exact_match import exact_match
 from sqlora.sql.hardness import spider_hardness
-
-from conftest import SQLORA
+from tests.helpers import SQLORA
 
 SHOP = """
 CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT, city TEXT);

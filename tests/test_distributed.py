@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

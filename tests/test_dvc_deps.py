@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO
+from tests.helpers import REPO
 
 SRC = REPO / "src"
 

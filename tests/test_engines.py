@@ -12,8 +12,7 @@ from sqlora.data.catalog import read_schema
 from sqlora.data.schema import describe, read_sqlite_schema
 from sqlora.errors import SqloraError
 from sqlora.sql.engines import open_database, to_dialect
-
-from engines import copy_to_duckdb, copy_to_postgres
+from tests.databases import copy_to_duckdb, copy_to_postgres
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 
 @pytest.fixture()

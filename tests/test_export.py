@@ -14,8 +14,9 @@ from sqlora.errors import SqloraError
 from sqlora.infer.engine import generate
 from sqlora.model.export import EXPORT_INFO, export_model
 from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
+from tests.helpers import REPO, SQLORA
 
-from conftest import REPO, SQLORA
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 PROMPTS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output="").prompt for i in range(3)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # real DVC experiments in scratch repositories
 
 # A one-stage pipeline whose metrics/eval.json comes from scores.json: a stand-in for a model that
 # got better or worse, without training one.

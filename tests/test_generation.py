@@ -10,8 +10,7 @@ from sqlora.infer.engine import generate, plan_batches
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, sql_complete, sql_status
 from sqlora.infer.voting import canonical_key, choose, first_running, run_candidates
-
-from conftest import save_scripted_llama, token_id
+from tests.helpers import save_scripted_llama, token_id
 
 
 @pytest.mark.parametrize(
@@ -170,15 +169,9 @@ def test_self_consistency_candidates(scripted_dir):
 
 
 @pytest.fixture(scope="module")
-def chaotic_model(tiny_model_dir):
-    """The tiny random model with its weights scaled up: outputs that depend on every detail of the
-    context (positions, masks, cache), far from floating-point ties."""
-    model, tokenizer = load_for_inference(tiny_model_dir, dtype="float32")
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(8.0)
-    return model, tokenizer
+def chaotic_model(chaotic_dir):
+    """conftest's chaotic model, loaded in fp32."""
+    return load_for_inference(chaotic_dir, dtype="float32")
 
 
 def test_batched_greedy_equals_one_at_a_time(chaotic_model):

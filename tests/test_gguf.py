@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import PROMPTS, make_adapter
 
 from sqlora.cli import main
 from sqlora.data.prompt import PROMPT_TEMPLATE
@@ -15,6 +14,7 @@ from sqlora.data.records import Record
 from sqlora.model.export import merged_model
 from sqlora.model.gguf import export_gguf, prompt_template, render_template
 from sqlora.model.loader import MODEL_INFO
+from tests.test_export import PROMPTS, make_adapter
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed (optional)")

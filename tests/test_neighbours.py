@@ -10,8 +10,7 @@ import pytest
 import sqlglot
 
 from sqlora.testsuite.neighbours import KINDS, Neighbour, neighbour_queries
-
-from conftest import SPIDER
+from tests.helpers import SPIDER
 
 COLUMNS = {"singer": ["Singer_ID", "Name", "Country", "Age"], "concert": ["concert_ID", "Singer_ID", "Year", "Stadium"]}
 

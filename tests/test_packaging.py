@@ -6,7 +6,7 @@ import tomllib
 import transformers
 from packaging.requirements import Requirement  # a dependency of transformers
 
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def _pyproject() -> dict:

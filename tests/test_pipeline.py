@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from sqlora.model.loader import dtype_name, resolve_dtype
-
-from conftest import REPO, SLOW_BATCHES
+from tests.helpers import REPO, SLOW_BATCHES
 
 pytestmark = pytest.mark.slow
 

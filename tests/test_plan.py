@@ -6,8 +6,7 @@ import pytest
 
 from sqlora.config import PredictParams
 from sqlora.infer.plan import DecodingPlan, plan_decoding
-
-from conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize(

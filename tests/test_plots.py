@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 HARDNESS = "reports/plots/hardness.json"
 PROMPT_TOKENS = "reports/plots/prompt_tokens.csv"

@@ -14,25 +14,9 @@ import yaml
 
 from sqlora.config import load_params
 from sqlora.infer.predict import PartialPredictions
+from tests.helpers import REPO
 
-from conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def chaotic_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny random model with weights scaled up, so its outputs depend on every detail of the context."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(8.0)
-    out = tmp_path_factory.mktemp("chaotic") / "model"
-    model.save_pretrained(out)
-    shutil.copy(tiny_model_dir / "tokenizer.json", out)
-    shutil.copy(tiny_model_dir / "tokenizer_config.json", out)
-    return out
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 
 @pytest.fixture(scope="module")

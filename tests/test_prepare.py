@@ -16,8 +16,7 @@ from sqlora.data.prepare import held_out_databases, prepare_split
 from sqlora.data.records import render_input, to_records
 from sqlora.data.schema import describe_ddl
 from sqlora.errors import SqloraError
-
-from conftest import SHARED_DATASETS as SHARED
+from tests.helpers import SHARED_DATASETS as SHARED
 
 SCHEMA = {
     "db_id": "shop",

@@ -10,8 +10,9 @@ import pytest
 
 from sqlora.config import PromptParams
 from sqlora.model.loader import OFFLINE_MODELS, read_model_info
+from tests.helpers import REPO, SQLORA
 
-from conftest import REPO, SQLORA
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 PUBLISHED = sorted(p for p in (REPO / "models/published").glob("*") if p.is_dir())
 

@@ -22,8 +22,9 @@ import yaml
 from sqlora.errors import SqloraError
 from sqlora.report import report as rp
 from sqlora.report import runs, tables
+from tests.helpers import SQLORA, fail_writes_halfway
 
-from conftest import SQLORA, fail_writes_halfway
+pytestmark = pytest.mark.slow  # real DVC experiments in scratch repositories
 
 # Writes metrics/eval.json and metrics/train.json as the real evaluate and train stages shape them.
 STAGE = textwrap.dedent(

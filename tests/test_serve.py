@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from sqlora.infer.base import Generation
+from tests.databases import copy_to_duckdb, copy_to_postgres, free_port
+from tests.helpers import SQLORA
 
-from conftest import SQLORA
-from engines import copy_to_duckdb, copy_to_postgres, free_port
+pytestmark = pytest.mark.slow  # live servers and a browser
 
 # Question -> the SQL the scripted model writes. The slow one runs until the sandbox's time limit.
 SCRIPT = {

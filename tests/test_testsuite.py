@@ -15,8 +15,7 @@ from sqlora.data.schema import read_sqlite_schema, spider_entry
 from sqlora.errors import SqloraError
 from sqlora.evaluate.execution import Gold, evaluate
 from sqlora.testsuite.distill import SuiteSettings, build_suite, gold_literals
-
-from conftest import REPO
+from tests.helpers import REPO
 
 SCHEMA = """
 CREATE TABLE team (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT);

@@ -13,8 +13,9 @@ from sqlora.infer.loading import load_for_inference
 from sqlora.model.loader import MODEL_INFO, load_tokenizer
 from sqlora.train.batches import IGNORE_INDEX, tokenize_records
 from sqlora.train.trainer import last_checkpoint, peak_memory_mb, peak_rss_mb, train
+from tests.helpers import fail_writes_halfway
 
-from conftest import fail_writes_halfway
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
