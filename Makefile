@@ -78,7 +78,8 @@ spider: setup
 #   make published [PUBLISHED=spider2k-gemma3-lora] [ARGS="-S predict.constrained=true"]
 PUBLISHED ?= spider2k-gemma3-lora
 PUBLISHED_FLAGS = $(shell $(BIN)/python -c 'import json, sys; info = json.load(open(sys.argv[1])); \
-	print(" ".join(["-S model.name=" + info["model"]] + ["-S prompt.%s=%s" % (k, str(v).lower() if isinstance(v, bool) else v) for k, v in info["prompt"].items()]))' \
+	print(" ".join(["-S model.name=" + info["model"]] + ["-S prompt.%s=%s" % (k, str(v).lower() if isinstance(v, bool) else v) for k, v in info["prompt"].items()] \
+	+ (["-S train.max_length=%d" % info["max_length"]] if "max_length" in info else [])))' \
 	models/published/$(PUBLISHED)/sqlora_model.json)
 published: setup
 	dvc exp run -n eval-$(PUBLISHED) $(SPIDER_PARAMS) -S method=none -S predict.model=models/published/$(PUBLISHED) \

@@ -42,7 +42,9 @@ def main() -> None:
         checkpoint_dir="models/checkpoints",
         chat_template=params.prompt.chat_template,
         dtype=params.model.dtype,
-        about={"model": params.model.name, "prompt": asdict(params.prompt)},
+        # What prompting it again needs: the base model, the prompt settings, and the length budget its
+        # prompts were fitted to (train.max_length: `make published` prepares dev with it).
+        about={"model": params.model.name, "prompt": asdict(params.prompt), "max_length": params.train.max_length},
         validate=validate,
     )
 

@@ -35,14 +35,18 @@ def test_published_folder_is_complete(folder: Path):
     assert size < 40 * 2**20, f"{folder}: {size / 2**20:.0f} MiB; publish small adapters only"
 
 
-def test_make_published_is_an_experiment_without_training():
-    result = subprocess.run(["make", "-n", "published", "PUBLISHED=" + PUBLISHED[0].name], cwd=REPO, capture_output=True, text=True)
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
+def test_make_published_is_an_experiment_without_training(folder: Path):
+    result = subprocess.run(["make", "-n", "published", "PUBLISHED=" + folder.name], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     [command] = [line for line in result.stdout.replace("\\\n", " ").splitlines() if line.startswith("dvc exp run")]
-    info = read_model_info(PUBLISHED[0])
-    assert "-S method=none" in command and f"-S predict.model=models/published/{PUBLISHED[0].name}" in command
+    info = read_model_info(folder)
+    assert "-S method=none" in command and f"-S predict.model=models/published/{folder.name}" in command
     assert f"-S model.name={info['model']}" in command and "-S data.dataset=spider" in command
     assert f"-S prompt.schema_format={info['prompt']['schema_format']}" in command
+    assert f"-S prompt.values={str(info['prompt'].get('values', False)).lower()}" in command
+    if "max_length" in info:  # dev prompted as in training: the same length budget
+        assert f"-S train.max_length={info['max_length']}" in command
 
 
 NEEDS_GEMMA = pytest.mark.skipif(
