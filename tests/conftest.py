@@ -78,7 +78,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1 (tests/engines.py); skips where no binaries exist."""
-    from engines import PostgresCluster
+    from tests.databases import PostgresCluster
 
     cluster = PostgresCluster()
     yield cluster

@@ -38,7 +38,11 @@ SCRIPT = {
 }
 
 
-def scripted_generate(*, prompts, **_):
+ASKED: dict = {}  # the last generate() call's max_new_tokens
+
+
+def scripted_generate(*, prompts, max_new_tokens=None, **_):
+    ASKED["max_new_tokens"] = max_new_tokens
     out = []
     for prompt in prompts:
         question = prompt.rsplit("###Input:\n", 1)[1].split("\n\n###Response", 1)[0].strip().lower()
@@ -174,7 +178,7 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
         ("/v1/query", None, b'{"question": "' + b"x" * 5000 + b'"}', "s3cret", 413, "request body larger than 4096 bytes"),
         ("/v1/query", {"database": "airline", "question": "x"}, None, None, 401, "missing or wrong bearer token"),
         ("/v1/models", None, None, "wrong", 401, "missing or wrong bearer token"),
-        ("/v1/chat/completions", {"messages": []}, None, "s3cret", 400, "messages must be a non-empty list"),
+        ("/v1/chat/completions", {"messages": []}, None, "s3cret", 400, "messages: List should have at least 1 item"),
         ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, None, "s3cret", 400, "no user message"),
         (
             "/v1/chat/completions",
@@ -190,8 +194,55 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
             None,
             "s3cret",
             400,
-            "stream is not supported",
+            "stream: streamed answers are not supported",
         ),
+        # Hostile or malformed input: a 4xx naming what is wrong, never a 500.
+        ("/v1/query", None, b'{"a": ' + b"[" * 1500 + b"]" * 1500 + b"}", "s3cret", 400, "malformed JSON: nested too deep"),
+        ("/v1/query", None, b'{"database": "airline", "question": "\\ud800 flights"}', "s3cret", 400, "the question is not valid Unicode"),
+        ("/v1/query", {"database": "airline", "question": 5}, None, "s3cret", 400, "question: Input should be a valid string"),
+        ("/v1/query", {"database": "airline"}, None, "s3cret", 400, "question: Field required"),
+        (
+            "/v1/chat/completions",
+            {"model": "sqlora/airline", "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+            None,
+            "s3cret",
+            400,
+            "messages: a text content part needs a string 'text'",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            None,
+            "s3cret",
+            400,
+            "messages.0.content",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "n": 5},
+            None,
+            "s3cret",
+            400,
+            "n: one choice per request",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": -5},
+            None,
+            "s3cret",
+            400,
+            "temperature: Input should be greater than or equal to 0",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7},
+            None,
+            "s3cret",
+            400,
+            "temperature: the server decodes greedily",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_p": 0.5}, None, "s3cret", 400, "top_p:"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, None, "s3cret", 400, "max_tokens:"),
         ("/v1/nothing", None, None, "s3cret", 404, "Not Found"),
         ("/v1/query", {"database": "airline", "question": "crash"}, None, "s3cret", 500, "internal error (RuntimeError)"),
     ],
@@ -200,6 +251,20 @@ def test_bad_requests_get_json_errors(server, path, body, raw, token, status, me
     got, answer = call(server, path, body, token=token, raw=raw)
     assert got == status and answer["error"]["message"].startswith(message), answer
     assert "Traceback" not in json.dumps(answer)
+
+
+def test_openai_parameters_are_honoured(server):
+    """max_tokens caps the generation (never above the server's own budget), stop cuts the answer as OpenAI
+    does, temperature 0, n 1 and any seed are greedy decoding as it is."""
+    question = {"role": "user", "content": "How many flights"}
+    ask = {"model": "sqlora/airline", "messages": [question]}
+    status, body = call(server, "/v1/chat/completions", ask | {"max_tokens": 3, "temperature": 0, "n": 1, "seed": 7})
+    assert status == 200 and ASKED["max_new_tokens"] == 3, body
+    status, body = call(server, "/v1/chat/completions", ask | {"max_tokens": 1e12})
+    assert status == 200 and ASKED["max_new_tokens"] == 128  # the server's limit (Assistant's max_new_tokens)
+    status, body = call(server, "/v1/chat/completions", ask | {"stop": [" FROM"]})
+    assert status == 200 and body["choices"][0]["message"]["content"] == "SELECT count(*)"
+    assert body["choices"][0]["finish_reason"] == "stop"
 
 
 def test_a_slow_query_does_not_hold_up_others(server):

@@ -302,12 +302,16 @@ class Assistant:
         self.context = _context(weights_dir, self.tokenizer)
         self._lock = threading.Lock()
 
-    def answer(self, database: Database, schema: DatabaseSchema, question: str, timeout_s: float = 30.0) -> Answer:
-        """The SQL for ``question`` on ``database`` (whose ``schema`` the caller read once) and its result.
-        SqloraError for an empty question or a prompt longer than the model's context."""
+    def answer(
+        self, database: Database, schema: DatabaseSchema, question: str, timeout_s: float = 30.0, max_new_tokens: int | None = None
+    ) -> Answer:
+        """The SQL for ``question`` on ``database`` (whose ``schema`` the caller read once) and its result;
+        ``max_new_tokens``: fewer than the assistant's own at most. SqloraError for an empty question or a
+        prompt longer than the model's context."""
         _check_question(question)
-        prepared = _render(database, schema, question, self.prompt, self.tokenizer, self.context, self.max_new_tokens)
-        return _answer(self.model, self.tokenizer, prepared, self.max_new_tokens, self.constrained, timeout_s, self._lock)
+        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        prepared = _render(database, schema, question, self.prompt, self.tokenizer, self.context, budget)
+        return _answer(self.model, self.tokenizer, prepared, budget, self.constrained, timeout_s, self._lock)
 
 
 def to_dialect_or_none(sql: str, database: Database, schema: DatabaseSchema) -> str | None:

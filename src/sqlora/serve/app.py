@@ -32,7 +32,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from sqlora.data.catalog import read_schema
 from sqlora.data.schema import DatabaseSchema
@@ -69,6 +71,78 @@ def open_databases(specs: list[str]) -> dict[str, Served]:
             raise SqloraError(f"--db {database}: a second database named {database.name!r}; each needs its own name")
         served[database.name] = Served(database, read_schema(database))
     return served
+
+
+class QueryBody(BaseModel):
+    """``POST /v1/query``."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    database: str | None = None
+
+
+class TextPart(BaseModel):
+    """A chat message's content part; only text parts carry the question."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id...: nothing the answer depends on
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if not isinstance(self.content, list):
+            return self.content or ""
+        for part in self.content:
+            if part.type == "text" and part.text is None:
+                raise RequestError(400, "messages: a text content part needs a string 'text'")
+        return " ".join(part.text for part in self.content if part.type == "text")
+
+
+class ChatBody(BaseModel):
+    """``POST /v1/chat/completions``: OpenAI's request, each parameter honoured or refused by name."""
+
+    model_config = ConfigDict(extra="allow")  # what OpenAI clients add (user, metadata...) changes nothing
+    messages: list[Message] = Field(min_length=1)
+    model: str | None = None
+    database: str | None = None  # sqlora's: the database asked about (else the model id's part after "/")
+    stream: bool = False
+    n: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None  # accepted: greedy decoding gives the same answer whatever the seed
+
+    def refused(self) -> str | None:
+        """The first parameter the server cannot honour, and why; None when it honours them all."""
+        if self.stream:
+            return "stream: streamed answers are not supported; send stream false"
+        if self.n not in (None, 1):
+            return "n: one choice per request (greedy decoding); send n 1 or leave it out"
+        if self.temperature not in (None, 0):
+            return "temperature: the server decodes greedily; send 0 or leave it out"
+        if self.top_p not in (None, 1):
+            return "top_p: the server decodes greedily; send 1 or leave it out"
+        return None
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+def parse_body(model: type[BaseModel], body: dict):
+    """``body`` as ``model``, or a 400 naming the first bad field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise RequestError(400, f"{where}: {error['msg']}") from None
 
 
 class RequestError(Exception):
@@ -132,14 +206,20 @@ def create_app(
 
     async def body_of(request: Request) -> dict:
         raw = b""
-        async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
-            raw += chunk
-            if len(raw) > limits.max_body_bytes:
-                raise RequestError(413, f"request body larger than {limits.max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
+                raw += chunk
+                if len(raw) > limits.max_body_bytes:
+                    raise RequestError(413, f"request body larger than {limits.max_body_bytes} bytes")
+        except ClientDisconnect:  # the client hung up mid-body: nobody to answer, nothing went wrong here
+            log.info("client disconnected before sending its whole request")
+            raise RequestError(400, "the client disconnected before sending its whole request") from None
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise RequestError(400, "malformed JSON: nested too deep") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         return body
@@ -153,17 +233,21 @@ def create_app(
             raise RequestError(404, f"unknown database {name!r}: one of {', '.join(databases)}", "not_found_error")
         return databases[name]
 
-    def question_of(value) -> str:
-        if not isinstance(value, str) or not value.strip():
+    def question_of(value: str) -> str:
+        if not value.strip():
             raise RequestError(400, "the question is empty")
         if len(value) > limits.max_question_chars:
             raise RequestError(413, f"the question is longer than {limits.max_question_chars} characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): not text a tokenizer can read
+            raise RequestError(400, "the question is not valid Unicode text") from None
         return value.strip()
 
-    async def answer(served: Served, question: str):
+    async def answer(served: Served, question: str, max_new_tokens: int | None = None):
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(assistant.answer, served.database, served.schema, question, limits.timeout_s),
+                asyncio.to_thread(assistant.answer, served.database, served.schema, question, limits.timeout_s, max_new_tokens),
                 timeout=limits.request_timeout_s,
             )
         except SqloraError as exc:  # a prompt the model cannot hold, an empty question
@@ -193,9 +277,9 @@ def create_app(
 
     @app.post("/v1/query")
     async def query(request: Request):
-        body = await body_of(request)
-        served = pick_database(body.get("database"))
-        question = question_of(body.get("question"))
+        body = parse_body(QueryBody, await body_of(request))
+        served = pick_database(body.database)
+        question = question_of(body.question)
         result = await answer(served, question)
         rows = result.rows or []
         return {
@@ -218,24 +302,23 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await body_of(request)
-        if body.get("stream"):
-            raise RequestError(400, "stream is not supported: ask with stream false")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError(400, "messages must be a non-empty list")
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        body = parse_body(ChatBody, await body_of(request))
+        refused = body.refused()
+        if refused:
+            raise RequestError(400, refused)
+        users = [m for m in body.messages if m.role == "user"]
         if not users:
             raise RequestError(400, "no user message: the question is the last message with role user")
-        content = users[-1].get("content")
-        if isinstance(content, list):  # the content-parts form: the text parts, joined
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        model = body.get("model") or model_name
-        name = body.get("database")
-        if name is None and isinstance(model, str) and "/" in model:
+        model = body.model or model_name
+        name = body.database
+        if name is None and "/" in model:
             name = model.split("/", 1)[1]
         served = pick_database(name)
-        result = await answer(served, question_of(content))
+        result = await answer(served, question_of(users[-1].text()), body.max_completion_tokens or body.max_tokens)
+        content, stopped = result.sql, False
+        for stop in body.stops():  # honoured as OpenAI does: the text up to the first stop sequence
+            if stop and stop in content:
+                content, stopped = content[: content.index(stop)], True
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -244,8 +327,8 @@ def create_app(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.sql},
-                    "finish_reason": "length" if result.hit_max_new_tokens else "stop",
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "length" if result.hit_max_new_tokens and not stopped else "stop",
                 }
             ],
             "usage": {
