@@ -266,34 +266,15 @@ def train(
     base_dir = Path(base_dir)
     info = {"method": method, "base": str(base_dir), **(about or {})}
     if method == "none":  # zero-shot: nothing to train, predict uses the base model
-        metrics = {"method": method, "device": device().type, "train_examples": 0, "steps": 0}
-        if state.is_main_process:
-            with atomic_path(out_dir) as tmp:
-                tmp.mkdir()
-                write_json(tmp / MODEL_INFO, info)
-            # No curves, no checkpoints: but the stage's declared outputs exist (DVC fails on a missing one).
-            # The curves folder is persisted for resumes: empty it, or `dvc plots` would show an
-            # earlier run's curves as this run's.
-            shutil.rmtree(live_dir, ignore_errors=True)
-            Path(live_dir).mkdir(parents=True)
-            if checkpoint_dir is not None:
-                Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-            write_json(metrics_path, metrics)
-        return metrics
+        return _zero_shot(info, state, out_dir, metrics_path, live_dir, checkpoint_dir)
 
-    from transformers import TrainingArguments, set_seed
-
-    from dvclive import Live
+    from transformers import set_seed
 
     if not records:
         raise SqloraError("train: the training set is empty")
     set_seed(seed)
     tokenizer = load_tokenizer(base_dir)
-    data = tokenize_records(records, tokenizer, params.max_length, chat_template)
-    if not data.features:
-        raise SqloraError(f"train: all {len(records)} examples are longer than train.max_length={params.max_length} tokens")
-    if data.too_long and state.is_main_process:
-        print(f"train: left out {data.too_long} of {len(records)} examples longer than {params.max_length} tokens")
+    data = _training_data(records, tokenizer, params.max_length, chat_template, announce=state.is_main_process)
 
     compute = resolve_dtype(dtype)
     if compute == torch.float16 and device().type != "cuda":
@@ -310,54 +291,16 @@ def train(
         data=hashlib.sha256(json.dumps(data.features).encode()).hexdigest(),
     )
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resume = last_checkpoint(checkpoints, fingerprint) if checkpoints is not None and params.save_steps else None
-    if checkpoints is not None and state.is_main_process and resume is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints, or none: start afresh
-        checkpoints.mkdir(parents=True)
-        write_text(checkpoints / "fingerprint.txt", fingerprint + "\n")  # whole or absent: what resuming trusts
-    state.wait_for_everyone()
-    if resume and state.is_main_process:
-        print(f"train: resuming from {resume}")
-
+    resume = _resume_point(checkpoints, fingerprint, params.save_steps, state)
     saving = Path(out_dir).with_name(f".{Path(out_dir).name}.saving")  # the model folder, until complete
     # Before the model is loaded: under DeepSpeed ZeRO-3 the arguments set up zero.Init, which then
     # loads each process's shard of the weights instead of a whole copy per process.
-    args = TrainingArguments(
-        output_dir=str(checkpoints if checkpoints is not None else saving),
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum,
-        activation_checkpointing=params.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        weight_decay=params.weight_decay,
-        logging_steps=params.logging_steps,
-        save_strategy="steps" if checkpoints is not None and params.save_steps else "no",
-        save_steps=params.save_steps or 1,
-        save_total_limit=2,
-        restore_callback_states_from_checkpoint=True,  # the training time of earlier runs (StepLogger)
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        # Mixed precision: the matmuls under autocast in bf16 (fp16 with loss scaling), the weights
-        # being trained kept in fp32.
-        bf16=compute == torch.bfloat16,
-        fp16=compute == torch.float16,
-        # Batches of similar lengths: little compute spent on padding.
-        train_sampling_strategy="group_by_length",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,  # LoRA leaves most parameters frozen, not unused
-        use_cpu=device().type == "cpu",
-        disable_tqdm=not os.isatty(2),
+    args = training_arguments(
+        params, seed, compute, checkpoints if checkpoints is not None else saving, saving_checkpoints=checkpoints is not None
     )
     weights = training_weights_dtype(method, compute)
-    model = load_base_model(base_dir, method, weights)
-    if method in ("lora", "qlora"):
-        model = add_lora(model, lora, method, params.gradient_checkpointing, announce=state.is_main_process)
+    model = _trainable_model(base_dir, method, lora, weights, params.gradient_checkpointing, announce=state.is_main_process)
+    # Counted before the Trainer wraps the model (FSDP and ZeRO-3 shard the weights then).
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     # Under FSDP / ZeRO-3 the weights are shards until the Trainer wraps the model: no probe forward then.
@@ -367,11 +310,7 @@ def train(
     if state.is_main_process:
         print(batching.describe(params.shared_prefix))
     collator = batching.collator(tokenizer)
-    live = None
-    if state.is_main_process:
-        if resume:
-            _drop_logged_steps_after(Path(live_dir), int(Path(resume).name.split("-")[-1]))
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
+    live = _curves(Path(live_dir), resume) if state.is_main_process else None
     logger = step_logger(live, collator, state.num_processes)
     attention = batching.attention(model)
     validator = epoch_validator(validate, live, tokenizer, attention) if validate is not None else None
@@ -397,9 +336,6 @@ def train(
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if not all(math.isfinite(v) for v in losses + [result.training_loss]):
         raise SqloraError(f"train: the loss diverged (last values {losses[-3:]}); lower train.learning_rate")
-    real_tokens, row_tokens, padded_tokens, examples = (
-        _sum_over_processes(n) for n in (collator.real_tokens, collator.row_tokens, collator.padded_tokens, collator.examples)
-    )
     metrics = {
         "method": method,
         "device": device().type,
@@ -420,18 +356,137 @@ def train(
         # Questions per shared-prefix row (1: separate rows), and why fewer than train.shared_prefix asks.
         "shared_prefix": batching.per_row,
         "shared_prefix_reason": batching.reason,
-        # This run's (after a resume: since the resume). tokens: the examples' own (prompt + SQL, as
-        # separate rows would hold them); tokens_computed: what the forward passes ran, padding included.
-        "tokens": real_tokens,
-        "tokens_computed": padded_tokens,
-        "tokens_per_s": round(real_tokens / wall, 1),
-        "questions_per_s": round(examples / wall, 3),
-        "padding_fraction": round(1 - row_tokens / padded_tokens, 4) if padded_tokens else 0.0,
+        **_throughput(collator, wall),
         **(_validation_metrics(validator.results) if validator is not None else {}),
         "trainable_params": trainable,
         "total_params": total,
         **peak_memory_mb(),
     }
+    _save(trainer, tokenizer, info, Path(out_dir), saving, state)
+    if state.is_main_process:
+        write_json(metrics_path, metrics)
+        print(json.dumps(metrics, indent=2))
+        if checkpoints is not None:  # finished: nothing to resume
+            for old in checkpoints.glob("checkpoint-*"):
+                shutil.rmtree(old)
+    state.wait_for_everyone()
+    return metrics
+
+
+def _training_data(records: list[Record], tokenizer, max_length: int, chat_template: bool, announce: bool):
+    """The records tokenised for training; those over ``max_length`` left out (said), none left an error."""
+    data = tokenize_records(records, tokenizer, max_length, chat_template)
+    if not data.features:
+        raise SqloraError(f"train: all {len(records)} examples are longer than train.max_length={max_length} tokens")
+    if data.too_long and announce:
+        print(f"train: left out {data.too_long} of {len(records)} examples longer than {max_length} tokens")
+    return data
+
+
+def _trainable_model(base_dir: Path, method: str, lora: LoraParams, weights: torch.dtype, checkpointing: bool, announce: bool):
+    """The base model in ``weights``, with LoRA adapters for lora and qlora (full: every weight trains)."""
+    model = load_base_model(base_dir, method, weights)
+    if method in ("lora", "qlora"):
+        model = add_lora(model, lora, method, checkpointing, announce=announce)
+    return model
+
+
+def _curves(live_dir: Path, resume: str | None):
+    """dvclive's logger; a resumed run first forgets what the killed one logged after its checkpoint."""
+    from dvclive import Live
+
+    if resume:
+        _drop_logged_steps_after(live_dir, int(Path(resume).name.split("-")[-1]))
+    return Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, resume=resume is not None)
+
+
+def _zero_shot(info: dict, state, out_dir, metrics_path, live_dir, checkpoint_dir) -> dict:
+    """method none: the model folder names the base model alone, and the stage's outputs exist."""
+    metrics = {"method": info["method"], "device": device().type, "train_examples": 0, "steps": 0}
+    if state.is_main_process:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            write_json(tmp / MODEL_INFO, info)
+        # No curves, no checkpoints: but the stage's declared outputs exist (DVC fails on a missing one).
+        # The curves folder is persisted for resumes: empty it, or `dvc plots` would show an
+        # earlier run's curves as this run's.
+        shutil.rmtree(live_dir, ignore_errors=True)
+        Path(live_dir).mkdir(parents=True)
+        if checkpoint_dir is not None:
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        write_json(metrics_path, metrics)
+    return metrics
+
+
+def _resume_point(checkpoints: Path | None, fingerprint: str, save_steps: int, state) -> str | None:
+    """The checkpoint an interrupted run with the same inputs left, if any; otherwise the checkpoint
+    folder is emptied and stamped with this run's fingerprint (by the main process)."""
+    resume = last_checkpoint(checkpoints, fingerprint) if checkpoints is not None and save_steps else None
+    if checkpoints is not None and state.is_main_process and resume is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints, or none: start afresh
+        checkpoints.mkdir(parents=True)
+        write_text(checkpoints / "fingerprint.txt", fingerprint + "\n")  # whole or absent: what resuming trusts
+    state.wait_for_everyone()
+    if resume and state.is_main_process:
+        print(f"train: resuming from {resume}")
+    return resume
+
+
+def training_arguments(params: TrainParams, seed: int, compute: torch.dtype, output_dir: Path, saving_checkpoints: bool):
+    """transformers' TrainingArguments for ``params`` (train.*), matmuls in ``compute``."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        activation_checkpointing=params.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=params.weight_decay,
+        logging_steps=params.logging_steps,
+        save_strategy="steps" if saving_checkpoints and params.save_steps else "no",
+        save_steps=params.save_steps or 1,
+        save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # the training time of earlier runs (StepLogger)
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        # Mixed precision: the matmuls under autocast in bf16 (fp16 with loss scaling), the weights
+        # being trained kept in fp32.
+        bf16=compute == torch.bfloat16,
+        fp16=compute == torch.float16,
+        # Batches of similar lengths: little compute spent on padding.
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # LoRA leaves most parameters frozen, not unused
+        use_cpu=device().type == "cpu",
+        disable_tqdm=not os.isatty(2),
+    )
+
+
+def _throughput(collator, wall: float) -> dict:
+    """This run's tokens (after a resume: since the resume), over every process. tokens: the examples' own
+    (prompt + SQL, as separate rows would hold them); tokens_computed: what the forward passes ran, padding included."""
+    real_tokens, row_tokens, padded_tokens, examples = (
+        _sum_over_processes(n) for n in (collator.real_tokens, collator.row_tokens, collator.padded_tokens, collator.examples)
+    )
+    return {
+        "tokens": real_tokens,
+        "tokens_computed": padded_tokens,
+        "tokens_per_s": round(real_tokens / wall, 1),
+        "questions_per_s": round(examples / wall, 3),
+        "padding_fraction": round(1 - row_tokens / padded_tokens, 4) if padded_tokens else 0.0,
+    }
+
+
+def _save(trainer, tokenizer, info: dict, out_dir: Path, saving: Path, state) -> None:
+    """The fine-tuned model folder: written whole beside ``out_dir``, then renamed into place."""
     # Every process takes part in saving (DeepSpeed ZeRO-3 and FSDP gather the weights); the
     # main one writes, then renames the finished folder into place.
     if state.is_main_process:
@@ -445,13 +500,6 @@ def train(
         write_json(saving / MODEL_INFO, info)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(saving, out_dir)
-        write_json(metrics_path, metrics)
-        print(json.dumps(metrics, indent=2))
-        if checkpoints is not None:  # finished: nothing to resume
-            for old in checkpoints.glob("checkpoint-*"):
-                shutil.rmtree(old)
-    state.wait_for_everyone()
-    return metrics
 
 
 def _validation_metrics(results: list[dict]) -> dict:
