@@ -166,14 +166,12 @@ def json_value(value):
     return str(value)
 
 
-def create_app(
-    assistant, databases: dict[str, Served], *, model_name: str = "sqlora", token: str | None = None, limits: ServeLimits = ServeLimits()
-):
-    """The FastAPI application; ``assistant``: a :class:`sqlora.infer.assistant.Assistant` (anything with its ``answer``)."""
-    app = FastAPI(title="sqlora", docs_url=None, redoc_url=None, openapi_url=None)
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
-    def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+def _install_guards(app: FastAPI, token: str | None, limits: ServeLimits) -> None:
+    """Every error as JSON (never a traceback), and before any /v1 handler: the bearer token, the body's size."""
 
     @app.exception_handler(RequestError)
     async def on_request_error(_request, exc: RequestError):
@@ -204,25 +202,39 @@ def create_app(
                 return error_response(413, f"request body larger than {limits.max_body_bytes} bytes")
         return await call_next(request)
 
+
+async def read_body(request: Request, max_bytes: int) -> dict:
+    """The request's JSON object, read up to ``max_bytes`` (a chunked body too); RequestError otherwise."""
+    raw = b""
+    try:
+        async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
+            raw += chunk
+            if len(raw) > max_bytes:
+                raise RequestError(413, f"request body larger than {max_bytes} bytes")
+    except ClientDisconnect:  # the client hung up mid-body: nobody to answer, nothing went wrong here
+        log.info("client disconnected before sending its whole request")
+        raise RequestError(400, "the client disconnected before sending its whole request") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deep") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return body
+
+
+def create_app(
+    assistant, databases: dict[str, Served], *, model_name: str = "sqlora", token: str | None = None, limits: ServeLimits = ServeLimits()
+):
+    """The FastAPI application; ``assistant``: a :class:`sqlora.infer.assistant.Assistant` (anything with its ``answer``)."""
+    app = FastAPI(title="sqlora", docs_url=None, redoc_url=None, openapi_url=None)
+
+    _install_guards(app, token, limits)
+
     async def body_of(request: Request) -> dict:
-        raw = b""
-        try:
-            async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
-                raw += chunk
-                if len(raw) > limits.max_body_bytes:
-                    raise RequestError(413, f"request body larger than {limits.max_body_bytes} bytes")
-        except ClientDisconnect:  # the client hung up mid-body: nobody to answer, nothing went wrong here
-            log.info("client disconnected before sending its whole request")
-            raise RequestError(400, "the client disconnected before sending its whole request") from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"malformed JSON: {exc}") from None
-        except RecursionError:
-            raise RequestError(400, "malformed JSON: nested too deep") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, "the body must be a JSON object")
-        return body
+        return await read_body(request, limits.max_body_bytes)
 
     def pick_database(name) -> Served:
         if name is None:
