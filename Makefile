@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
+.PHONY: setup repro test test-fast lint bench-decoding report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
 
 setup: $(STAMP)
 
@@ -103,6 +103,11 @@ bench-precision: setup
 # same model, same Spider dev questions; identical greedy SQL and the speedups (ARGS: see --help).
 bench-predict: setup
 	python benchmarks/bench_predict.py --spider $(SPIDER) $(ARGS)
+
+# Decodings that run candidates (execution_guided, self_consistency) against greedy on the same Spider dev
+# questions and model: time per question (target <= 3x greedy) and EX (ARGS: see --help, e.g. --model DIR).
+bench-decoding: setup
+	python benchmarks/bench_decoding.py --spider $(SPIDER) $(ARGS)
 
 # Schema-constrained decoding (predict.constrained) against free decoding: time per question, same
 # model and questions (target <= 1.3x), answers changed, SQL naming only the schema's names (ARGS: see --help).
