@@ -20,7 +20,8 @@ VALIDATION = "data/prepared/validation.jsonl"
 @exit_on_error
 def main() -> None:
     params = load_params()
-    validation = load_records(VALIDATION)
+    # Written by the prepare stage (empty without data.validation); absent where an older prepare made data/prepared.
+    validation = load_records(VALIDATION) if Path(VALIDATION).is_file() else []
     meta = read_meta("data/prepared/meta.json") if validation else {}
     if validation and "validation_database_dir" not in meta:
         raise SqloraError("data/prepared/meta.json: missing key 'validation_database_dir'; rerun the prepare stage")
