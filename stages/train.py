@@ -27,8 +27,7 @@ def main() -> None:
         raise SqloraError("data/prepared/meta.json: missing key 'validation_database_dir'; rerun the prepare stage")
     validate = Validator(
         validation, Path(meta["validation_database_dir"]), VALIDATION, bird=meta["dataset"] == "bird",
-        batch_size=params.predict.batch_size, max_new_tokens=params.predict.max_new_tokens,
-        chat_template=params.prompt.chat_template, timeout_s=params.eval.timeout_s, workers=params.eval.workers,
+        max_new_tokens=params.predict.max_new_tokens, chat_template=params.prompt.chat_template,
     ) if validation else None  # fmt: skip
     train(
         method=params.method,

@@ -90,7 +90,13 @@ def test_repro_writes_every_output(project):
     assert data["train"]["records"] == 16 and data["dev"]["records"] == 6 and data["dev"]["questions"] == 222
     assert sum(data["dev"]["hardness"].values()) == 6 and data["dev"]["prompt_tokens"]["max"] <= 512 - 8
     meta = json.loads((project / "data/prepared/meta.json").read_text())
-    assert meta == {"dataset": "sample", "database_dir": "data/sample/database", "tables_json": "data/sample/tables.json"}
+    assert meta == {
+        "dataset": "sample",
+        "database_dir": "data/sample/database",
+        "tables_json": "data/sample/tables.json",
+        "validation_database_dir": "data/sample/database",
+    }
+    assert (project / "data/prepared/validation.jsonl").read_text() == "" and data["validation"]["records"] == 0
 
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["method"] == "lora" and train["steps"] == 4 and train["train_examples"] == 16
