@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from sqlora.io import folder_stamp
 from tests.helpers import SLOW_BATCHES
 
+pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
+
 # Trains LoRA on tiny examples of four schemas (argv: examples, epochs, questions per shared-prefix row),
 # two per step, a checkpoint every 5 steps.
 SCRIPT = """
@@ -22,8 +24,6 @@ from pathlib import Path
 from sqlora.config import LoraParams, TrainParams
 from sqlora.data.records import Record
 import sqlora.train.trainer as training
-
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
 
 model_dir, out, examples, epochs, shared_prefix = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:])
 schemas = [" ".join(f"t{d}_{k} has columns id, name, x{k}." for k in range(8)) for d in range(4)]
