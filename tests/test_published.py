@@ -84,10 +84,10 @@ def test_ask_a_published_model_materialises_its_base(fresh_clone_ask):
 def test_a_published_model_exports_to_gguf(fresh_clone_ask, tmp_path):
     """The real Gemma 3 (sentencepiece vocabulary) exports, and its tokenizer comes back from the GGUF with
     identical ids (the base materialised by ask above: once per module, not per test)."""
-    from tests.test_gguf import TEXTS, fields, ids_of
     from transformers import AutoTokenizer
 
     from sqlora.model.loader import load_tokenizer
+    from tests.test_gguf import TEXTS, fields, ids_of
 
     folder, base, _ = fresh_clone_ask
     out = tmp_path / "sql.gguf"
