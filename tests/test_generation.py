@@ -437,3 +437,10 @@ def test_a_transformers_without_our_engines_internals_gets_its_own_generate(tiny
     assert choice.name == "transformers" and f"transformers {transformers.__version__}'s internals" in choice.reason
     [g] = generate(model, tokenizer, ["SELECT"], 1, 4, progress=False)
     assert g.engine == "transformers" and g.new_tokens <= 4
+
+
+def test_sql_nested_past_the_parsers_depth_is_unparseable_not_a_crash():
+    """A generated query deep enough to exhaust sqlglot's recursion (met on Spider dev) is one bad answer."""
+    from sqlora.infer.sql_text import sql_status
+
+    assert sql_status("SELECT " + "(" * 3000 + "1" + ")" * 3000) == "unparseable"

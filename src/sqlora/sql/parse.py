@@ -13,7 +13,7 @@ def parse_statement(sql: str) -> exp.Expression:
     """The one SQLite statement of ``sql``; ValueError (one line, no SQL echoed) otherwise."""
     try:
         statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
-    except SqlglotError as e:
+    except (SqlglotError, RecursionError) as e:  # RecursionError: a generated query nested past sqlglot's depth
         raise ValueError(f"cannot parse SQL ({describe_error(e)})") from None
     if len(statements) != 1:
         raise ValueError(f"expected one SQL statement, got {len(statements)}")
