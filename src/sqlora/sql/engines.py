@@ -152,15 +152,13 @@ def to_dialect(sql: str, dialect: str, names: set[str] | None = None) -> str:
     double-quoted word that names none of them becomes a string literal, and a name is spelt (and,
     where needed, quoted) as the catalog spells it, so ``Singer`` finds PostgreSQL's ``singer``.
     Raises ValueError when sqlglot cannot read it."""
-    import sqlglot
     from sqlglot import exp
+
+    from sqlora.sql.parse import parse_statement
 
     if dialect == "sqlite":
         return sql
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except sqlglot.errors.ParseError as exc:
-        raise ValueError(str(exc).splitlines()[0]) from None
+    tree = parse_statement(sql)  # ValueError for what sqlglot cannot tokenize or parse, or nests too deep
     spelling = {n.lower(): n for n in names} if names else None
 
     def rewrite(node: exp.Expression) -> exp.Expression:
