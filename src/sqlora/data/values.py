@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sqlora.errors import SqloraError
 MAX_VALUES_PER_COLUMN = 5000
 MAX_VALUE_CHARS = 60
 MAX_HINTS = 6  # hints per question, best first
+LOADED_INDEXES = 32  # indexes kept in memory, the most recently used
 MIN_SCORE = 85.0  # rapidfuzz ratio (0-100) of an n-gram to a value
 MAX_NGRAM = 4
 # Words too common to anchor a value on their own ("the", "of" ...); a value made only of them is never hinted.
@@ -53,6 +55,9 @@ class ValueHint:
 
     def __str__(self) -> str:
         return f"{self.table}.{self.column} = '" + self.value.replace("'", "''") + "'"
+
+
+_LOADED: OrderedDict[Path, ValueIndex] = OrderedDict()  # cache file -> its index, this process's
 
 
 class ValueIndex:
@@ -118,16 +123,24 @@ class ValueIndex:
         stat = path.stat()
         key = hashlib.sha1(f"{INDEX_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         file = Path(cache_dir or default_cache_dir("values")) / f"{path.stem}-{key}.json"
+        if file in _LOADED:  # a server asks about the same few databases again and again
+            _LOADED.move_to_end(file)
+            return _LOADED[file]
+        index = None
         if file.is_file():
             try:
-                return cls([tuple(c) for c in json.loads(file.read_text())])
+                index = cls([tuple(c) for c in json.loads(file.read_text())])
             except (OSError, ValueError, TypeError):
                 pass  # a damaged cache entry is rebuilt below
-        index = cls.read(path)
-        try:
-            write_text(file, json.dumps(index.columns, ensure_ascii=False))
-        except OSError:
-            pass  # a read-only home: the index still works, uncached
+        if index is None:
+            index = cls.read(path)
+            try:
+                write_text(file, json.dumps(index.columns, ensure_ascii=False))
+            except OSError:
+                pass  # a read-only home: the index still works, uncached
+        _LOADED[file] = index
+        while len(_LOADED) > LOADED_INDEXES:
+            _LOADED.popitem(last=False)
         return index
 
     # --- matching -----------------------------------------------------------------------------------
