@@ -7,11 +7,13 @@ value is reported once, the same way everywhere: one line naming the file and ke
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from sqlora.errors import SqloraError
 
@@ -24,107 +26,134 @@ SCHEMA_FORMATS = ("natural", "ddl", "ddl_rows", "compact")  # prompt.schema_form
 DECODINGS = ("greedy", "beam", "sample", "self_consistency", "execution_guided")
 
 
-@dataclass(frozen=True)
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true is not the number 1
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _module_names(value: Any) -> Any:
+    if isinstance(value, str) and value or isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError("must be a list of module names or 'all-linear'")
+
+
+# Field types: YAML gives 1e-3 as a string and 2 as an int; pydantic (lax) turns them into the field's type.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]  # 0 allowed (often: none, or off)
+Positive = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
+PositiveFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+NonNegativeFloat = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
+Fraction = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, lt=1)]  # [0, 1)
+Modules = Annotated[str | list[str], BeforeValidator(_module_names)]
+
+# Every group: frozen, and a key it does not know is an error (a typo must not fall back to a default).
+dataclass = _pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+@dataclass
 class DataParams:
-    dataset: str = "sample"
+    dataset: Literal[DATASETS] = "sample"
     source: str = "data/sample"
     schema_source: str = ""  # CoSQL/SParC without their own tables.json: the Spider folder
-    max_train_examples: int = 0
-    max_dev_examples: int = 0
-    skip_bad: bool = False
-    validation: float = 0.0  # fraction of the train databases held out, whole, as the validation split (0: none)
+    max_train_examples: Count = 0
+    max_dev_examples: Count = 0
+    skip_bad: StrictBool = False
+    validation: Fraction = 0.0  # fraction of the train databases held out, whole, as the validation split (0: none)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PromptParams:
-    schema_format: str = "natural"
-    sample_rows: int = 3  # ddl_rows: rows shown per table
-    chat_template: bool = False  # wrap the prompt in the model's chat template
-    history_sql: bool = False  # CoSQL/SParC: show the gold SQL of earlier turns too
-    values: bool = False  # hint the database values the question mentions (sqlora.data.values)
+    schema_format: Literal[SCHEMA_FORMATS] = "natural"
+    sample_rows: Count = 3  # ddl_rows: rows shown per table
+    chat_template: StrictBool = False  # wrap the prompt in the model's chat template
+    history_sql: StrictBool = False  # CoSQL/SParC: show the gold SQL of earlier turns too
+    values: StrictBool = False  # hint the database values the question mentions (sqlora.data.values)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelParams:
     name: str = "smollm2-135m-instruct"
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (see sqlora.model.loader.resolve_dtype)
+    dtype: Literal[DTYPES] = "auto"  # see sqlora.model.loader.resolve_dtype
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoraParams:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    r: Positive = 16
+    alpha: Positive = 32
+    dropout: NonNegativeFloat = 0.0
+    target_modules: Modules = "all-linear"
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainParams:
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 1e-3
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_length: int = 512
-    logging_steps: int = 5
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
-    save_steps: int = 20  # checkpoint every N optimizer steps, so a killed run resumes (0: never)
+    epochs: PositiveFloat = 1.0
+    batch_size: Positive = 8
+    grad_accum: Positive = 1
+    learning_rate: NonNegativeFloat = 1e-3
+    lr_scheduler: Literal[LR_SCHEDULERS] = "cosine"
+    warmup_ratio: Fraction = 0.05
+    weight_decay: NonNegativeFloat = 0.0
+    max_length: Positive = 512
+    logging_steps: Positive = 5
+    gradient_checkpointing: StrictBool = False  # recompute activations in backward: less memory, ~30% more time
+    save_steps: Count = 20  # checkpoint every N optimizer steps, so a killed run resumes (0: never)
     # Questions per shared-prefix row: their prompt prefix (the schema) computed once (sqlora.train.shared_prefix);
     # 1: every question a row of its own.
-    shared_prefix: int = 8
+    shared_prefix: Positive = 8
     launch: str = "python"  # the train stage's launcher, e.g. "accelerate launch --config_file configs/accelerate/ddp.yaml"
 
 
-@dataclass(frozen=True)
+@dataclass
 class PredictParams:
     # The model to generate with: the train stage's folder (base + adapter, full, or the base alone),
     # models/exported (the export stage's merged model), or any Hugging Face checkpoint folder.
     model: str = "models/finetuned"
-    batch_size: int = 64  # sequences generated together (self_consistency: questions x num_samples)
-    max_new_tokens: int = 128
+    batch_size: Positive = 64  # sequences generated together (self_consistency: questions x num_samples)
+    max_new_tokens: Positive = 128
     # greedy | beam | sample | self_consistency | execution_guided; sampling draws from the top-level seed
-    decoding: str = "greedy"
-    constrained: bool = False  # schema-constrained decoding: no identifier the question's database does not have
-    num_beams: int = 4  # beam
-    require_rows: bool = False  # execution_guided: the first candidate that runs *and returns rows* wins
-    temperature: float = 0.7  # sample, self_consistency, execution_guided
-    top_p: float = 0.95  # sample, self_consistency, execution_guided: nucleus sampling (1.0: off)
+    decoding: Literal[DECODINGS] = "greedy"
+    constrained: StrictBool = False  # schema-constrained decoding: no identifier the question's database does not have
+    num_beams: Positive = 4  # beam
+    require_rows: StrictBool = False  # execution_guided: the first candidate that runs *and returns rows* wins
+    temperature: PositiveFloat = 0.7  # sample, self_consistency, execution_guided
+    # sample, self_consistency, execution_guided: nucleus sampling (1.0: off)
+    top_p: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] = 0.95
     # self_consistency: sampled candidates per question, voted on by their results; execution_guided: candidates
     # per question, the greedy answer then samples (our engine; the transformers fallback: beams, best first)
-    num_samples: int = 5
-    timeout_s: float = 10.0  # self_consistency, execution_guided: time limit of each candidate's query
+    num_samples: Positive = 5
+    timeout_s: PositiveFloat = 10.0  # self_consistency, execution_guided: time limit of each candidate's query
     launch: str = "python"  # the predict stage's launcher, e.g. "torchrun --nproc_per_node 2": each process predicts a share
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalParams:
-    timeout_s: float = 30.0
-    workers: int = 2
-    skip_missing_databases: bool = False
-    skip_bad_gold: bool = False  # list and leave out questions whose gold query fails, instead of stopping
-    ves_iterations: int = 0  # BIRD: timed runs per correct prediction for VES (BIRD's own uses 100); 0: off
+    timeout_s: PositiveFloat = 30.0
+    workers: Positive = 2
+    skip_missing_databases: StrictBool = False
+    skip_bad_gold: StrictBool = False  # list and leave out questions whose gold query fails, instead of stopping
+    ves_iterations: Count = 0  # BIRD: timed runs per correct prediction for VES (BIRD's own uses 100); 0: off
     # Where gold and predictions run: "" = the dataset's SQLite files; or a template with {db_id}, e.g.
     # postgresql://user@host/{db_id} or duck/{db_id}.duckdb (docs/evaluation.md).
     database: str = ""
     # Test-suite accuracy (TS) beside EX: the testsuite stage distils fuzzed instances of each dev database
     # (docs/evaluation.md#test-suite-accuracy-ts); suite_candidates: fuzzed instances tried per database.
-    test_suite: bool = False
-    suite_candidates: int = 100
+    test_suite: StrictBool = False
+    suite_candidates: Positive = 100
 
 
-@dataclass(frozen=True)
+@dataclass
 class GateParams:
     # The CI gate (`sqlora gate`): how far EX and EM (all questions, fractions as in metrics/eval.json)
     # may fall below the committed baseline before CI fails. 0.02 = 2 points.
-    max_drop: float = 0.02
+    max_drop: NonNegativeFloat = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass
 class Params:
-    seed: int = 42
-    method: str = "lora"
+    seed: Int = 42
+    method: Literal[METHODS] = "lora"
     data: DataParams = field(default_factory=DataParams)
     prompt: PromptParams = field(default_factory=PromptParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -135,61 +164,8 @@ class Params:
     gate: GateParams = field(default_factory=GateParams)
 
 
-def _build(cls: type, raw: Any, where: str, path: Path):
-    """Instantiate dataclass ``cls`` from a mapping, checking keys and value types."""
-    if not isinstance(raw, dict):
-        raise SqloraError(f"{path}: '{where}' must be a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise SqloraError(f"{path}: unknown key '{key}' (known: {', '.join(fields)})")
-    values = {}
-    for name, value in raw.items():
-        key = f"{where}.{name}" if where else name
-        default = fields[name].default
-        if default is dataclasses.MISSING:  # a nested group
-            values[name] = _build(fields[name].default_factory, value, key, path)
-            continue
-        values[name] = _coerce(value, default, key, path)
-    return cls(**values)
-
-
-def _coerce(value: Any, default: Any, key: str, path: Path) -> Any:
-    """Check ``value`` against the type of its default (YAML gives 1e-3 as a string, 1 as an int)."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is not None:
-            if isinstance(default, float):
-                return number
-            if number == int(number):
-                return int(number)
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        if key == "lora.target_modules" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-    expected = "a list of module names or 'all-linear'" if key == "lora.target_modules" else type(default).__name__
-    raise SqloraError(f"{path}: '{key}' must be {expected}, got {value!r}")
-
-
-def _check_choice(value: str, choices: tuple[str, ...], key: str, path: Path) -> None:
-    if value not in choices:
-        raise SqloraError(f"{path}: '{key}' is {value!r}; expected one of {', '.join(choices)}")
-
-
-def _check_positive(value: float, key: str, path: Path, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SqloraError(f"{path}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """``path`` validated into Params; SqloraError, one line naming the file and the first bad key, otherwise."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -199,56 +175,28 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise SqloraError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    params: Params = _build(Params, raw or {}, "", path)
-
-    _check_choice(params.method, METHODS, "method", path)
-    _check_choice(params.data.dataset, DATASETS, "data.dataset", path)
-    _check_choice(params.prompt.schema_format, SCHEMA_FORMATS, "prompt.schema_format", path)
-    _check_choice(params.train.lr_scheduler, LR_SCHEDULERS, "train.lr_scheduler", path)
-    _check_choice(params.model.dtype, DTYPES, "model.dtype", path)
-    _check_choice(params.predict.decoding, DECODINGS, "predict.decoding", path)
-    for key, value in [
-        ("data.max_train_examples", params.data.max_train_examples),
-        ("data.max_dev_examples", params.data.max_dev_examples),
-        ("prompt.sample_rows", params.prompt.sample_rows),
-        ("lora.dropout", params.lora.dropout),
-        ("train.warmup_ratio", params.train.warmup_ratio),
-        ("train.weight_decay", params.train.weight_decay),
-        ("train.learning_rate", params.train.learning_rate),
-        ("eval.ves_iterations", params.eval.ves_iterations),
-        ("train.save_steps", params.train.save_steps),
-        ("gate.max_drop", params.gate.max_drop),
-    ]:
-        _check_positive(value, key, path, allow_zero=True)
-    for key, value in [
-        ("lora.r", params.lora.r),
-        ("lora.alpha", params.lora.alpha),
-        ("train.epochs", params.train.epochs),
-        ("train.batch_size", params.train.batch_size),
-        ("train.grad_accum", params.train.grad_accum),
-        ("train.max_length", params.train.max_length),
-        ("train.logging_steps", params.train.logging_steps),
-        ("train.shared_prefix", params.train.shared_prefix),
-        ("predict.batch_size", params.predict.batch_size),
-        ("predict.max_new_tokens", params.predict.max_new_tokens),
-        ("predict.num_beams", params.predict.num_beams),
-        ("predict.temperature", params.predict.temperature),
-        ("predict.top_p", params.predict.top_p),
-        ("predict.num_samples", params.predict.num_samples),
-        ("predict.timeout_s", params.predict.timeout_s),
-        ("eval.timeout_s", params.eval.timeout_s),
-        ("eval.workers", params.eval.workers),
-        ("eval.suite_candidates", params.eval.suite_candidates),
-    ]:
-        _check_positive(value, key, path)
+    if not isinstance(raw, dict | None):
+        raise SqloraError(f"{path}: must be a mapping of parameters, got {type(raw).__name__}")
+    try:
+        params = TypeAdapter(Params).validate_python(raw or {})
+    except ValidationError as exc:
+        raise SqloraError(f"{path}: {_describe(exc.errors()[0])}") from None
     if params.eval.test_suite and params.eval.database:
         raise SqloraError(f"{path}: 'eval.test_suite' scores the dataset's SQLite files; it cannot be combined with 'eval.database'")
-    if not 0 <= params.data.validation < 1:
-        raise SqloraError(f"{path}: 'data.validation' must be in [0, 1) (a fraction of the train databases), got {params.data.validation}")
-    if params.train.warmup_ratio >= 1:
-        raise SqloraError(f"{path}: 'train.warmup_ratio' must be in [0, 1), got {params.train.warmup_ratio}")
-    if params.predict.top_p > 1:
-        raise SqloraError(f"{path}: 'predict.top_p' must be in (0, 1], got {params.predict.top_p}")
-    if not params.lora.target_modules:
-        raise SqloraError(f"{path}: 'lora.target_modules' is empty")
     return params
+
+
+def _describe(error: dict) -> str:
+    """pydantic's error as one line naming the key: 'train.epochs' must be greater than 0, got 0."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "unexpected_keyword_argument":
+        group: Any = Params
+        for part in loc[:-1]:
+            group = {f.name: f for f in dataclasses.fields(group)}[part].default_factory
+        return f"unknown key '{key}' (known: {', '.join(f.name for f in dataclasses.fields(group))})"
+    if error["type"] == "literal_error":
+        return f"'{key}' is {error['input']!r}; expected one of {error['ctx']['expected'].replace(' or ', ', ').replace(chr(39), '')}"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message.replace("Input should be", "must be", 1)
+    return f"'{key}' {message[0].lower() + message[1:]}, got {error['input']!r}"
