@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint bench-decoding report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite clean
+.PHONY: setup repro test test-fast lint bench-decoding report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite bench-serve clean
 
 setup: $(STAMP)
 
@@ -108,6 +108,11 @@ bench-predict: setup
 # questions and model: time per question (target <= 3x greedy) and EX (ARGS: see --help, e.g. --model DIR).
 bench-decoding: setup
 	python benchmarks/bench_decoding.py --spider $(SPIDER) $(ARGS)
+
+# sqlora serve under load: 1/4/8/16 concurrent OpenAI clients on 127.0.0.1 over SQLite and DuckDB (answers/s,
+# p50/p95/p99, statuses, server RSS, a cancellation check) against the targets (ARGS: see --help).
+bench-serve: setup
+	python benchmarks/bench_serve.py --spider $(SPIDER) $(ARGS)
 
 # Schema-constrained decoding (predict.constrained) against free decoding: time per question, same
 # model and questions (target <= 1.3x), answers changed, SQL naming only the schema's names (ARGS: see --help).

@@ -291,7 +291,7 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     from sqlora.config import PredictParams
     from sqlora.infer.base import Batch
     from sqlora.infer.constrained import RowConstraint
-    from sqlora.infer.fast import FastEngine, _StreamRow, constrained_distribution
+    from sqlora.infer.fast import FastEngine, StreamRow, constrained_distribution
     from sqlora.infer.plan import plan_decoding
 
     model, tokenizer = random_model
@@ -300,7 +300,10 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     constraint = RowConstraint(NAMES)
     constraint.advance("SELECT")
     batch = Batch(number=0, indexes=[0], prefix=0)
-    rows = [_StreamRow(index=0, sample=k, batch=batch, generator=engine._generator(0, k), constraint=constraint) for k in range(1500)]
+    rows = [
+        StreamRow(index=0, sample=k, batch=batch, generator=engine._generator(0, k), constraint=constraint, temperature=1.0, top_p=0.9)
+        for k in range(1500)
+    ]
     torch.manual_seed(1)
     logits = torch.randn(len(tokenizer))  # a long tail, as a fine-tuned model has
     ids = {w: tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in [" name", " age", " singer", " FROM", " weight"]}

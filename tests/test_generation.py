@@ -411,7 +411,9 @@ def test_sampled_tokens_follow_the_distribution():
     engine = FastEngine.__new__(FastEngine)  # only _choose and its parameters, no model
     engine.plan, engine.dev, engine.seed = plan_decoding(PredictParams(decoding="sample", temperature=0.8, top_p=0.9)), "cpu", 0
     draws = 4000
-    rows = [type("R", (), {"generator": engine._generator(i, 0), "constraint": None})() for i in range(draws)]
+    rows = [
+        type("R", (), {"generator": engine._generator(i, 0), "constraint": None, "temperature": 0.8, "top_p": 0.9})() for i in range(draws)
+    ]
     tokens = engine._choose(logits.expand(draws, -1), rows)
     probs = sampling_distribution(logits, 0.8, 0.9)[0]
     counts = torch.bincount(tokens, minlength=8).float()

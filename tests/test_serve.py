@@ -38,11 +38,12 @@ SCRIPT = {
 }
 
 
-ASKED: dict = {}  # the last generate() call's max_new_tokens
+ASKED: dict = {}  # the last generate() call's max_new_tokens, prompts and decoding
 
 
-def scripted_generate(*, prompts, max_new_tokens=None, **_):
-    ASKED["max_new_tokens"] = max_new_tokens
+def scripted_generate(*, prompts, max_new_tokens=None, **settings):
+    ASKED.update(max_new_tokens=max_new_tokens, prompts=len(prompts), decoding=settings.get("decoding", "greedy"))
+    ASKED.update(temperature=settings.get("temperature"), seed=settings.get("seed"))
     out = []
     for prompt in prompts:
         question = prompt.rsplit("###Input:\n", 1)[1].split("\n\n###Response", 1)[0].strip().lower()
@@ -92,7 +93,7 @@ def server(request, airline_db, duck_db, tiny_model_dir, tmp_path_factory):
     model = tmp_path_factory.mktemp("serve-model") / "none"
     model.mkdir()
     (model / "sqlora_model.json").write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
-    assistant = Assistant(model, tiny_model_dir)
+    assistant = Assistant(model, tiny_model_dir, engine="transformers")  # generations take turns, scripted
     limits = ServeLimits(max_rows=5, timeout_s=2.0, max_body_bytes=4096)
     app = create_app(assistant, open_databases(specs), token="s3cret", limits=limits)
     port = free_port()
@@ -190,11 +191,11 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
         ),
         (
             "/v1/chat/completions",
-            {"stream": True, "messages": [{"role": "user", "content": "x"}]},
+            {"stop": ["a", "b", "c", "d", "e"], "messages": [{"role": "user", "content": "x"}]},
             None,
             "s3cret",
             400,
-            "stream: streamed answers are not supported",
+            "stop: at most 4 sequences",
         ),
         # Hostile or malformed input: a 4xx naming what is wrong, never a 500.
         ("/v1/query", None, b'{"a": ' + b"[" * 1500 + b"]" * 1500 + b"}", "s3cret", 400, "malformed JSON: nested too deep"),
@@ -219,11 +220,19 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
         ),
         (
             "/v1/chat/completions",
-            {"messages": [{"role": "user", "content": "x"}], "n": 5},
+            {"messages": [{"role": "user", "content": "x"}], "n": 5, "temperature": 1},
             None,
             "s3cret",
             400,
-            "n: one choice per request",
+            "n: at most 4 choices per request",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "n": 2},
+            None,
+            "s3cret",
+            400,
+            "n: several choices are drawn by sampling",
         ),
         (
             "/v1/chat/completions",
@@ -233,15 +242,7 @@ def test_rows_are_capped_and_writes_refused(server, airline_db, duck_db):
             400,
             "temperature: Input should be greater than or equal to 0",
         ),
-        (
-            "/v1/chat/completions",
-            {"messages": [{"role": "user", "content": "x"}], "temperature": 0.7},
-            None,
-            "s3cret",
-            400,
-            "temperature: the server decodes greedily",
-        ),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_p": 0.5}, None, "s3cret", 400, "top_p:"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_p": 0.5}, None, "s3cret", 400, "top_p: applies"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, None, "s3cret", 400, "max_tokens:"),
         ("/v1/nothing", None, None, "s3cret", 404, "Not Found"),
         ("/v1/query", {"database": "airline", "question": "crash"}, None, "s3cret", 500, "internal error (RuntimeError)"),
@@ -262,9 +263,14 @@ def test_openai_parameters_are_honoured(server):
     assert status == 200 and ASKED["max_new_tokens"] == 3, body
     status, body = call(server, "/v1/chat/completions", ask | {"max_tokens": 1e12})
     assert status == 200 and ASKED["max_new_tokens"] == 128  # the server's limit (Assistant's max_new_tokens)
+    assert ASKED["decoding"] == "greedy"
     status, body = call(server, "/v1/chat/completions", ask | {"stop": [" FROM"]})
     assert status == 200 and body["choices"][0]["message"]["content"] == "SELECT count(*)"
     assert body["choices"][0]["finish_reason"] == "stop"
+    # n choices are drawn with the temperature, top_p and seed asked for.
+    status, body = call(server, "/v1/chat/completions", ask | {"n": 3, "temperature": 0.8, "top_p": 0.9, "seed": 11})
+    assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2], body
+    assert ASKED["prompts"] == 3 and ASKED["decoding"] == "sample" and ASKED["temperature"] == 0.8 and ASKED["seed"] == 11
 
 
 def test_a_slow_query_does_not_hold_up_others(server):

@@ -201,6 +201,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.max_rows < 0 or args.timeout <= 0 or args.request_timeout <= 0:
         raise SqloraError("--max-rows must be 0 or more, --timeout and --request-timeout more than 0")
+    if args.batch_size < 1 or args.max_waiting < 1:
+        raise SqloraError("--batch-size and --max-waiting must be 1 or more")
     databases = open_databases(args.db)  # bad input first: before the seconds a model takes to load
     prompt = trained_prompt(
         args.model,
@@ -210,8 +212,9 @@ def _serve(args: argparse.Namespace) -> None:
         values=args.values or None,
     )
     assistant = Assistant(
-        args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype, constrained=args.constrained
-    )
+        args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype, constrained=args.constrained,
+        batch_size=args.batch_size, max_waiting=args.max_waiting,
+    )  # fmt: skip
     limits = ServeLimits(max_rows=args.max_rows, timeout_s=args.timeout, request_timeout_s=args.request_timeout)
     token = args.token or os.environ.get("SQLORA_TOKEN") or None
     app = create_app(assistant, databases, model_name=args.name, token=token, limits=limits)
@@ -358,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="sqlora", help="the model's id in /v1/models (NAME/<database> picks a database)")
     p.add_argument("--max-rows", type=int, default=200, help="rows returned per answer")
     p.add_argument("--request-timeout", type=float, default=120.0, help="time limit of a whole request in seconds")
+    p.add_argument("--batch-size", type=int, default=16, help="answers generated together: requests join the running batch")
+    p.add_argument("--max-waiting", type=int, default=64, help="requests waiting for a place in the batch; more get 503 and Retry-After")
     _model_arguments(p)
     p.set_defaults(func=_serve)
 

@@ -8,17 +8,19 @@ loaded; the model's SQL is untrusted, so its failure to run is part of the answe
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
-import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 from sqlora.config import SCHEMA_FORMATS, PromptParams
 from sqlora.data.catalog import read_schema
 from sqlora.data.schema import DatabaseSchema, cell, describe
 from sqlora.errors import SqloraError
+from sqlora.infer.base import Generation
+from sqlora.infer.live import Busy, Sampling, Ticket
 from sqlora.sql.engines import Database, open_database
 
 
@@ -190,11 +192,11 @@ def _render(
     from sqlora.data.prompt import encode_prompt, render_prompt
 
     instruction = describe(schema, prompt.schema_format, database, prompt.sample_rows)
-    if prompt.values:
+    # Value hints read SQLite files; elsewhere the question gets the schema alone, as prepare prompts a
+    # question whose database file is missing.
+    if prompt.values and database.engine == "sqlite":
         from sqlora.data.values import ValueIndex, describe_hints
 
-        if database.engine != "sqlite":
-            raise SqloraError(f"{database}: value hints (prompt.values) read SQLite files only; use a model trained without them")
         hints = describe_hints(ValueIndex.cached(database.location).match(question))
         instruction += "\n" + hints if hints else ""
     text = render_prompt(instruction, question.strip())
@@ -232,33 +234,28 @@ def ask(
     return _answer(model, tokenizer, prepared, max_new_tokens, constrained, timeout_s)
 
 
-def _answer(
-    model,
-    tokenizer,
-    prepared: Prepared,
-    max_new_tokens: int,
-    constrained: bool,
-    timeout_s: float,
-    lock: AbstractContextManager | None = None,
-) -> Answer:
-    """Generate (holding ``lock``: one generation at a time on a shared model) and run the SQL (not holding it)."""
+def _answer(model, tokenizer, prepared: Prepared, max_new_tokens: int, constrained: bool, timeout_s: float) -> Answer:
+    """Generate the SQL of one prepared question and run it."""
     from sqlora.infer.constrained import SchemaNames
     from sqlora.infer.engine import generate
 
     start = time.perf_counter()
-    with lock or nullcontext():
-        [generation] = generate(
-            model=model,
-            tokenizer=tokenizer,
-            prompts=[prepared.prompt],
-            batch_size=1,
-            max_new_tokens=max_new_tokens,
-            progress=False,
-            chat_template=prepared.chat_template,
-            constrained=constrained,
-            constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
-        )
-    generated = time.perf_counter()
+    [generation] = generate(
+        model=model,
+        tokenizer=tokenizer,
+        prompts=[prepared.prompt],
+        batch_size=1,
+        max_new_tokens=max_new_tokens,
+        progress=False,
+        chat_template=prepared.chat_template,
+        constrained=constrained,
+        constraints=[SchemaNames.of(prepared.schema)] if constrained else None,
+    )
+    return _execute(prepared, generation, timeout_s, start, time.perf_counter() - start)
+
+
+def _execute(prepared: Prepared, generation: Generation, timeout_s: float, start: float, generate_seconds: float) -> Answer:
+    """Run a generation's SQL read-only in the sandbox: the Answer (``start``: when the question came)."""
     database = prepared.database
     result = database.run(generation.sql, timeout_s=timeout_s, names=prepared.schema.names())
     return Answer(
@@ -271,14 +268,28 @@ def _answer(
         prompt_tokens=prepared.prompt_tokens,
         hit_max_new_tokens=generation.hit_max_new_tokens,
         native_sql=None if database.engine == "sqlite" else to_dialect_or_none(generation.sql, database, prepared.schema),
-        generate_seconds=generated - start,
+        generate_seconds=generate_seconds,
         new_tokens=generation.new_tokens,
     )
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A question submitted to an :class:`Assistant`: its prompt, and the ticket its Generations come on."""
+
+    prepared: Prepared
+    ticket: Ticket
+    start: float  # perf_counter() when it was submitted
+
+
 class Assistant:
-    """One model, loaded once, answering questions about any database (``sqlora serve``): generations
-    take turns on the model, their queries run side by side."""
+    """One model, loaded once, answering questions about any database (``sqlora serve``).
+
+    Where our engine runs the model exactly, questions are batched across callers: each joins the running
+    batch at its next step (:class:`sqlora.infer.live.LiveEngine`), at most ``max_waiting`` wait for a place,
+    and a cancelled one leaves. Otherwise (transformers' generate()) generations take turns, as many
+    waiting. ``engine``: as predict.engine (auto: ours where it is exact). Queries run in the caller's
+    thread, side by side."""
 
     def __init__(
         self,
@@ -289,29 +300,124 @@ class Assistant:
         max_new_tokens: int = 128,
         dtype: str = "auto",
         constrained: bool = False,
+        batch_size: int = 16,
+        max_waiting: int = 64,
+        engine: str = "auto",
     ) -> None:
+        from sqlora.infer.engine import select_engine
+        from sqlora.infer.live import LiveEngine
         from sqlora.infer.loading import load_for_inference
+        from sqlora.infer.plan import DecodingPlan
 
         if max_new_tokens < 1:
             raise SqloraError(f"max_new_tokens is {max_new_tokens}; expected at least 1")
         base_dir = resolve_base(model_dir, base_dir)
         self.prompt = prompt or trained_prompt(model_dir)
         self.max_new_tokens, self.constrained = max_new_tokens, constrained
+        self.batch_size, self.max_waiting = batch_size, max_waiting
         weights_dir = _weights_dir(Path(model_dir), Path(base_dir))
         self.model, self.tokenizer = load_for_inference(model_dir, base_dir, dtype=dtype)
         self.context = _context(weights_dir, self.tokenizer)
-        self._lock = threading.Lock()
+        plan = DecodingPlan(decoding="greedy", search="greedy", candidates=1, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        self.engine = select_engine(self.model, self.tokenizer, plan, longest=self.context[0], engine=engine)
+        self.live = None
+        if self.engine.name == "sqlora":
+            self.live = LiveEngine(
+                self.model, self.tokenizer, batch_size=batch_size, max_waiting=max_waiting, max_new_tokens=max_new_tokens,
+                constrained=constrained,
+            )  # fmt: skip
+        else:
+            print(f"sqlora: generations take turns on transformers' generate(): {self.engine.reason}", file=sys.stderr)
+        self._turns = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlora-generate")  # the fallback's
+        self._queued = 0
+        self._references: dict[Database, list[int]] = {}
+
+    def submit(
+        self,
+        database: Database,
+        schema: DatabaseSchema,
+        question: str,
+        sampling: Sampling | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> Pending:
+        """Queue the question (``schema``: ``database``'s, read once by the caller): its Pending, whose
+        ticket gives one Generation per choice. ``sampling``: greedy with the assistant's max_new_tokens by
+        default; its max_new_tokens is capped by the assistant's. SqloraError for an empty question or a
+        prompt longer than the model's context, Busy when the waiting line is full."""
+        from sqlora.data.prompt import encode_prompt
+        from sqlora.infer.constrained import SchemaNames
+
+        start = time.perf_counter()
+        _check_question(question)
+        sampling = sampling or Sampling(max_new_tokens=self.max_new_tokens)
+        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.max_new_tokens))
+        prepared = _render(database, schema, question, self.prompt, self.tokenizer, self.context, sampling.max_new_tokens)
+        names = SchemaNames.of(schema) if self.constrained else None
+        if self.live is None:
+            return Pending(prepared, self._take_turn(prepared, sampling, names, on_text), start)
+        ids = encode_prompt(self.tokenizer, prepared.prompt, prepared.chat_template)
+        return Pending(prepared, self.live.submit(ids, self._prefix(database, schema, ids), sampling, names, on_text), start)
+
+    def _prefix(self, database: Database, schema: DatabaseSchema, ids: list[int]) -> int:
+        """How many of ``ids``' leading tokens every question about ``database`` shares (its schema's)."""
+        from sqlora.data.prompt import common_prefix, encode_prompt, render_prompt
+
+        if database not in self._references:
+            text = render_prompt(describe(schema, self.prompt.schema_format, database, self.prompt.sample_rows), "")
+            self._references[database] = encode_prompt(self.tokenizer, text, self.prompt.chat_template)
+        return common_prefix(ids, self._references[database])
+
+    def _take_turn(self, prepared: Prepared, sampling: Sampling, names, on_text) -> Ticket:
+        """The fallback: transformers' generate(), one request at a time, at most max_waiting waiting."""
+        from sqlora.infer.engine import generate
+
+        if self._queued >= self.max_waiting:
+            raise Busy(f"{self._queued} requests are waiting already", retry_after=max(1, self.max_new_tokens // 32))
+        ticket = Ticket(-1, on_text)
+        decoding = {"decoding": "sample", "temperature": sampling.temperature, "top_p": sampling.top_p} if sampling.temperature > 0 else {}
+        if sampling.seed is not None:
+            decoding["seed"] = sampling.seed
+
+        def work() -> None:
+            self._queued -= 1
+            if ticket.cancelled:
+                return
+            try:
+                generations = generate(
+                    model=self.model, tokenizer=self.tokenizer, prompts=[prepared.prompt] * sampling.n, batch_size=sampling.n,
+                    max_new_tokens=sampling.max_new_tokens, progress=False, chat_template=prepared.chat_template,
+                    constrained=self.constrained, constraints=[names] * sampling.n if self.constrained else None, **decoding,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who answers for it
+                if not ticket.future.done():
+                    ticket.future.set_exception(exc)
+                return
+            if ticket.on_text is not None:
+                for k, generation in enumerate(generations):
+                    ticket.on_text(k, generation.raw)
+            if not ticket.future.done():
+                ticket.future.set_result(generations)
+
+        self._queued += 1
+        self._turns.submit(work)
+        return ticket
+
+    def execute(self, pending: Pending, generations: list[Generation], timeout_s: float = 30.0) -> list[Answer]:
+        """Run each generation's SQL read-only: one Answer per choice."""
+        generate_seconds = time.perf_counter() - pending.start
+        return [_execute(pending.prepared, g, timeout_s, pending.start, generate_seconds) for g in generations]
 
     def answer(
         self, database: Database, schema: DatabaseSchema, question: str, timeout_s: float = 30.0, max_new_tokens: int | None = None
     ) -> Answer:
-        """The SQL for ``question`` on ``database`` (whose ``schema`` the caller read once) and its result;
-        ``max_new_tokens``: fewer than the assistant's own at most. SqloraError for an empty question or a
-        prompt longer than the model's context."""
-        _check_question(question)
-        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
-        prepared = _render(database, schema, question, self.prompt, self.tokenizer, self.context, budget)
-        return _answer(self.model, self.tokenizer, prepared, budget, self.constrained, timeout_s, self._lock)
+        """The greedy SQL for ``question`` on ``database`` and its result, waiting for it (see :meth:`submit`)."""
+        pending = self.submit(database, schema, question, Sampling(max_new_tokens=max_new_tokens or self.max_new_tokens))
+        return self.execute(pending, pending.ticket.future.result(), timeout_s)[0]
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+        self._turns.shutdown(wait=False, cancel_futures=True)
 
 
 def to_dialect_or_none(sql: str, database: Database, schema: DatabaseSchema) -> str | None:

@@ -22,6 +22,7 @@ a probe forward whose logits match the model's own.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Iterator
@@ -38,6 +39,7 @@ from sqlora.model.attention import OurAttention, base_of, probe_tolerance, routi
 SHARED_PREFIX_ATTENTION = "sqlora_shared_prefix"
 NUCLEUS_K = 256  # sampling: top_p is looked for among this many most probable tokens first
 PREFILL_ROWS = 8  # questions per prefill pass when rows join: enough rows for efficient matmuls, little padding
+PREFIXES = 4  # shared prefixes whose KV caches are kept (a server alternates between a few databases' schemas)
 PLAIN_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 # Keyword arguments models pass to their attention function that do not change what it computes.
 _INERT = {
@@ -198,10 +200,43 @@ def fast_path_problem(model, tokenizer) -> FastPathProblem | None:
 
 
 @dataclass
-class _StreamRow(Row):
+class StreamRow(Row):
     generator: torch.Generator | None = None  # its own random stream (sampling)
     prefix: Cache | None = None  # the KV cache of its shared prefix, attended to in place
     constraint: RowConstraint | None = None  # predict.constrained: where its SQL stands
+    budget: int = 128  # max_new_tokens
+    temperature: float = 0.7  # sampling rows
+    top_p: float = 0.95
+
+
+class Feed:
+    """Where the rows of a run come from, and who hears how they go: a fixed plan (predict; this class), or
+    requests as they arrive (:class:`sqlora.infer.live.LiveEngine`)."""
+
+    def __init__(self, rows: list[StreamRow]):
+        self._rows = rows[::-1]  # pop() from the end: plan order
+
+    def waiting(self) -> int:
+        """Rows that could join now."""
+        return len(self._rows)
+
+    def take(self, free: int) -> list[StreamRow]:
+        """Up to ``free`` rows to join, every candidate of a question together."""
+        return [self._rows.pop() for _ in range(min(free, len(self._rows)))]
+
+    def idle(self) -> bool:
+        """Nothing runs and nothing waits: True to wait for more rows (a server), False to end the run."""
+        return False
+
+    def dropped(self, row: StreamRow) -> bool:
+        """Whether ``row`` should leave the batch unfinished (its request was abandoned)."""
+        return False
+
+    def abandoned(self, batch: Batch) -> None:
+        """The last of ``batch``'s rows has left, some of them dropped: it will not be yielded."""
+
+    def advanced(self, row: StreamRow, text: str) -> None:
+        """``row`` has one more token; ``text`` is all it has written (streamed answers)."""
 
 
 class FastEngine(Engine):
@@ -212,14 +247,14 @@ class FastEngine(Engine):
         super().__init__(model, tokenizer, plan, seed, constraints)
         self.original = model.config._attn_implementation
         self.layers = len(DynamicCache(config=model.config).layers)
-        self.prefix_key: tuple[int, ...] | None = None
-        self.prefix_cache: Cache | None = None
+        self.prefixes: OrderedDict[tuple[int, ...], Cache] = OrderedDict()  # the last PREFIXES used
 
     def _prefix(self, ids: list[int]) -> Cache:
-        """The KV cache of a prefix (one row, every position of every layer), computed once while
-        consecutive rows share it. Read-only."""
+        """The KV cache of a prefix (one row, every position of every layer), computed once while it is
+        among the last PREFIXES used. Read-only; rows hold their own reference, so dropping it here frees
+        it only once they have left."""
         key = tuple(ids)
-        if key != self.prefix_key:
+        if key not in self.prefixes:
             cache = Cache(layers=[DynamicLayer() for _ in range(self.layers)])
             if ids:
                 self.model(
@@ -227,10 +262,13 @@ class FastEngine(Engine):
                     logits_to_keep=torch.tensor([len(ids) - 1], device=self.dev),
                     sqlora_attend=Attend(self.original, runs=[(slice(0, 1), None)]),
                 )  # fmt: skip
-            self.prefix_key, self.prefix_cache = key, cache
-        return self.prefix_cache
+            self.prefixes[key] = cache
+            while len(self.prefixes) > PREFIXES:
+                self.prefixes.popitem(last=False)
+        self.prefixes.move_to_end(key)
+        return self.prefixes[key]
 
-    def _prefill(self, rows: list[_StreamRow], encoded: list[list[int]], samples: int, seen: dict | None = None, hidden: bool = False):
+    def _prefill(self, rows: list[StreamRow], encoded: list[list[int]], samples: int, seen: dict | None = None, hidden: bool = False):
         """Cache, mask, positions and first logits of questions sharing one prefix (``samples`` rows each).
         ``hidden`` (the probe): logits are (hidden states after the first layer, logits) at the last position."""
         prefix = rows[0].batch.prefix
@@ -258,7 +296,7 @@ class FastEngine(Engine):
             logits, mask, last = (t.repeat_interleave(samples, dim=0) for t in (logits, mask, last))
         return cache, mask, last, logits
 
-    def _step(self, rows: list[_StreamRow], tokens, cache, mask, last, hidden: bool = False):
+    def _step(self, rows: list[StreamRow], tokens, cache, mask, last, hidden: bool = False):
         """One token for every row: the next logits (``hidden``: as in _prefill)."""
         attend = Attend(
             self.original, runs=[(slice(run[0], run[-1] + 1), rows[run[0]].prefix) for run in (list(g) for _, g in groupby(
@@ -282,7 +320,7 @@ class FastEngine(Engine):
         prefix = [(97 * i + 13) % vocab for i in range(7)]
         prompts = [prefix + [(31 * i + 5) % vocab for i in range(3)], prefix + [(53 * i + 11) % vocab for i in range(2)]]
         batch = Batch(number=0, indexes=[0, 1], prefix=len(prefix))
-        rows = [_StreamRow(index=i, sample=0, batch=batch) for i in range(2)]
+        rows = [StreamRow(index=i, sample=0, batch=batch) for i in range(2)]
         seen: dict = {}
         exact = self.model.get_input_embeddings().weight.dtype == torch.float32
         with _our_attention(self.model):
@@ -301,7 +339,7 @@ class FastEngine(Engine):
                     error = max(error, float((ours - own).norm() / own.norm().clamp(min=1e-6)))
         return error, seen
 
-    def _choose(self, logits: torch.Tensor, rows: list[_StreamRow]) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, rows: list[StreamRow]) -> torch.Tensor:
         """A greedy row (no random stream): the argmax. A sampling row: one uniform draw from its own random
         stream, through the inverse CDF of :func:`sampling_distribution`. A constrained row takes the best
         token its schema allows (greedy), or draws from :func:`constrained_distribution` (sampling)."""
@@ -315,16 +353,21 @@ class FastEngine(Engine):
                     tokens[k] = best[0]
         if not drawn:
             return tokens
-        draws = [float(torch.rand((), generator=rows[k].generator)) for k in drawn]
-        chosen = torch.tensor(drawn, device=self.dev)
-        values, indexes = _nucleus(logits[chosen], self.plan.temperature, self.plan.top_p)
-        cdf = values.cumsum(dim=-1)
-        picks = torch.searchsorted(cdf, (torch.tensor(draws, device=self.dev) * cdf[:, -1])[:, None]).clamp(max=cdf.shape[-1] - 1)
-        tokens[chosen] = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
-        for k, draw in zip(drawn, draws):
+        draws = {k: float(torch.rand((), generator=rows[k].generator)) for k in drawn}
+        # Rows drawn with the same temperature and top_p (all of them in predict; a server's requests differ) together.
+        for (temperature, top_p), same in groupby(sorted(drawn, key=lambda k: (rows[k].temperature, rows[k].top_p, k)),
+                                                  key=lambda k: (rows[k].temperature, rows[k].top_p)):  # fmt: skip
+            same = list(same)
+            chosen = torch.tensor(same, device=self.dev)
+            values, indexes = _nucleus(logits[chosen], temperature, top_p)
+            cdf = values.cumsum(dim=-1)
+            targets = torch.tensor([draws[k] for k in same], device=self.dev) * cdf[:, -1]
+            picks = torch.searchsorted(cdf, targets[:, None]).clamp(max=cdf.shape[-1] - 1)
+            tokens[chosen] = picks.squeeze(1) if indexes is None else indexes.gather(1, picks).squeeze(1)
+        for k, draw in draws.items():
             state = rows[k].constraint.state if rows[k].constraint is not None else None
             if state is not None:
-                allowed, masses = self.checker.nucleus(state, logits[k], self.plan.temperature, self.plan.top_p)
+                allowed, masses = self.checker.nucleus(state, logits[k], rows[k].temperature, rows[k].top_p)
                 if allowed:
                     cumulative = torch.tensor(masses).cumsum(0)
                     pick = int(torch.searchsorted(cumulative, torch.tensor([draw * float(cumulative[-1])])).clamp(max=len(allowed) - 1))
@@ -332,31 +375,48 @@ class FastEngine(Engine):
         return tokens
 
     def run(self, batches: list[Batch], encoded: list[list[int]], samples: int) -> Iterator[tuple[Batch, list[Row]]]:
+        """The plan's batches, continuously batched (:meth:`stream`)."""
+        rows = [
+            StreamRow(
+                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.plan.draws(k) else None,
+                constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
+                budget=self.plan.max_new_tokens, temperature=self.plan.temperature, top_p=self.plan.top_p,
+            )
+            for b in batches for i in b.indexes for k in range(samples)
+        ]  # fmt: skip
+        return self.stream(Feed(rows), encoded, samples)
+
+    def stream(self, feed: Feed, encoded, samples: int) -> Iterator[tuple[Batch, list[Row]]]:
         """Continuous batching: up to ``batch_size`` rows generate together; as rows finish, the next
-        questions (in plan order) join, so steps keep a full batch instead of trailing off.
+        ones (``feed``'s, in its order) join, so steps keep a full batch instead of trailing off. Yields each
+        batch with its finished rows (``samples`` per prompt of ``encoded``) once they all are; a batch whose
+        rows the feed drops is never yielded.
 
         Every row's own keys/values sit right-aligned in one cache, padded and masked on the left;
         joining pads whichever side is shorter, and columns no row uses any more are cropped as rows leave.
         """
         capacity = max(self.plan.batch_size, samples)
-        queue = [
-            _StreamRow(
-                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.plan.draws(k) else None,
-                constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
-            )
-            for b in batches for i in b.indexes for k in range(samples)
-        ]  # fmt: skip
-        queue.reverse()  # pop() from the end: plan order
-        left = {b.number: len(b.indexes) * samples for b in batches}
-        done: dict[int, list[Row]] = {b.number: [] for b in batches}
-        rows: list[_StreamRow] = []
+        left: dict[int, int] = {}  # batch number -> rows not finished yet
+        done: dict[int, list[Row]] = {}
+        rows: list[StreamRow] = []
         cache = mask = last = logits = None
         with _our_attention(self.model) as attention:
-            while queue or rows:
+            while True:
+                if not rows and not feed.waiting():
+                    attention.__exit__()  # while idle, the model is the caller's
+                    more = feed.idle()
+                    attention.__enter__()
+                    if not more:
+                        return
+                    continue
                 free = capacity - len(rows)
+                waiting = feed.waiting()
                 # Join when the batch is empty, or when enough room is free to make a prefill pass worth it.
-                if queue and (not rows or free >= max(samples, capacity // 4) or free >= len(queue)):
-                    joining = [queue.pop() for _ in range(min(free - free % samples, len(queue)))]
+                if waiting and (not rows or free >= max(samples, capacity // 4) or free >= waiting):
+                    joining = feed.take(free - free % samples)
+                    for row in joining:
+                        if row.batch.number not in left:
+                            left[row.batch.number], done[row.batch.number] = len(row.batch.indexes) * samples, []
                     groups = [
                         list(g) for _, g in groupby(joining, key=lambda r: (r.batch.prefix, tuple(encoded[r.index][: r.batch.prefix])))
                     ]
@@ -369,26 +429,37 @@ class FastEngine(Engine):
                         parts.append(self._prefill(group, encoded, samples))
                         share_time(group, time.perf_counter() - start)
                         rows += group
+                    if not parts:
+                        continue
                     cache, mask, last, logits = parts[0] if len(parts) == 1 else _join(parts)
                 tokens = self._choose(logits, rows)
                 keep = []
                 for k, (row, token) in enumerate(zip(rows, tokens.tolist())):
+                    number = row.batch.number
+                    if feed.dropped(row):  # abandoned: it leaves now, unfinished
+                        left[number] -= 1
+                        if not left[number]:
+                            del left[number], done[number]
+                            feed.abandoned(row.batch)
+                        continue
                     row.tokens.append(token)
                     text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
                     if row.constraint is not None:
                         row.constraint.advance(text)
+                    feed.advanced(row, text)
                     if token in self.eos:
                         row.stop = "eos"
                     elif sql_complete(text):
                         row.stop = "sql_end"
-                    elif len(row.tokens) < self.plan.max_new_tokens:
+                    elif len(row.tokens) < row.budget:
                         keep.append(k)
                         continue
-                    done[row.batch.number].append(row)
-                    left[row.batch.number] -= 1
-                    if not left[row.batch.number]:
+                    done[number].append(row)
+                    left[number] -= 1
+                    if not left[number]:
+                        del left[number]
                         attention.__exit__()  # the caller may use the model between two batches
-                        yield row.batch, done.pop(row.batch.number)
+                        yield row.batch, done.pop(number)
                         attention.__enter__()
                 if len(keep) < len(rows):  # finished rows leave the batch and the cache
                     index = torch.tensor(keep, dtype=torch.long, device=self.dev)

@@ -72,6 +72,17 @@ def extract_sql(text: str) -> str:
     return _statement(text)[0]
 
 
+def settled_sql(text: str) -> str:
+    """The start of ``extract_sql(text + more)`` whatever ``more`` is: what a stream may send before the
+    generation ends. Only text that opens with SQL (prose may still lead to a fenced block), and without its
+    last word, which may yet grow into an end ("#" into "###", "SELECT" on a new line into a second statement)."""
+    text = text.lstrip()
+    if not _SQL_START.match(text):
+        return ""
+    cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    return extract_sql(text[: cut + 1]) if cut >= 0 else ""
+
+
 def sql_complete(text: str) -> bool:
     """True once more generated text cannot change ``extract_sql(text)``: the row may stop."""
     return _statement(text)[1]

@@ -9,10 +9,13 @@
 - ``GET /v1/databases``, and ``GET /``: a page to pick a database, ask, and see the SQL and the table
   (one self-contained HTML file: no CDN, nothing fetched from elsewhere).
 
-Generations take turns on the one model; each query runs in a worker thread, read-only in the
+Questions that arrive together are generated together: each joins the model's running batch
+(:class:`sqlora.infer.assistant.Assistant`); a full waiting line answers 503 with ``Retry-After``, and a
+request whose client hangs up leaves the batch at its next step. ``stream: true`` answers as OpenAI's
+server-sent events, the SQL as it is written. Each query runs in a worker thread, read-only in the
 sandbox, so one slow query holds up no other request's database work. Every error is JSON
-``{"error": {"message", "type"}}`` with a 4xx status (5xx only for a bug, never with a traceback);
-with a token, every ``/v1`` request needs ``Authorization: Bearer <token>``.
+``{"error": {"message", "type"}}`` with a 4xx status (503 when busy; 500 only for a bug, never with a
+traceback); with a token, every ``/v1`` request needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from pathlib import Path
 # At module level, not in create_app: FastAPI resolves the handlers' (string) annotations in these globals.
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from sqlora.data.catalog import read_schema
 from sqlora.data.schema import DatabaseSchema
 from sqlora.errors import SqloraError
+from sqlora.infer.live import Busy, Sampling
+from sqlora.infer.sql_text import settled_sql
 from sqlora.sql.engines import Database, open_database
 
 PAGE = Path(__file__).with_name("page.html")
@@ -52,6 +58,7 @@ class ServeLimits:
     max_rows: int = 200  # rows returned per answer (the sandbox refuses a result of more than 100 000)
     timeout_s: float = 30.0  # the query's time limit in the sandbox
     request_timeout_s: float = 120.0  # a whole request: waiting for the model, generating, running
+    max_choices: int = 4  # a chat request's n
 
 
 @dataclass(frozen=True)
@@ -111,28 +118,47 @@ class ChatBody(BaseModel):
     model: str | None = None
     database: str | None = None  # sqlora's: the database asked about (else the model id's part after "/")
     stream: bool = False
-    n: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1)
+    # Greedy (the best single answer) unless a temperature above 0 asks for sampling.
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # capped by the server's --max-new-tokens
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None  # accepted: greedy decoding gives the same answer whatever the seed
+    seed: int | None = None  # sampling's random stream; greedy answers do not depend on it
 
-    def refused(self) -> str | None:
+    def refused(self, max_choices: int) -> str | None:
         """The first parameter the server cannot honour, and why; None when it honours them all."""
-        if self.stream:
-            return "stream: streamed answers are not supported; send stream false"
-        if self.n not in (None, 1):
-            return "n: one choice per request (greedy decoding); send n 1 or leave it out"
-        if self.temperature not in (None, 0):
-            return "temperature: the server decodes greedily; send 0 or leave it out"
-        if self.top_p not in (None, 1):
-            return "top_p: the server decodes greedily; send 1 or leave it out"
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            return "stop: at most 4 sequences"
+        if self.n > max_choices:
+            return f"n: at most {max_choices} choices per request"
+        if self.n > 1 and not self.temperature:
+            return "n: several choices are drawn by sampling; send a temperature above 0 with n above 1"
+        if self.top_p not in (None, 1) and not self.temperature:
+            return "top_p: applies to sampling; send a temperature above 0 with it (the default, 0, is greedy)"
         return None
 
+    def sampling(self, max_new_tokens: int) -> Sampling:
+        return Sampling(
+            max_new_tokens=min(self.max_completion_tokens or self.max_tokens or max_new_tokens, max_new_tokens),
+            n=self.n, temperature=self.temperature or 0.0, top_p=self.top_p or 1.0, seed=self.seed,
+        )  # fmt: skip
+
     def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in ([self.stop] if isinstance(self.stop, str) else list(self.stop or [])) if s]
+
+    def content(self, sql: str) -> tuple[str, bool]:
+        """The answer's text: ``sql`` up to its first stop sequence, as OpenAI cuts; and whether one cut it."""
+        cut = min((sql.index(stop) for stop in self.stops() if stop in sql), default=None)
+        return (sql, False) if cut is None else (sql[:cut], True)
+
+    def streamable(self, text: str) -> str:
+        """What a stream may send of a choice's ``text`` so far: :func:`settled_sql`, cut at a stop sequence,
+        less the characters a stop sequence could still begin in."""
+        content, stopped = self.content(settled_sql(text))
+        hold = 0 if stopped else max((len(s) - 1 for s in self.stops()), default=0)
+        return content[: len(content) - hold]
 
 
 def parse_body(model: type[BaseModel], body: dict):
@@ -148,9 +174,9 @@ def parse_body(model: type[BaseModel], body: dict):
 class RequestError(Exception):
     """A bad request: its status and one-line message go back as JSON."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
 def json_value(value):
@@ -166,8 +192,11 @@ def json_value(value):
     return str(value)
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def error_response(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+
+
+POLL_S = 0.1  # how often a waiting request checks that its client is still there
 
 
 def _install_guards(app: FastAPI, token: str | None, limits: ServeLimits) -> None:
@@ -175,7 +204,7 @@ def _install_guards(app: FastAPI, token: str | None, limits: ServeLimits) -> Non
 
     @app.exception_handler(RequestError)
     async def on_request_error(_request, exc: RequestError):
-        return error_response(exc.status, exc.message, exc.kind)
+        return error_response(exc.status, exc.message, exc.kind, exc.headers)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_request, exc: HTTPException):
@@ -190,17 +219,31 @@ def _install_guards(app: FastAPI, token: str | None, limits: ServeLimits) -> Non
         log.exception("internal error")
         return error_response(500, f"internal error ({type(exc).__name__})", "server_error")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if token is not None:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error")
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-                return error_response(413, f"request body larger than {limits.max_body_bytes} bytes")
-        return await call_next(request)
+    app.add_middleware(_Guard, token=token, max_body_bytes=limits.max_body_bytes)
+
+
+class _Guard:
+    """Before any /v1 handler: the bearer token, the body's declared size. A plain ASGI middleware, not
+    Starlette's BaseHTTPMiddleware, which would hide a client's disconnect from the handlers."""
+
+    def __init__(self, app, token: str | None, max_body_bytes: int):
+        self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = Headers(scope=scope)
+            refusal = None
+            if self.token is not None:
+                given = headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                    refusal = error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error")
+            length = headers.get("content-length")
+            if refusal is None and length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                refusal = error_response(413, f"request body larger than {self.max_body_bytes} bytes")
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def read_body(request: Request, max_bytes: int) -> dict:
@@ -256,16 +299,40 @@ def create_app(
             raise RequestError(400, "the question is not valid Unicode text") from None
         return value.strip()
 
-    async def answer(served: Served, question: str, max_new_tokens: int | None = None):
+    def submit(served: Served, question: str, sampling: Sampling | None = None, on_text=None):
+        """The question queued for the model: its Pending; 503 when the waiting line is full."""
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(assistant.answer, served.database, served.schema, question, limits.timeout_s, max_new_tokens),
-                timeout=limits.request_timeout_s,
-            )
+            return assistant.submit(served.database, served.schema, question, sampling, on_text)
+        except Busy as exc:
+            raise RequestError(
+                503, f"busy: {exc}; retry after {exc.retry_after} s", "server_busy", {"Retry-After": str(exc.retry_after)}
+            ) from None
         except SqloraError as exc:  # a prompt the model cannot hold, an empty question
             raise RequestError(400, str(exc)) from None
-        except asyncio.TimeoutError:
-            raise RequestError(504, f"no answer within {limits.request_timeout_s:g} s", "timeout_error") from None
+
+    async def generated(request: Request, pending, deadline: float) -> list:
+        """The pending question's Generations, awaited while its client is there and time is left; else its
+        generation is cancelled (it leaves the batch at the next step)."""
+        loop = asyncio.get_running_loop()
+        future = asyncio.wrap_future(pending.ticket.future)
+        try:
+            while not future.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise RequestError(504, f"no answer within {limits.request_timeout_s:g} s", "timeout_error")
+                await asyncio.wait({future}, timeout=min(POLL_S, left))
+                if not future.done() and await request.is_disconnected():
+                    log.info("client disconnected: its generation is cancelled")
+                    raise RequestError(499, "the client disconnected", "client_closed")
+            return future.result()
+        except SqloraError as exc:
+            raise RequestError(400, str(exc)) from None
+        finally:
+            if not future.done() or future.cancelled():
+                pending.ticket.cancel()
+
+    def deadline() -> float:
+        return asyncio.get_running_loop().time() + limits.request_timeout_s
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -292,7 +359,9 @@ def create_app(
         body = parse_body(QueryBody, await body_of(request))
         served = pick_database(body.database)
         question = question_of(body.question)
-        result = await answer(served, question)
+        until = deadline()
+        pending = submit(served, question)
+        [result] = await asyncio.to_thread(assistant.execute, pending, (await generated(request, pending, until))[:1], limits.timeout_s)
         rows = result.rows or []
         return {
             "database": served.database.name,
@@ -315,7 +384,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = parse_body(ChatBody, await body_of(request))
-        refused = body.refused()
+        refused = body.refused(limits.max_choices)
         if refused:
             raise RequestError(400, refused)
         users = [m for m in body.messages if m.role == "user"]
@@ -326,30 +395,96 @@ def create_app(
         if name is None and "/" in model:
             name = model.split("/", 1)[1]
         served = pick_database(name)
-        result = await answer(served, question_of(users[-1].text()), body.max_completion_tokens or body.max_tokens)
-        content, stopped = result.sql, False
-        for stop in body.stops():  # honoured as OpenAI does: the text up to the first stop sequence
-            if stop and stop in content:
-                content, stopped = content[: content.index(stop)], True
+        question = question_of(users[-1].text())
+        sampling = body.sampling(assistant.max_new_tokens)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        if body.stream:
+            return await stream_chat(request, served, question, body, sampling, head)
+        until = deadline()
+        pending = submit(served, question, sampling)
+        generations = await generated(request, pending, until)
+        [first] = await asyncio.to_thread(assistant.execute, pending, generations[:1], limits.timeout_s)
+        choices = []
+        for k, generation in enumerate(generations):
+            content, stopped = body.content(generation.sql)
+            finish = "length" if generation.hit_max_new_tokens and not stopped else "stop"
+            choices.append({"index": k, "message": {"role": "assistant", "content": content}, "finish_reason": finish})
+        completion = sum(g.new_tokens for g in generations)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            **head,
             "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "length" if result.hit_max_new_tokens and not stopped else "stop",
-                }
-            ],
+            "choices": choices,
             "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.new_tokens,
-                "total_tokens": result.prompt_tokens + result.new_tokens,
+                "prompt_tokens": first.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": first.prompt_tokens + completion,
             },
-            # Not OpenAI's, ignored by its clients: where it ran and what the database said.
-            "sqlora": {"database": served.database.name, "sql_run": result.native_sql or result.sql, "error": result.error},
+            # Not OpenAI's, ignored by its clients: where the first choice ran and what the database said.
+            "sqlora": sqlora_part(served, first),
         }
+
+    def sqlora_part(served: Served, answer) -> dict:
+        return {"database": served.database.name, "sql_run": answer.native_sql or answer.sql, "error": answer.error}
+
+    async def stream_chat(request: Request, served: Served, question: str, body: ChatBody, sampling: Sampling, head: dict):
+        """OpenAI's server-sent events: each choice's SQL as it is written (what no later token can change),
+        then its last piece with the finish reason, then ``[DONE]``. Errors before the first event are JSON."""
+        loop = asyncio.get_running_loop()
+        texts: asyncio.Queue = asyncio.Queue()
+        until = deadline()
+        pending = submit(served, question, sampling, lambda k, text: loop.call_soon_threadsafe(texts.put_nowait, (k, text)))
+        sent = [""] * sampling.n
+
+        def event(choices: list[dict], **extra) -> str:
+            return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": choices, **extra}) + "\n\n"
+
+        def deltas() -> list[dict]:
+            latest: dict[int, str] = {}
+            while not texts.empty():
+                k, text = texts.get_nowait()
+                latest[k] = text
+            out = []
+            for k, text in sorted(latest.items()):
+                now = body.streamable(text)
+                if now.startswith(sent[k]) and len(now) > len(sent[k]):
+                    out.append({"index": k, "delta": {"content": now[len(sent[k]) :]}, "finish_reason": None})
+                    sent[k] = now
+            return out
+
+        async def events():
+            finished, waiting = False, None
+            try:
+                yield event([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for k in range(sampling.n)])
+                waiting = asyncio.ensure_future(generated(request, pending, until))
+                while not waiting.done():
+                    await asyncio.wait({waiting}, timeout=POLL_S)
+                    pieces = deltas()
+                    if pieces:
+                        yield event(pieces)
+                try:
+                    generations = waiting.result()
+                except RequestError as exc:  # too late for a status: the error is the stream's last event
+                    yield "data: " + json.dumps({"error": {"message": exc.message, "type": exc.kind}}) + "\n\n"
+                    return
+                deltas()
+                [first] = await asyncio.to_thread(assistant.execute, pending, generations[:1], limits.timeout_s)
+                last = []
+                for k, generation in enumerate(generations):
+                    content, stopped = body.content(generation.sql)
+                    if not content.startswith(sent[k]):  # cannot happen by settled_sql's rule; said, not hidden
+                        log.warning("streamed text %r is not the start of the answer %r", sent[k], content)
+                    rest = content[len(sent[k]) :] if content.startswith(sent[k]) else ""
+                    finish = "length" if generation.hit_max_new_tokens and not stopped else "stop"
+                    last.append({"index": k, "delta": {"content": rest} if rest else {}, "finish_reason": finish})
+                yield event(last, sqlora=sqlora_part(served, first))
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:
+                if not finished:
+                    pending.ticket.cancel()
+                    if waiting is not None:
+                        waiting.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
