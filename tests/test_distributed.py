@@ -12,8 +12,6 @@ import yaml
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
@@ -43,6 +41,7 @@ def losses(project: Path) -> list[float]:
     return [float(row.split("\t")[1]) for row in rows]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
     single = make_project(tmp_path / "single", tiny_model_dir, batch_size=4)
     double = make_project(tmp_path / "double", tiny_model_dir, batch_size=2)  # 2 processes x 2 = the same 4
@@ -107,6 +106,7 @@ def predict_project(root: Path, model_dir: Path, sample_dir: Path, records: list
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_predict_like_one(tiny_model_dir, sample_dir, tmp_path):
     """Under torchrun each process predicts its share of the batches; the main one merges them in input
     order: the same outputs as one process, greedy and sampled (each question's own random stream)."""

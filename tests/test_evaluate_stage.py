@@ -11,8 +11,6 @@ import pytest
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 
 @pytest.fixture()
 def workdir(tmp_path) -> Path:
@@ -59,6 +57,7 @@ def record(output: str, **extra) -> dict:
     return {"db_id": "shop", "instruction": "schema", "input": "q", "output": output, **extra}
 
 
+@pytest.mark.slow
 def test_bird_by_difficulty(workdir):
     metrics = run_stage(
         workdir,
@@ -71,6 +70,7 @@ def test_bird_by_difficulty(workdir):
     assert metrics["errors"] == {"no_such_column": 0, "no_such_table": 0, "does_not_parse": 0, "other_error": 0, "wrong_rows": 1}
 
 
+@pytest.mark.slow
 def test_error_breakdown_in_the_metrics(workdir):
     records = [record("SELECT name FROM item")] * 5
     preds = ["SELECT name FROM item", "SELECT nme FROM item", "SELECT name FROM items", "SELECT name FROM", "SELECT id FROM item"]
@@ -78,6 +78,7 @@ def test_error_breakdown_in_the_metrics(workdir):
     assert metrics["errors"] == {"no_such_column": 1, "no_such_table": 1, "does_not_parse": 1, "other_error": 0, "wrong_rows": 1}
 
 
+@pytest.mark.slow
 def test_multiturn_interaction_accuracy(workdir):
     records = [
         record("SELECT name FROM item", interaction_id="0", turn=0),
@@ -113,6 +114,7 @@ BAD_META = [  # data/prepared/meta.json as a stage may find it, and the one line
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, message", BAD_META)
 def test_a_bad_meta_json_is_one_line(workdir, text, message):
     (workdir / "data/prepared/dev.jsonl").write_text(json.dumps(record("SELECT 1")) + "\n")

@@ -16,8 +16,6 @@ from sqlora.model.export import EXPORT_INFO, export_model
 from sqlora.model.loader import MODEL_INFO, check_checkpoint_folder, dtype_name, load_base_model, load_tokenizer, resolve_dtype
 from tests.helpers import REPO, SQLORA
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 PROMPTS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output="").prompt for i in range(3)
 ]
@@ -80,6 +78,7 @@ def test_merged_logits_and_greedy_tokens_equal_the_adapters(lora, tiny_model_dir
     assert generate(merged, tokenizer, PROMPTS, batch_size=2, max_new_tokens=8, progress=False) == expected
 
 
+@pytest.mark.slow
 def test_loads_and_generates_without_peft(lora):
     """What a server does: transformers alone, in a fresh process; peft is never imported."""
     _, peft_model, out = lora
@@ -145,6 +144,7 @@ def test_method_full_resaves_the_checkpoint(tiny_model_dir, tmp_path):
     assert (tmp_path / "out" / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_qlora_merges_into_the_unquantised_base(tiny_model_dir, tmp_path):
     """Exactly base + adapter in full precision; close to (not equal to) the NF4 model the adapter was trained on."""
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
@@ -201,6 +201,7 @@ def test_export_command(lora, tiny_model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / EXPORT_INFO).read_text())["dtype"] == "float16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["no folder", "no model info", "no base", "no adapter"])
 def test_bad_input_is_one_line_and_exit_2(case, lora, tiny_model_dir, tmp_path):
     model, base = tmp_path / "ft", tiny_model_dir
@@ -224,6 +225,7 @@ def test_bad_input_is_one_line_and_exit_2(case, lora, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_stage(lora, tiny_model_dir, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "finetuned").symlink_to(lora[0])

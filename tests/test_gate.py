@@ -14,8 +14,6 @@ import pytest
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow  # real DVC experiments in scratch repositories
-
 # A one-stage pipeline whose metrics/eval.json comes from scores.json: a stand-in for a model that
 # got better or worse, without training one.
 WRITE_METRICS = """import json
@@ -63,6 +61,7 @@ def repo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_same_metrics_pass(repo):
     rebuild(repo, 0.41, 0.401)
     result = gate(repo)
@@ -71,6 +70,7 @@ def test_same_metrics_pass(repo):
     assert "gate: passed (ex.all, em.all within 2.0 points of HEAD)" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_worse_model_fails_with_the_diff(repo):
     rebuild(repo, 0.0, 0.0)  # what a learning rate of 0 does to EX and EM
     result = gate(repo)
@@ -82,6 +82,7 @@ def test_a_worse_model_fails_with_the_diff(repo):
     assert result.stderr.strip() == "gate: FAILED: ex.all, em.all fell more than 2.0 points below HEAD"
 
 
+@pytest.mark.slow
 def test_drops_within_the_tolerance_pass_and_beyond_fail(repo):
     rebuild(repo, 0.395, 0.39)  # -1.5 and -1.1 points
     assert gate(repo).returncode == 0
@@ -90,6 +91,7 @@ def test_drops_within_the_tolerance_pass_and_beyond_fail(repo):
     assert result.returncode == 1 and "FAIL em.all" in result.stdout and "ok   ex.all" in result.stdout
 
 
+@pytest.mark.slow
 def test_tolerance_comes_from_params(repo, tmp_path):
     rebuild(repo, 0.37, 0.37)
     params = tmp_path / "params.yaml"
@@ -98,6 +100,7 @@ def test_tolerance_comes_from_params(repo, tmp_path):
     assert gate(repo).returncode == 1
 
 
+@pytest.mark.slow
 def test_missing_metrics_fail(repo):
     rebuild(repo, 0.41, 0.401)
     (repo / "metrics/eval.json").write_text(json.dumps({"ex": {"all": 0.41}}))  # EM gone

@@ -18,8 +18,6 @@ import yaml
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 HARDNESS = "reports/plots/hardness.json"
 PROMPT_TOKENS = "reports/plots/prompt_tokens.csv"
 DVC_ENV = {
@@ -96,6 +94,7 @@ def expected_rows(metrics: dict, names: tuple[str, ...]) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_evaluate_writes_ex_and_em_by_hardness_in_percent(eval_dir):
     golds = [
         ("SELECT name FROM item", {}),  # easy
@@ -111,6 +110,7 @@ def test_evaluate_writes_ex_and_em_by_hardness_in_percent(eval_dir):
     assert by["EX", "all"] == 75.0 and by["EM", "all"] == 50.0  # count(id) executes like count(*) but is not an exact match
 
 
+@pytest.mark.slow
 def test_evaluate_bird_plots_ex_by_difficulty_only(eval_dir):
     golds = [
         ("SELECT DISTINCT name FROM item", {"difficulty": "simple"}),
@@ -127,6 +127,7 @@ def test_evaluate_bird_plots_ex_by_difficulty_only(eval_dir):
 # --- prepare: every kept record's prompt length ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prepare_writes_the_prompt_lengths_behind_data_json(tmp_path, sample_dir, tiny_model_dir):
     from sqlora.data.prepare import percentiles
     from sqlora.data.prompt import encode_prompt
@@ -256,6 +257,7 @@ def plots_json(root: Path, *args: str) -> dict:
     return {title: items[0] for title, items in result["data"].items()}
 
 
+@pytest.mark.slow
 def test_dvc_plots_show_renders_bars_and_histogram(plots_repo, tmp_path):
     plots = plots_json(plots_repo, "show")
     assert {"Training loss", "Learning rate", "EX and EM by hardness (%)", "Prompt length (tokens)"} <= set(plots)
@@ -277,6 +279,7 @@ def test_dvc_plots_show_renders_bars_and_histogram(plots_repo, tmp_path):
     assert "EX and EM by hardness (%)" in page and "Prompt length (tokens)" in page
 
 
+@pytest.mark.slow
 def test_dvc_plots_diff_puts_each_revision_side_by_side(plots_repo):
     plots = plots_json(plots_repo, "diff", "HEAD")
     bars = plots["EX and EM by hardness (%)"]
@@ -290,6 +293,7 @@ def test_dvc_plots_diff_puts_each_revision_side_by_side(plots_repo):
     assert {v["rev"] for v in histogram["content"]["data"]["values"]} == {"HEAD", "workspace"}
 
 
+@pytest.mark.slow
 def test_plot_specs_compile_with_vega_lite(plots_repo):
     """The filled templates are valid vega-lite: rendered to SVG (vl-convert, when installed)."""
     vl_convert = pytest.importorskip("vl_convert")
@@ -306,6 +310,7 @@ def test_plot_specs_compile_with_vega_lite(plots_repo):
     assert ">prompt tokens<" in svgs["Prompt length (tokens)"]
 
 
+@pytest.mark.slow
 def test_report_renders_the_plots_to_svg_without_a_browser_or_network(plots_repo, tmp_path):
     from sqlora.report.plots import plot_specs, write_plots
 

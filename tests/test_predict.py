@@ -16,8 +16,6 @@ from sqlora.config import load_params
 from sqlora.infer.predict import PartialPredictions
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 
 @pytest.fixture(scope="module")
 def dev_records(sample_dir) -> list[dict]:
@@ -53,6 +51,7 @@ def without_timings(path: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_uninterrupted_outputs(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     whole = make_project(tmp_path / "whole", chaotic_dir, sample_dir, dev_records)
     killed = make_project(tmp_path / "killed", chaotic_dir, sample_dir, dev_records)
@@ -85,6 +84,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_outputs(tmp_path, monkeypat
     assert lines[:-1] == [r["sql"] for r in rows] and lines[-1] == ""  # one line per question, empty ones too
 
 
+@pytest.mark.slow
 def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     project = make_project(tmp_path / "p", chaotic_dir, sample_dir, dev_records)
 
@@ -104,6 +104,7 @@ def test_changed_parameters_discard_the_partial_results(tmp_path, monkeypatch, c
     assert "stale" not in (project / "predictions/dev.sql").read_text()
 
 
+@pytest.mark.slow
 def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
     project = make_project(tmp_path / "sc", chaotic_dir, sample_dir, dev_records[:4], decoding="self_consistency", num_samples=3)
     run_stage(project, monkeypatch)
@@ -115,6 +116,7 @@ def test_self_consistency_records_the_vote(tmp_path, monkeypatch, chaotic_dir, s
         assert row["votes"] == sum(c["result"] is not None and c["result"] == winner for c in row["candidates"])
 
 
+@pytest.mark.slow
 def test_execution_guided_keeps_the_first_candidate_that_runs(tmp_path, monkeypatch, chaotic_dir, sample_dir, dev_records):
     """Every candidate (the greedy answer, then samples) is run in the sandbox; the first that ran is the
     answer. Constrained too: the stage reads each question's schema from meta.json's tables.json."""
@@ -136,6 +138,7 @@ def test_execution_guided_keeps_the_first_candidate_that_runs(tmp_path, monkeypa
     assert metrics["candidates_released"] == sum(c["constraint"] == "released" for r in rows for c in r["candidates"])
 
 
+@pytest.mark.slow
 def test_a_constraint_with_no_admissible_token_is_released_and_counted(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     """Bad input: a schema under which no token is admissible (here: the checker admits none). Nothing
     hangs or fails; each row goes on unconstrained, so the answers are the unconstrained ones, marked
@@ -155,6 +158,7 @@ def test_a_constraint_with_no_admissible_token_is_released_and_counted(tmp_path,
     assert f"constraint released for {released}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     records = [dict(dev_records[0], db_id="nowhere")]
     project = make_project(tmp_path / "nodb", chaotic_dir, sample_dir, records, decoding="self_consistency")
@@ -173,10 +177,10 @@ def test_self_consistency_needs_the_databases(tmp_path, monkeypatch, capsys, cha
             "nucleus",
             "'predict.decoding' is 'nucleus'; expected one of greedy, beam, sample, self_consistency, execution_guided",
         ),
-        ("top_p", 1.5, "'predict.top_p' must be in (0, 1], got 1.5"),
-        ("temperature", 0, "'predict.temperature' must be > 0, got 0.0"),
-        ("num_samples", 0, "'predict.num_samples' must be > 0, got 0"),
-        ("num_beams", "four", "'predict.num_beams' must be int, got 'four'"),
+        ("top_p", 1.5, "'predict.top_p' must be less than or equal to 1, got 1.5"),
+        ("temperature", 0, "'predict.temperature' must be greater than 0, got 0"),
+        ("num_samples", 0, "'predict.num_samples' must be greater than 0, got 0"),
+        ("num_beams", "four", "'predict.num_beams' must be a valid integer, unable to parse string as an integer, got 'four'"),
     ],
 )
 def test_bad_predict_params(tmp_path, key, value, message):
@@ -196,6 +200,7 @@ def test_predict_defaults_are_greedy():
     assert params.decoding == "greedy" and params.batch_size > 0 and params.max_new_tokens > 0
 
 
+@pytest.mark.slow
 def test_predict_model_param_names_the_model_folder(tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records):
     """predict.model: models/exported or any checkpoint folder instead of the train stage's output."""
     default = make_project(tmp_path / "default", chaotic_dir, sample_dir, dev_records[:4])
@@ -231,6 +236,7 @@ def test_linear_layers_run_on_onednn_with_the_same_outputs(tiny_model_dir):
     assert any(type(m) is torch.nn.Linear for m in bf16.modules())
 
 
+@pytest.mark.slow
 def test_self_consistency_on_a_missing_database_when_evaluation_skips_it(
     tmp_path, monkeypatch, capsys, chaotic_dir, sample_dir, dev_records
 ):

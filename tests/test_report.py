@@ -24,8 +24,6 @@ from sqlora.report import report as rp
 from sqlora.report import runs, tables
 from tests.helpers import SQLORA, fail_writes_halfway
 
-pytestmark = pytest.mark.slow  # real DVC experiments in scratch repositories
-
 # Writes metrics/eval.json and metrics/train.json as the real evaluate and train stages shape them.
 STAGE = textwrap.dedent(
     """
@@ -153,6 +151,7 @@ def table_rows(text: str, heading: str) -> list[str]:
     return rows
 
 
+@pytest.mark.slow
 def test_report_from_real_experiments(project):
     root, exp, head = project["root"], project["exp"], project["head"]
     result = run(SQLORA + ["report"], root)
@@ -224,6 +223,7 @@ def test_report_from_real_experiments(project):
     assert baseline["rerun"] == f"git checkout {head} && dvc repro"
 
 
+@pytest.mark.slow
 def test_all_commits_lists_experiments_not_bare_history(project, tmp_path):
     """--all-commits adds other commits' experiments (with their baseline commits); a commit without
     experiments (here the first, which has no metrics) is history, not a run of the report."""
@@ -237,6 +237,7 @@ def test_all_commits_lists_experiments_not_bare_history(project, tmp_path):
     assert f"`{first}`" not in text
 
 
+@pytest.mark.slow
 def test_report_is_written_atomically(project, tmp_path, monkeypatch):
     """A write that fails half-way leaves the old report as it was and no temporary file beside it."""
     out = tmp_path / "benchmark.md"
@@ -541,6 +542,7 @@ def test_not_a_dvc_repository(tmp_path):
     assert not (tmp_path / "b.md").exists()
 
 
+@pytest.mark.slow
 def test_repository_without_commits_or_metrics(tmp_path):
     init_repo(tmp_path)
     result = run(SQLORA + ["report"], tmp_path, check=False)
@@ -572,6 +574,7 @@ def test_missing_repo_folder(tmp_path):
         runs.read_experiments(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_report_embeds_the_plots_as_svg(project, tmp_path, monkeypatch):
     """The plots dvc.yaml defines, across the report's runs, drawn to SVG beside the report and shown
     in it; an SVG of a plot no longer drawn is removed."""

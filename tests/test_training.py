@@ -15,8 +15,6 @@ from sqlora.train.batches import IGNORE_INDEX, tokenize_records
 from sqlora.train.trainer import last_checkpoint, peak_memory_mb, peak_rss_mb, train
 from tests.helpers import fail_writes_halfway
 
-pytestmark = pytest.mark.slow  # trains models, runs the pipeline or stages in processes
-
 RECORDS = [
     Record(db_id="d", instruction=f"d contains tables such as t{i}.", input=f"How many rows in t{i}?", output=f"SELECT count(*) FROM t{i}")
     for i in range(8)
@@ -43,6 +41,7 @@ def test_too_long_examples_are_left_out_not_cut(tiny_model_dir):
     assert data.too_long == 1 and len(data.features) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "qlora", "full", "none"])
 def test_each_method_trains_and_predicts(tiny_model_dir, tmp_path, method):
     if method == "qlora":
@@ -79,6 +78,7 @@ def test_each_method_trains_and_predicts(tiny_model_dir, tmp_path, method):
     assert len(generations) == 3 and all(g.new_tokens <= 4 for g in generations)
 
 
+@pytest.mark.slow
 def test_lora_changes_the_model(tiny_model_dir, tmp_path):
     """The trained adapter is really applied at inference: its logits differ from the base model's."""
     import torch
@@ -191,6 +191,7 @@ def test_response_loss_equals_the_models_own_loss(tiny_model_dir):
     torch.testing.assert_close(response_loss(sliced, labels), full)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path):
     runs = {}
     for checkpointing in (False, True):
@@ -209,6 +210,7 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_metrics_report_padding_and_the_tokens_per_second_curve(tiny_model_dir, tmp_path):
     metrics = train(
         method="lora",
@@ -297,6 +299,7 @@ def test_peak_rss_is_this_process_peak():
         assert peak_memory_mb()["peak_rss_mb"] >= round(peak_rss_mb(), 1) - 1
 
 
+@pytest.mark.slow
 def test_precision_is_recorded_and_checked(tiny_model_dir, tmp_path):
     """model.dtype auto trains under bf16 autocast where the CPU has native bf16 (fp32 elsewhere), the
     base and the adapter in fp32; the metrics say which. fp16 is for CUDA GPUs only."""
@@ -313,6 +316,7 @@ def test_precision_is_recorded_and_checked(tiny_model_dir, tmp_path):
     assert not (tmp_path / "fp16").exists()
 
 
+@pytest.mark.slow
 def test_validation_runs_at_each_epoch_end_with_the_models_own_attention(tiny_model_dir, tmp_path):
     """validate() is called once per epoch, on the model in eval mode and attending as it was loaded (not
     through the packed shared-prefix attention it trains with); its results reach the metrics and dvclive."""
