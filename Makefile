@@ -75,8 +75,8 @@ spider: setup
 # A published model (models/published/<name>/: an adapter, its sqlora_model.json, the command and metrics
 # that made it) predicted and evaluated on Spider dev without training: a DVC experiment of method none
 # whose predict stage loads the published folder, with the base model and prompt settings it records.
-#   make published [PUBLISHED=spider2k-gemma3-lora] [ARGS="-S predict.constrained=true"]
-PUBLISHED ?= spider2k-gemma3-lora
+#   make published [PUBLISHED=spider-gemma3-lora] [ARGS="-S predict.constrained=true"]
+PUBLISHED ?= spider-gemma3-lora
 PUBLISHED_FLAGS = $(shell $(BIN)/python -c 'import json, sys; info = json.load(open(sys.argv[1])); \
 	print(" ".join(["-S model.name=" + info["model"]] + ["-S prompt.%s=%s" % (k, str(v).lower() if isinstance(v, bool) else v) for k, v in info["prompt"].items()] \
 	+ (["-S train.max_length=%d" % info["max_length"]] if "max_length" in info else [])))' \
