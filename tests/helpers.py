@@ -4,6 +4,7 @@ fault injection (``from tests.helpers import REPO, SQLORA``)."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +69,29 @@ def fail_writes_halfway(monkeypatch) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(Path, "write_text", half_then_fail)
+
+
+@contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a free port of 127.0.0.1, in a thread of this process (so that a test may
+    script or slow its model); yields the base URL once the server accepts connections."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.databases import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

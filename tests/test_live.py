@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from sqlora.infer.engine import generate
 from sqlora.infer.live import Busy, LiveEngine, Sampling
 from sqlora.infer.loading import load_for_inference
 from sqlora.infer.sql_text import extract_sql, settled_sql
-from tests.databases import free_port
+from tests.helpers import serving
 
 SCHEMA = "CREATE TABLE singer (singer_id INT, name TEXT, country TEXT, age INT);\nCREATE TABLE concert (concert_id INT, year INT);"
 
@@ -139,8 +138,6 @@ def live_server(chaotic_dir, sample_dir, tmp_path_factory):
     """A live server on the tiny (chaotic) model, its generations batched through our engine."""
     import shutil
 
-    import uvicorn
-
     from sqlora.infer.assistant import Assistant
     from sqlora.serve.app import ServeLimits, create_app, open_databases
 
@@ -152,17 +149,8 @@ def live_server(chaotic_dir, sample_dir, tmp_path_factory):
     assistant = Assistant(model, chaotic_dir, max_new_tokens=24, dtype="float32", batch_size=8, max_waiting=32)
     assert assistant.live is not None
     app = create_app(assistant, open_databases([str(db)]), limits=ServeLimits(timeout_s=2.0))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "assistant": assistant, "db": db}
-    uv.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield {"url": url, "assistant": assistant, "db": db}
     assistant.close()
 
 

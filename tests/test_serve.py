@@ -22,7 +22,7 @@ import pytest
 
 from sqlora.infer.base import Generation
 from tests.databases import copy_to_duckdb, copy_to_postgres, free_port
-from tests.helpers import SQLORA
+from tests.helpers import SQLORA, serving
 
 pytestmark = pytest.mark.slow  # live servers and a browser
 
@@ -74,7 +74,6 @@ def duck_db(airline_db) -> Path:
 def server(request, airline_db, duck_db, tiny_model_dir, tmp_path_factory):
     """A live server (uvicorn in a thread of this process, so the generation can be scripted) over the
     SQLite file, its DuckDB copy and, where PostgreSQL binaries exist, a PostgreSQL copy."""
-    import uvicorn
 
     import sqlora.infer.engine
     from sqlora.infer.assistant import Assistant
@@ -96,17 +95,8 @@ def server(request, airline_db, duck_db, tiny_model_dir, tmp_path_factory):
     assistant = Assistant(model, tiny_model_dir, engine="transformers")  # generations take turns, scripted
     limits = ServeLimits(max_rows=5, timeout_s=2.0, max_body_bytes=4096)
     app = create_app(assistant, open_databases(specs), token="s3cret", limits=limits)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "pg": len(specs) == 3, "pg_url": specs[-1] if len(specs) == 3 else None}
-    uv.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield {"url": url, "pg": len(specs) == 3, "pg_url": specs[-1] if len(specs) == 3 else None}
     patch.undo()
 
 
