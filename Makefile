@@ -6,7 +6,7 @@ STAMP := $(VENV)/.sqlora-installed
 # Stages run `python ...`: put the venv first on PATH so DVC runs them with its interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint bench-decoding report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite bench-serve clean
+.PHONY: setup repro test test-fast lint bench-decoding report gate baseline exps spider published bench-prepare bench-train bench-precision bench-predict bench-constrained bench-gpu bench-gguf official-eval bench-eval bench-testsuite bench-serve probe-newest clean
 
 setup: $(STAMP)
 
@@ -84,6 +84,15 @@ PUBLISHED_FLAGS = $(shell $(BIN)/python -c 'import json, sys; info = json.load(o
 published: setup
 	dvc exp run -n eval-$(PUBLISHED) $(SPIDER_PARAMS) -S method=none -S predict.model=models/published/$(PUBLISHED) \
 		$(PUBLISHED_FLAGS) $(ARGS)
+
+# Our engine's probe against the newest transformers release (CI): installed apart in .newest-transformers,
+# put first on the path; whichever engine the probe picks must give the model's own tokens.
+probe-newest: setup
+	rm -rf .newest-transformers
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade --target .newest-transformers transformers
+	PYTHONPATH=$(abspath .newest-transformers) python -c 'import transformers; print("transformers", transformers.__version__)'
+	PYTHONPATH=$(abspath .newest-transformers) python -m pytest -q -p no:cacheprovider tests/test_generation.py \
+		-k "batched_greedy or transformers_without or execution_guided or resumed"
 
 # Benchmarks print measurements against their target; they are not tests.
 bench-prepare: setup
