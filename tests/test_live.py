@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -253,3 +254,43 @@ def test_bench_serve_runs_its_levels_without_a_5xx(chaotic_dir, tmp_path):
     assert [level["statuses"] for level in results["levels"]] == [{"200": 3}, {"200": 12}]
     assert results["databases_unchanged"] and all(v > 0 for v in results["rss_mb"].values())
     assert results["cancellation"]["abandoned"] == 5 and "5xx answers: 0" in run.stdout
+
+
+def test_the_fallback_takes_turns_with_a_bounded_line(tiny_model_dir, tmp_path, sample_dir, monkeypatch):
+    """Where our engine does not run (engine transformers), generations take turns; a full line is Busy too."""
+    import sqlora.infer.engine
+    from sqlora.data.catalog import read_schema
+    from sqlora.infer.assistant import Assistant
+    from sqlora.infer.base import Generation
+    from sqlora.sql.engines import open_database
+
+    release = threading.Event()
+
+    def held_generate(*, prompts, **_):
+        release.wait(60)
+        return [Generation(sql="SELECT 1", raw="SELECT 1;", new_tokens=3, hit_max_new_tokens=False) for _ in prompts]
+
+    monkeypatch.setattr(sqlora.infer.engine, "generate", held_generate)
+    model = tmp_path / "none"
+    model.mkdir()
+    (model / "sqlora_model.json").write_text(json.dumps({"method": "none", "base": str(tiny_model_dir)}))
+    assistant = Assistant(model, tiny_model_dir, engine="transformers", max_waiting=1)
+    try:
+        assert assistant.live is None
+        database = open_database(sample_dir / "database" / "airline" / "airline.sqlite")
+        schema = read_schema(database)
+        first = assistant.submit(database, schema, "How many flights?")
+        for _ in range(100):  # the first is taken (generating), so the line is empty again
+            if assistant._queued == 0:
+                break
+            time.sleep(0.01)
+        second = assistant.submit(database, schema, "How many airlines?")
+        with pytest.raises(Busy, match="1 requests are waiting"):
+            assistant.submit(database, schema, "How many airports?")
+        release.set()
+        assert [g.sql for g in first.ticket.future.result(60)] == ["SELECT 1"]
+        assert [a.rows for a in assistant.execute(second, second.ticket.future.result(60))] == [[(1,)]]
+        assert assistant._queued == 0
+    finally:
+        release.set()
+        assistant.close()

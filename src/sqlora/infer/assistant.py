@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
+import threading
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -329,7 +330,7 @@ class Assistant:
         else:
             print(f"sqlora: generations take turns on transformers' generate(): {self.engine.reason}", file=sys.stderr)
         self._turns = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlora-generate")  # the fallback's
-        self._queued = 0
+        self._queued, self._queued_lock = 0, threading.Lock()  # requests waiting for a turn
         self._references: dict[Database, list[int]] = {}
 
     def submit(
@@ -371,15 +372,18 @@ class Assistant:
         """The fallback: transformers' generate(), one request at a time, at most max_waiting waiting."""
         from sqlora.infer.engine import generate
 
-        if self._queued >= self.max_waiting:
-            raise Busy(f"{self._queued} requests are waiting already", retry_after=max(1, self.max_new_tokens // 32))
+        with self._queued_lock:
+            if self._queued >= self.max_waiting:
+                raise Busy(f"{self._queued} requests are waiting already", retry_after=max(1, self.max_new_tokens // 32))
+            self._queued += 1
         ticket = Ticket(-1, on_text)
         decoding = {"decoding": "sample", "temperature": sampling.temperature, "top_p": sampling.top_p} if sampling.temperature > 0 else {}
         if sampling.seed is not None:
             decoding["seed"] = sampling.seed
 
         def work() -> None:
-            self._queued -= 1
+            with self._queued_lock:
+                self._queued -= 1
             if ticket.cancelled:
                 return
             try:
@@ -398,7 +402,6 @@ class Assistant:
             if not ticket.future.done():
                 ticket.future.set_result(generations)
 
-        self._queued += 1
         self._turns.submit(work)
         return ticket
 
