@@ -294,3 +294,21 @@ def test_the_fallback_takes_turns_with_a_bounded_line(tiny_model_dir, tmp_path, 
     finally:
         release.set()
         assistant.close()
+
+
+def test_constrained_requests_in_a_batch_get_what_each_gets_alone(chaotic_model):
+    """Schema-constrained decoding inside the shared batch: the same tokens as generate(constrained) alone."""
+    from sqlora.infer.constrained import SchemaNames
+
+    model, tokenizer = chaotic_model
+    texts, ids, prefixes = prompts_of(tokenizer)
+    names = SchemaNames({"singer": frozenset({"singer_id", "name", "country", "age"}), "concert": frozenset({"concert_id", "year"})})
+    alone = [generate(model, tokenizer, [t], 1, 12, progress=False, constrained=True, constraints=[names])[0] for t in texts[:4]]
+    live = LiveEngine(model, tokenizer, batch_size=4, max_new_tokens=12, constrained=True)
+    try:
+        tickets = [live.submit(ids[k], prefixes[k], Sampling(max_new_tokens=12), names) for k in range(4)]
+        together = [t.future.result(timeout=120)[0] for t in tickets]
+        assert [g.raw for g in together] == [g.raw for g in alone]
+        assert [g.constraint for g in together] == [g.constraint for g in alone]
+    finally:
+        live.close()
