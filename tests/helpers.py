@@ -95,3 +95,26 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def sampling_distribution(logits, temperature: float, top_p: float):
+    """The distribution our engine's sampling draws the next token from, over the whole vocabulary (rows of
+    ``logits``): what its draws are checked against."""
+    import torch
+
+    from sqlora.infer.fast import _nucleus
+
+    values, indexes = _nucleus(logits.float(), temperature, top_p)
+    full = values if indexes is None else torch.zeros_like(logits, dtype=values.dtype).scatter_(-1, indexes, values)
+    return full / full.sum(dim=-1, keepdim=True)
+
+
+def constrained_distribution(checker, state, logits, temperature: float, top_p: float):
+    """The distribution constrained sampling draws from, over the whole vocabulary (one row): see
+    :meth:`sqlora.infer.constrained.TokenChecker.nucleus`."""
+    import torch
+
+    allowed, masses = checker.nucleus(state, logits.float(), temperature, top_p)
+    full = torch.zeros(logits.shape[-1])
+    full[allowed] = torch.tensor(masses)
+    return full / full.sum()

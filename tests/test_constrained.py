@@ -265,9 +265,9 @@ def test_transformers_sampling_draws_from_the_constrained_distribution(random_mo
     """The logits processor leaves exactly the support and masses of constrained_distribution (what our
     engine draws from), once transformers applies the temperature, with top_p off."""
     from sqlora.config import PredictParams
-    from sqlora.infer.fast import constrained_distribution
     from sqlora.infer.hf import SchemaConstraintProcessor, TransformersEngine
     from sqlora.infer.plan import plan_decoding
+    from tests.helpers import constrained_distribution
 
     model, tokenizer = random_model
     params = plan_decoding(PredictParams(decoding="sample", constrained=True, temperature=0.7, top_p=0.9))
@@ -291,8 +291,9 @@ def test_our_engine_samples_from_the_constrained_distribution(random_model):
     from sqlora.config import PredictParams
     from sqlora.infer.base import Batch
     from sqlora.infer.constrained import RowConstraint
-    from sqlora.infer.fast import FastEngine, StreamRow, constrained_distribution
+    from sqlora.infer.fast import FastEngine, StreamRow
     from sqlora.infer.plan import plan_decoding
+    from tests.helpers import constrained_distribution
 
     model, tokenizer = random_model
     params = plan_decoding(PredictParams(decoding="sample", constrained=True, temperature=1.0, top_p=0.9))

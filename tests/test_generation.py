@@ -390,7 +390,7 @@ def test_sampling_distribution_is_transformers_temperature_and_top_p(temperature
     including a nucleus beyond the first NUCLEUS_K tokens."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from sqlora.infer.fast import sampling_distribution
+    from tests.helpers import sampling_distribution
 
     torch.manual_seed(0)
     logits = torch.cat([torch.randn(3, 1000) * 4, torch.randn(1, 1000) * 0.01])  # peaked rows, and a flat one
@@ -404,8 +404,9 @@ def test_sampled_tokens_follow_the_distribution():
     """Draws through the engine's inverse CDF, one random stream per row: frequencies within 4 standard
     deviations of the probabilities, no draw outside the nucleus."""
     from sqlora.config import PredictParams
-    from sqlora.infer.fast import FastEngine, sampling_distribution
+    from sqlora.infer.fast import FastEngine
     from sqlora.infer.plan import plan_decoding
+    from tests.helpers import sampling_distribution
 
     logits = torch.tensor([[3.0, 2.5, 2.0, 1.0, 0.0, -1.0, -5.0, -9.0]])
     engine = FastEngine.__new__(FastEngine)  # only _choose and its parameters, no model

@@ -341,8 +341,9 @@ class FastEngine(Engine):
 
     def _choose(self, logits: torch.Tensor, rows: list[StreamRow]) -> torch.Tensor:
         """A greedy row (no random stream): the argmax. A sampling row: one uniform draw from its own random
-        stream, through the inverse CDF of :func:`sampling_distribution`. A constrained row takes the best
-        token its schema allows (greedy), or draws from :func:`constrained_distribution` (sampling)."""
+        stream, through the inverse CDF of the nucleus (:func:`_nucleus`). A constrained row takes the best
+        token its schema allows (greedy), or draws from the allowed part of the nucleus (sampling); the
+        tests check both against the distributions they mean (tests/helpers.py)."""
         tokens = logits.argmax(dim=-1)
         drawn = [k for k, r in enumerate(rows) if r.generator is not None]
         for k, row in enumerate(rows):
@@ -500,22 +501,6 @@ def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[to
     if not bool((values.sum(dim=-1) >= top_p).all()):
         values, indexes = probs.sort(dim=-1, descending=True)
     return values * ((values.cumsum(dim=-1) - values) < top_p), indexes
-
-
-def constrained_distribution(checker, state, logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """The distribution constrained sampling draws from, over the whole vocabulary (one row): see
-    :meth:`sqlora.infer.constrained.TokenChecker.nucleus`."""
-    allowed, masses = checker.nucleus(state, logits.float(), temperature, top_p)
-    full = torch.zeros(logits.shape[-1])
-    full[allowed] = torch.tensor(masses)
-    return full / full.sum()
-
-
-def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """The distribution sampling draws the next token from, over the whole vocabulary (rows of ``logits``)."""
-    values, indexes = _nucleus(logits.float(), temperature, top_p)
-    full = values if indexes is None else torch.zeros_like(logits, dtype=values.dtype).scatter_(-1, indexes, values)
-    return full / full.sum(dim=-1, keepdim=True)
 
 
 # --- the KV cache --------------------------------------------------------------------------------------
