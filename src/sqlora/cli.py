@@ -114,14 +114,15 @@ def _testsuite(args: argparse.Namespace) -> None:
     from sqlora.testsuite.distill import SuiteSettings, build_suite
 
     golds = read_gold_file(args.gold)
-    settings = SuiteSettings(seed=args.seed, candidates=args.candidates, max_rows=args.max_rows, bird=args.bird,
-                             timeout_s=args.timeout)  # fmt: skip
+    settings = SuiteSettings(seed=args.seed, candidates=args.candidates, max_rows=args.max_rows, bird=args.bird, timeout_s=args.timeout)
     report = build_suite([(g.sql, g.db_id) for g in golds], args.db, args.out, settings, workers=args.workers)
     for db_id in report.missing:
         print(f"skipped {db_id}: no database file {database_path(args.db, db_id)}", file=sys.stderr)
     for suite in report.databases:
-        print(f"{suite.db_id}: {suite.kept} fuzzed instances kept of {suite.tried}; {suite.neighbours} near misses, "
-              f"{suite.undistinguished} not told apart; {suite.seconds} s" + (f" ({suite.error})" if suite.error else ""))  # fmt: skip
+        print(
+            f"{suite.db_id}: {suite.kept} fuzzed instances kept of {suite.tried}; {suite.neighbours} near misses, "
+            f"{suite.undistinguished} not told apart; {suite.seconds} s" + (f" ({suite.error})" if suite.error else "")
+        )
     print(json.dumps({"out": args.out, **report.totals()}))
 
 
@@ -212,9 +213,15 @@ def _serve(args: argparse.Namespace) -> None:
         values=args.values or None,
     )
     assistant = Assistant(
-        args.model, args.base, prompt=prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype, constrained=args.constrained,
-        batch_size=args.batch_size, max_waiting=args.max_waiting,
-    )  # fmt: skip
+        args.model,
+        args.base,
+        prompt=prompt,
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype,
+        constrained=args.constrained,
+        batch_size=args.batch_size,
+        max_waiting=args.max_waiting,
+    )
     limits = ServeLimits(max_rows=args.max_rows, timeout_s=args.timeout, request_timeout_s=args.request_timeout)
     token = args.token or os.environ.get("SQLORA_TOKEN") or None
     app = create_app(assistant, databases, model_name=args.name, token=token, limits=limits)

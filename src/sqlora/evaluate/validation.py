@@ -30,9 +30,14 @@ class Validator:
         """{"ex", "questions" (scored), "seconds"} for ``model`` in its current state (greedy, no dropout)."""
         start = time.perf_counter()
         generations = generate(
-            model, tokenizer, [r.prompt for r in self.records], self.batch_size, self.max_new_tokens,
-            progress=False, chat_template=self.chat_template,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            [r.prompt for r in self.records],
+            self.batch_size,
+            self.max_new_tokens,
+            progress=False,
+            chat_template=self.chat_template,
+        )
         report = evaluate(
             [Gold(r.output, r.db_id, f"{self.where}:{line}") for line, r in enumerate(self.records, 1)],
             [g.sql for g in generations],

@@ -324,9 +324,13 @@ class Assistant:
         self.live = None
         if self.engine.name == "sqlora":
             self.live = LiveEngine(
-                self.model, self.tokenizer, batch_size=batch_size, max_waiting=max_waiting, max_new_tokens=max_new_tokens,
+                self.model,
+                self.tokenizer,
+                batch_size=batch_size,
+                max_waiting=max_waiting,
+                max_new_tokens=max_new_tokens,
                 constrained=constrained,
-            )  # fmt: skip
+            )
         else:
             print(f"sqlora: generations take turns on transformers' generate(): {self.engine.reason}", file=sys.stderr)
         self._turns = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlora-generate")  # the fallback's
@@ -388,10 +392,17 @@ class Assistant:
                 return
             try:
                 generations = generate(
-                    model=self.model, tokenizer=self.tokenizer, prompts=[prepared.prompt] * sampling.n, batch_size=sampling.n,
-                    max_new_tokens=sampling.max_new_tokens, progress=False, chat_template=prepared.chat_template,
-                    constrained=self.constrained, constraints=[names] * sampling.n if self.constrained else None, **decoding,
-                )  # fmt: skip
+                    model=self.model,
+                    tokenizer=self.tokenizer,
+                    prompts=[prepared.prompt] * sampling.n,
+                    batch_size=sampling.n,
+                    max_new_tokens=sampling.max_new_tokens,
+                    progress=False,
+                    chat_template=prepared.chat_template,
+                    constrained=self.constrained,
+                    constraints=[names] * sampling.n if self.constrained else None,
+                    **decoding,
+                )
             except Exception as exc:  # noqa: BLE001 - handed to the caller, who answers for it
                 if not ticket.future.done():
                     ticket.future.set_exception(exc)

@@ -96,10 +96,20 @@ class Engine:
             # What the engines fed their row's state, read again: it fails only where they had to let go.
             constraint = "held" if state_of(names, raw) is not None else "released"
         return Generation(
-            sql=sql, raw=raw, new_tokens=len(row.tokens), hit_max_new_tokens=row.stop == "max_new_tokens", tokens=tuple(row.tokens),
-            status=sql_status(sql), stop=row.stop, decoding=self.plan.decoding, constraint=constraint, engine=self.name, dtype=self.dtype,
-            batch_seconds=round(batch_seconds, 4), seconds=round(seconds, 4),
-        )  # fmt: skip
+            sql=sql,
+            raw=raw,
+            new_tokens=len(row.tokens),
+            hit_max_new_tokens=row.stop == "max_new_tokens",
+            tokens=tuple(row.tokens),
+            status=sql_status(sql),
+            stop=row.stop,
+            decoding=self.plan.decoding,
+            constraint=constraint,
+            engine=self.name,
+            dtype=self.dtype,
+            batch_seconds=round(batch_seconds, 4),
+            seconds=round(seconds, 4),
+        )
 
 
 # --- which engine -------------------------------------------------------------------------------------

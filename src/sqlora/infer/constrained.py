@@ -123,8 +123,23 @@ class SqlState:
     """Where a row's SQL stands, fed one text piece at a time (:meth:`feed` returns False at the first
     character that makes an identifier impossible; the state is then unusable)."""
 
-    __slots__ = ("names", "quote", "quoted", "word", "number", "qualifier", "context", "scopes", "aliases", "ctes",
-                 "last_table", "pending", "bound", "ident", "last_name")  # fmt: skip
+    __slots__ = (
+        "names",
+        "quote",
+        "quoted",
+        "word",
+        "number",
+        "qualifier",
+        "context",
+        "scopes",
+        "aliases",
+        "ctes",
+        "last_table",
+        "pending",
+        "bound",
+        "ident",
+        "last_name",
+    )
 
     def __init__(self, names: SchemaNames):
         self.names = names
@@ -179,9 +194,11 @@ class SqlState:
             return True
         known = self.names.column_prefixes | self.names.table_prefixes if quoted else self.names.word_prefixes
         return (
-            prefix in known or any(a.startswith(prefix) for a in self.aliases) or any(c.startswith(prefix) for c in self.ctes)
+            prefix in known
+            or any(a.startswith(prefix) for a in self.aliases)
+            or any(c.startswith(prefix) for c in self.ctes)
             or (not quoted and ALIAS_SHAPE.fullmatch(prefix) is not None)
-        )  # fmt: skip
+        )
 
     # --- feeding text ----------------------------------------------------------------------------------
 
@@ -265,10 +282,7 @@ class SqlState:
             self.context = "any"
             return True
         if next_char == ".":  # a qualifier: a table, an alias, or an alias still to be defined
-            if not (
-                word in self.names.tables or word in self.aliases or word in self.ctes
-                or (not quoted and ALIAS_SHAPE.fullmatch(word))
-            ):  # fmt: skip
+            if not (word in self.names.tables or word in self.aliases or word in self.ctes or (not quoted and ALIAS_SHAPE.fullmatch(word))):
                 return False
             self.qualifier = word
             return True
@@ -290,9 +304,11 @@ class SqlState:
         if not quoted and word in KEYWORDS:
             self._keyword(word, scope, after_table=context == "after_table")
             return True
-        return word in self.names.words or word in self.aliases or word in self.ctes if not quoted else (
-            word in self.names.tables or word in self.names.columns or word in self.aliases or word in self.ctes
-        )  # fmt: skip
+        return (
+            word in self.names.words or word in self.aliases or word in self.ctes
+            if not quoted
+            else (word in self.names.tables or word in self.names.columns or word in self.aliases or word in self.ctes)
+        )
 
     def _keyword(self, word: str, scope: _Scope, after_table: bool) -> None:
         if word == "from":

@@ -104,9 +104,18 @@ class Attend:
 
 
 def shared_prefix_attention(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, softcap=None,
-    sqlora_attend: Attend | None = None, **kwargs,
-):  # fmt: skip
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
+    softcap=None,
+    sqlora_attend: Attend | None = None,
+    **kwargs,
+):
     """Attention over [a prefix shared by a run of rows][each row's own keys], the prefix stored once.
 
     Each row's queries meet its prefix in one matmul per key/value head for the whole run, instead of
@@ -258,10 +267,12 @@ class FastEngine(Engine):
             cache = Cache(layers=[DynamicLayer() for _ in range(self.layers)])
             if ids:
                 self.model(
-                    input_ids=torch.tensor([ids], device=self.dev), past_key_values=cache, use_cache=True,
+                    input_ids=torch.tensor([ids], device=self.dev),
+                    past_key_values=cache,
+                    use_cache=True,
                     logits_to_keep=torch.tensor([len(ids) - 1], device=self.dev),
                     sqlora_attend=Attend(self.original, runs=[(slice(0, 1), None)]),
-                )  # fmt: skip
+                )
             self.prefixes[key] = cache
             while len(self.prefixes) > PREFIXES:
                 self.prefixes.popitem(last=False)
@@ -284,9 +295,15 @@ class FastEngine(Engine):
         cache = Cache(layers=[_InPlaceKVLayer() for _ in range(self.layers)])
         attend = Attend(self.original, runs=[(slice(0, len(prompts)), rows[0].prefix)], positions=positions, seen=seen)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-            logits_to_keep=torch.tensor([width - 1], device=self.dev), sqlora_attend=attend, output_hidden_states=hidden,
-        )  # fmt: skip
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor([width - 1], device=self.dev),
+            sqlora_attend=attend,
+            output_hidden_states=hidden,
+        )
         logits = out.logits[:, -1].float()
         last = positions[:, -1]
         if hidden:
@@ -299,13 +316,22 @@ class FastEngine(Engine):
     def _step(self, rows: list[StreamRow], tokens, cache, mask, last, hidden: bool = False):
         """One token for every row: the next logits (``hidden``: as in _prefill)."""
         attend = Attend(
-            self.original, runs=[(slice(run[0], run[-1] + 1), rows[run[0]].prefix) for run in (list(g) for _, g in groupby(
-                range(len(rows)), key=lambda k: id(rows[k].prefix)))], positions=last[:, None],
-        )  # fmt: skip
+            self.original,
+            runs=[
+                (slice(run[0], run[-1] + 1), rows[run[0]].prefix)
+                for run in (list(g) for _, g in groupby(range(len(rows)), key=lambda k: id(rows[k].prefix)))
+            ],
+            positions=last[:, None],
+        )
         out = self.model(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache,
-            use_cache=True, sqlora_attend=attend, output_hidden_states=hidden,
-        )  # fmt: skip
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=last[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            sqlora_attend=attend,
+            output_hidden_states=hidden,
+        )
         logits = out.logits[:, -1].float()
         return (out.hidden_states[1][:, -1].float(), logits) if hidden else logits
 
@@ -356,8 +382,9 @@ class FastEngine(Engine):
             return tokens
         draws = {k: float(torch.rand((), generator=rows[k].generator)) for k in drawn}
         # Rows drawn with the same temperature and top_p (all of them in predict; a server's requests differ) together.
-        for (temperature, top_p), same in groupby(sorted(drawn, key=lambda k: (rows[k].temperature, rows[k].top_p, k)),
-                                                  key=lambda k: (rows[k].temperature, rows[k].top_p)):  # fmt: skip
+        for (temperature, top_p), same in groupby(
+            sorted(drawn, key=lambda k: (rows[k].temperature, rows[k].top_p, k)), key=lambda k: (rows[k].temperature, rows[k].top_p)
+        ):
             same = list(same)
             chosen = torch.tensor(same, device=self.dev)
             values, indexes = _nucleus(logits[chosen], temperature, top_p)
@@ -379,12 +406,19 @@ class FastEngine(Engine):
         """The plan's batches, continuously batched (:meth:`stream`)."""
         rows = [
             StreamRow(
-                index=i, sample=k, batch=b, generator=self._generator(i, k) if self.plan.draws(k) else None,
+                index=i,
+                sample=k,
+                batch=b,
+                generator=self._generator(i, k) if self.plan.draws(k) else None,
                 constraint=RowConstraint(self.constraints[i]) if self.constraints and self.constraints[i] else None,
-                budget=self.plan.max_new_tokens, temperature=self.plan.temperature, top_p=self.plan.top_p,
+                budget=self.plan.max_new_tokens,
+                temperature=self.plan.temperature,
+                top_p=self.plan.top_p,
             )
-            for b in batches for i in b.indexes for k in range(samples)
-        ]  # fmt: skip
+            for b in batches
+            for i in b.indexes
+            for k in range(samples)
+        ]
         return self.stream(Feed(rows), encoded, samples)
 
     def stream(self, feed: Feed, encoded, samples: int) -> Iterator[tuple[Batch, list[Row]]]:

@@ -39,10 +39,15 @@ class TransformersEngine(Engine):
             top_p = 1.0 if self.constraints else plan.top_p
             decoding = {"do_sample": True, "temperature": plan.temperature, "top_p": top_p, "top_k": 0}
         return GenerationConfig(
-            max_new_tokens=plan.max_new_tokens, num_return_sequences=samples, repetition_penalty=1.0,
-            no_repeat_ngram_size=0, pad_token_id=self.pad, eos_token_id=sorted(self.eos), use_cache=True,
+            max_new_tokens=plan.max_new_tokens,
+            num_return_sequences=samples,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            pad_token_id=self.pad,
+            eos_token_id=sorted(self.eos),
+            use_cache=True,
             **({"do_sample": False, "num_beams": 1} | decoding),
-        )  # fmt: skip
+        )
 
     def run(self, batches: list[Batch], encoded: list[list[int]], samples: int) -> Iterator[tuple[Batch, list[Row]]]:
         from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -59,10 +64,12 @@ class TransformersEngine(Engine):
                 names = [self.constraints[i] for i in batch.indexes]
                 processors.append(SchemaConstraintProcessor(self, names, width))
             output = self.model.generate(
-                input_ids=padded["input_ids"].to(self.dev), attention_mask=padded["attention_mask"].to(self.dev),
-                generation_config=config, stopping_criteria=StoppingCriteriaList([SqlEnd(self.tokenizer, width)]),
+                input_ids=padded["input_ids"].to(self.dev),
+                attention_mask=padded["attention_mask"].to(self.dev),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([SqlEnd(self.tokenizer, width)]),
                 logits_processor=processors,
-            )  # fmt: skip
+            )
             rows = [self._row(batch, batch.indexes[n // samples], n % samples, ids) for n, ids in enumerate(output[:, width:].tolist())]
             share_time(rows, time.perf_counter() - start)
             yield batch, rows

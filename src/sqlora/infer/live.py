@@ -238,10 +238,15 @@ class _LiveFeed:
             else:
                 generator.manual_seed(sampling.seed * 1_009 + choice)
         return StreamRow(
-            index=index, sample=choice, batch=request.batch, generator=generator,
+            index=index,
+            sample=choice,
+            batch=request.batch,
+            generator=generator,
             constraint=RowConstraint(request.names) if request.names is not None else None,
-            budget=sampling.max_new_tokens, temperature=sampling.temperature or 1.0, top_p=sampling.top_p,
-        )  # fmt: skip
+            budget=sampling.max_new_tokens,
+            temperature=sampling.temperature or 1.0,
+            top_p=sampling.top_p,
+        )
 
     def idle(self) -> bool:
         live = self.live

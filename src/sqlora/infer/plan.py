@@ -53,10 +53,15 @@ class DecodingPlan:
 def plan_decoding(params: PredictParams) -> DecodingPlan:
     """The plan for ``params`` (predict.*, validated by the params loader)."""
     common = dict(
-        decoding=params.decoding, temperature=params.temperature, top_p=params.top_p, constrained=params.constrained,
-        require_rows=params.require_rows, timeout_s=params.timeout_s, max_new_tokens=params.max_new_tokens,
+        decoding=params.decoding,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        constrained=params.constrained,
+        require_rows=params.require_rows,
+        timeout_s=params.timeout_s,
+        max_new_tokens=params.max_new_tokens,
         batch_size=params.batch_size,
-    )  # fmt: skip
+    )
     if params.decoding == "greedy":
         return DecodingPlan(search="greedy", candidates=1, **common)
     if params.decoding == "sample":

@@ -162,10 +162,19 @@ def predict_records(
     chosen: list[EngineChoice] = []
     start = time.perf_counter()
     for batch in iter_generate(
-        model, tokenizer, [r.prompt for r in records], plan, seed=seed, chat_template=chat_template,
-        skip=partial.done, rank=rank, world=world, on_engine=chosen.append, progress=rank == 0,
+        model,
+        tokenizer,
+        [r.prompt for r in records],
+        plan,
+        seed=seed,
+        chat_template=chat_template,
+        skip=partial.done,
+        rank=rank,
+        world=world,
+        on_engine=chosen.append,
+        progress=rank == 0,
         constraints=constraints,
-    ):  # fmt: skip
+    ):
         indexes = sorted(batch)
         if voting:
             from sqlora.infer.voting import choose, first_running, run_candidates
@@ -208,11 +217,16 @@ def prediction_metrics(rows: list[dict], plan: DecodingPlan, run: PredictRun, dt
     """metrics/predict.json: time per question, statuses and (constrained) constraint releases."""
     done = len(rows) - run.resumed
     metrics = {
-        "decoding": plan.decoding, "dtype": dtype, "engine": run.engine.name if run.engine else None,
-        "processes": processes, "questions": len(rows), "resumed_questions": run.resumed, "seconds": round(run.seconds, 1),
+        "decoding": plan.decoding,
+        "dtype": dtype,
+        "engine": run.engine.name if run.engine else None,
+        "processes": processes,
+        "questions": len(rows),
+        "resumed_questions": run.resumed,
+        "seconds": round(run.seconds, 1),
         "seconds_per_question": round(run.seconds / max(done, 1), 3),
         "status": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
-    }  # fmt: skip
+    }
     if plan.constrained:
         # Answers (and, with candidates, all candidates) for which no token was admissible at some step.
         metrics["constraint_released"] = sum(r.get("constraint") == "released" for r in rows)

@@ -97,8 +97,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    native = [name for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
-              if getattr(torch.cpu, probe, lambda: False)()]  # fmt: skip
+    native = [
+        name
+        for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+        if getattr(torch.cpu, probe, lambda: False)()
+    ]
     return f"{model}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}, bf16 native: {'+'.join(native) or 'no'}"
 
 

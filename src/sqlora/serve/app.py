@@ -142,8 +142,11 @@ class ChatBody(BaseModel):
     def sampling(self, max_new_tokens: int) -> Sampling:
         return Sampling(
             max_new_tokens=min(self.max_completion_tokens or self.max_tokens or max_new_tokens, max_new_tokens),
-            n=self.n, temperature=self.temperature or 0.0, top_p=self.top_p or 1.0, seed=self.seed,
-        )  # fmt: skip
+            n=self.n,
+            temperature=self.temperature or 0.0,
+            top_p=self.top_p or 1.0,
+            seed=self.seed,
+        )
 
     def stops(self) -> list[str]:
         return [s for s in ([self.stop] if isinstance(self.stop, str) else list(self.stop or [])) if s]

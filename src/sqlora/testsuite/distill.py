@@ -93,8 +93,12 @@ class SuiteReport:
         }
 
     def to_json(self) -> dict:
-        return {"settings": asdict(self.settings), "totals": self.totals(), "missing": self.missing,
-                "databases": [asdict(d) for d in self.databases]}  # fmt: skip
+        return {
+            "settings": asdict(self.settings),
+            "totals": self.totals(),
+            "missing": self.missing,
+            "databases": [asdict(d) for d in self.databases],
+        }
 
 
 def gold_literals(sql: str) -> list[object]:
@@ -114,8 +118,9 @@ def gold_literals(sql: str) -> list[object]:
     return values
 
 
-def build_suite(golds: Sequence[tuple[str, str]], db_dir: str | Path, out_dir: str | Path, settings: SuiteSettings,
-                workers: int = 2) -> SuiteReport:  # fmt: skip
+def build_suite(
+    golds: Sequence[tuple[str, str]], db_dir: str | Path, out_dir: str | Path, settings: SuiteSettings, workers: int = 2
+) -> SuiteReport:
     """The test suite of every database that ``golds`` ((sql, db_id) pairs) use, under ``db_dir`` in
     Spider's layout, written to ``out_dir`` (``database/<db_id>/*.sqlite`` and ``suite.json``)."""
     queries: dict[str, list[str]] = {}
@@ -124,8 +129,11 @@ def build_suite(golds: Sequence[tuple[str, str]], db_dir: str | Path, out_dir: s
             queries[db_id].append(sql)
     missing = sorted(db_id for db_id in queries if not database_path(db_dir, db_id).is_file())
     with atomic_path(out_dir) as tmp:
-        tasks = [(database_path(db_dir, db_id), tmp / "database" / db_id, db_id, queries[db_id], settings)
-                 for db_id in sorted(queries) if db_id not in missing]  # fmt: skip
+        tasks = [
+            (database_path(db_dir, db_id), tmp / "database" / db_id, db_id, queries[db_id], settings)
+            for db_id in sorted(queries)
+            if db_id not in missing
+        ]
         crashed = DatabaseSuite(db_id="", error="its worker process crashed")
         results = run_tasks(distill_database, tasks, workers=workers, crashed=crashed)
         databases = []

@@ -203,8 +203,11 @@ def choose_batching(
     if asked <= 1:
         return Batching(1)
     if data_parallel:
-        return Batching(1, reason="several GPUs in one process (DataParallel) split a batch's rows from their layout; "
-                                  "run one process per GPU (train.launch: accelerate launch or torchrun)")  # fmt: skip
+        return Batching(
+            1,
+            reason="several GPUs in one process (DataParallel) split a batch's rows from their layout; "
+            "run one process per GPU (train.launch: accelerate launch or torchrun)",
+        )
     groups = question_groups(features)
     if max(len(g) for g in groups) < 2:
         return Batching(1, reason="no two questions share a prompt prefix")

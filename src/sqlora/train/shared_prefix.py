@@ -57,8 +57,14 @@ def pack_row(prefix: list[int], continuations: list[Continuation]) -> dict:
         positions += range(len(shared), len(shared) + len(own))
         segments += [number] * len(own)
     real = sum(len(prefix) + len(c.input_ids) for c in continuations)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "segments": segments,
-            "examples": len(continuations), "real_tokens": real}  # fmt: skip
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": positions,
+        "segments": segments,
+        "examples": len(continuations),
+        "real_tokens": real,
+    }
 
 
 def collate_rows(rows: list[dict], pad_id: int) -> dict:
@@ -95,8 +101,20 @@ def packed_mask(segments: torch.Tensor) -> torch.Tensor:
 # --- attention ------------------------------------------------------------------------------------------
 
 
-def packed_attention(module, query, key, value, attention_mask, *, original: str, sqlora_mask=None, sqlora_positions=None,
-                     sqlora_seen: dict | None = None, sliding_window=None, **kwargs):  # fmt: skip
+def packed_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    *,
+    original: str,
+    sqlora_mask=None,
+    sqlora_positions=None,
+    sqlora_seen: dict | None = None,
+    sliding_window=None,
+    **kwargs,
+):
     """The model's own ``original`` attention (sdpa, or its module's eager function) with the mask of a
     batch of shared-prefix rows, narrowed to this layer's sliding window by position.
 

@@ -305,8 +305,14 @@ def train(
     total = sum(p.numel() for p in model.parameters())
     # Under FSDP / ZeRO-3 the weights are shards until the Trainer wraps the model: no probe forward then.
     batching = choose_batching(
-        model, data.features, params.shared_prefix, params.batch_size, seed, probe=not sharded_training(), data_parallel=args.n_gpu > 1,
-    )  # fmt: skip
+        model,
+        data.features,
+        params.shared_prefix,
+        params.batch_size,
+        seed,
+        probe=not sharded_training(),
+        data_parallel=args.n_gpu > 1,
+    )
     if state.is_main_process:
         print(batching.describe(params.shared_prefix))
     collator = batching.collator(tokenizer)
