@@ -156,17 +156,11 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from sqlora.infer.assistant import ask, format_table, trained_prompt
+    from sqlora.infer.assistant import ask, format_table
 
     if args.rows < 0:
         raise SqloraError(f"--rows {args.rows}: expected 0 or more")
-    prompt = trained_prompt(
-        args.model,
-        schema_format=args.schema_format,
-        sample_rows=args.sample_rows,
-        chat_template=args.chat_template or None,
-        values=args.values or None,
-    )
+    prompt = _trained_prompt(args)
     answer = ask(
         args.db,
         args.question,
@@ -192,12 +186,25 @@ def _ask(args: argparse.Namespace) -> None:
     print(f"({n} row{'' if n == 1 else 's'}{shown}, {answer.seconds:.1f} s)")
 
 
+def _trained_prompt(args: argparse.Namespace):
+    """The prompt settings ``--model`` was trained with, with the ones ask's and serve's flags override."""
+    from sqlora.infer.assistant import trained_prompt
+
+    return trained_prompt(
+        args.model,
+        schema_format=args.schema_format,
+        sample_rows=args.sample_rows,
+        chat_template=args.chat_template or None,
+        values=args.values or None,
+    )
+
+
 def _serve(args: argparse.Namespace) -> None:
     import os
 
     import uvicorn
 
-    from sqlora.infer.assistant import Assistant, trained_prompt
+    from sqlora.infer.assistant import Assistant
     from sqlora.serve.app import ServeLimits, create_app, open_databases
 
     if args.max_rows < 0 or args.timeout <= 0 or args.request_timeout <= 0:
@@ -205,13 +212,7 @@ def _serve(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.max_waiting < 1:
         raise SqloraError("--batch-size and --max-waiting must be 1 or more")
     databases = open_databases(args.db)  # bad input first: before the seconds a model takes to load
-    prompt = trained_prompt(
-        args.model,
-        schema_format=args.schema_format,
-        sample_rows=args.sample_rows,
-        chat_template=args.chat_template or None,
-        values=args.values or None,
-    )
+    prompt = _trained_prompt(args)
     assistant = Assistant(
         args.model,
         args.base,

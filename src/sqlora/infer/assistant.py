@@ -46,14 +46,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Everything checked before a model is loaded: the schema, the prompt and its length."""
+    """Everything checked before a model is loaded: the schema, the prompt and its tokens."""
 
     schema: DatabaseSchema
     database: Database
     prompt: str
-    prompt_tokens: int
+    ids: list[int]  # the prompt's token ids, as the model reads it
     context: int  # the model's context length in tokens
     chat_template: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ids)
 
 
 def trained_prompt(model_dir: str | Path, **overrides) -> PromptParams:
@@ -201,7 +205,8 @@ def _render(
         hints = describe_hints(ValueIndex.cached(database.location).match(question))
         instruction += "\n" + hints if hints else ""
     text = render_prompt(instruction, question.strip())
-    n = len(encode_prompt(tokenizer, text, prompt.chat_template))
+    ids = encode_prompt(tokenizer, text, prompt.chat_template)
+    n = len(ids)
     limit, source = context
     if n + max_new_tokens > limit:
         raise SqloraError(
@@ -209,7 +214,7 @@ def _render(
             f"more than the model's context of {limit} ({source}); ask with fewer --max-new-tokens"
             + (" or --schema-format natural" if prompt.schema_format != "natural" else "")
         )
-    return Prepared(schema=schema, database=database, prompt=text, prompt_tokens=n, context=limit, chat_template=prompt.chat_template)
+    return Prepared(schema=schema, database=database, prompt=text, ids=ids, context=limit, chat_template=prompt.chat_template)
 
 
 def ask(
@@ -349,7 +354,6 @@ class Assistant:
         ticket gives one Generation per choice. ``sampling``: greedy with the assistant's max_new_tokens by
         default; its max_new_tokens is capped by the assistant's. SqloraError for an empty question or a
         prompt longer than the model's context, Busy when the waiting line is full."""
-        from sqlora.data.prompt import encode_prompt
         from sqlora.infer.constrained import SchemaNames
 
         start = time.perf_counter()
@@ -360,7 +364,7 @@ class Assistant:
         names = SchemaNames.of(schema) if self.constrained else None
         if self.live is None:
             return Pending(prepared, self._take_turn(prepared, sampling, names, on_text), start)
-        ids = encode_prompt(self.tokenizer, prepared.prompt, prepared.chat_template)
+        ids = prepared.ids  # encoded once, by _render
         return Pending(prepared, self.live.submit(ids, self._prefix(database, schema, ids), sampling, names, on_text), start)
 
     def _prefix(self, database: Database, schema: DatabaseSchema, ids: list[int]) -> int:
