@@ -236,7 +236,7 @@ def test_beam_search_writes_what_generate_writes_alone(trained, sample_records):
 def test_sampling_draws_from_the_models_distribution(trained, sample_records):
     """Many candidates of one question, one token each: every draw inside the reference's nucleus, and
     the most probable token drawn as often as its probability says (within 4 standard deviations)."""
-    from sqlora.infer.fast import sampling_distribution
+    from tests.helpers import sampling_distribution
 
     name, model, tokenizer, _ = trained
     prompt = sample_records[1][0].prompt
